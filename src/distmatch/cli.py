@@ -1,0 +1,139 @@
+"""The `distmatch` command. Bad input ends with one line on stderr and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are UserErrors (one line, exit 2)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _config_args(p):
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON file of config values")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.iters=500 (repeatable)")
+
+
+def _distill_epilog() -> str:
+    from .config import describe_fields
+    from .distill import METHODS, config_class
+
+    lines = ["methods and their options (--set KEY=VALUE):"]
+    for name, (_, text) in METHODS.items():
+        lines.append(f"\n  {name}: {text}")
+        try:
+            rows = describe_fields(config_class(name))
+        except ImportError:
+            continue
+        lines += [f"    {key} = {default}  ({typ})" for key, typ, default in rows
+                  if key.startswith(name + ".") or name == "dmd2" and not key.startswith(tuple(METHODS))]
+    lines.append("\n  train.* and student.* keys are shared by all methods (listed under dmd2); "
+                 "defaults depend on vector vs image data.")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import list_presets
+
+    presets = ", ".join(list_presets())
+    parser = _Parser(prog="distmatch", description="Distil a many-step diffusion teacher into a 1-4 step student.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("teacher", help="train a teacher (or take the exact one for Gaussian-mixture presets)")
+    p.add_argument("--data", required=True, help=f"a preset ({presets}) or a path (.npy/.npz, image folder, idx)")
+    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
+    _config_args(p)
+
+    p = sub.add_parser("distill", help="distil a teacher into a few-step student", epilog=_distill_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="a teacher run folder")
+    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
+    p.add_argument("--method", default="dmd2", help="dmd2 (default), dmd, fdistill, tdm, msd")
+    p.add_argument("--steps", type=_positive_int, default=None, help="the student's sampling steps K (default 1)")
+    p.add_argument("--data", default=None, help="training data (default: the teacher's)")
+    _config_args(p)
+
+    p = sub.add_parser("sample", help="draw samples from a teacher or student")
+    p.add_argument("--model", required=True, help="a teacher or student run folder")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output .npy (same layout/dtype/range as the data), or .npz with labels")
+    p.add_argument("--steps", type=_positive_int, default=None, help="solver steps (teacher) or K (student)")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--class", dest="cls", default=None, help="a class label as it was in the data")
+
+    p = sub.add_parser("evaluate", help="measure a model against data (quality and speed), write JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="reference data (a preset means its held-out test split)")
+    p.add_argument("--n", type=_positive_int, default=2000)
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--out", required=True, help="output .json")
+
+    p = sub.add_parser("demo", help="the main job: teacher, DMD2 student, evaluation and an HTML report")
+    p.add_argument("--data", default="8gaussians", help=f"a preset ({presets}) or a path")
+    p.add_argument("--out", default=None, help="output folder (default runs/demo-<data>)")
+    p.add_argument("--steps", type=_positive_int, default=1, help="the student's steps")
+    _config_args(p)
+
+    p = sub.add_parser("compare", help="run several methods against one teacher and write one report")
+    p.add_argument("--data", default="8gaussians")
+    p.add_argument("--methods", default="dmd2,dmd,fdistill,tdm", help="comma-separated method names")
+    p.add_argument("--steps", default=None, help="comma-separated K per method (default: 1, tdm 4)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<data>)")
+    _config_args(p)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import commands
+
+    return getattr(commands, args.command)(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .training.trainer import Interrupted
+
+    try:
+        code = run(argv)
+    except UserError as e:
+        print(f"distmatch: error: {e}", file=sys.stderr)
+        code = UserError.exit_code
+    except Interrupted as e:
+        print(f"distmatch: {e}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("distmatch: interrupted; the last checkpoint is kept, re-run the same command to resume",
+              file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The subcommands behind `distmatch` (argument parsing lives in cli.py)."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .errors import UserError
+
+
+def teacher(args) -> int:
+    from .teachers.train import train_teacher
+
+    out = train_teacher(args.data, args.out, args.config, args.overrides)
+    print(f"teacher ready in {out}")
+    return 0
+
+
+def distill(args) -> int:
+    from .distill import run_distill
+
+    out = run_distill(args.teacher, args.out, args.method, args.steps, args.config, args.overrides, args.data)
+    print(f"student ready in {out}")
+    return 0
+
+
+def _write_npy(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    if path.suffix == ".npz":
+        np.savez(buf, **arrays)
+    else:
+        np.save(buf, arrays["samples"])
+    ckpt.atomic_write_bytes(path, buf.getvalue())
+
+
+def sample(args) -> int:
+    from .models import load_model
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".npz"):
+        raise UserError(f"--out must end in .npy or .npz, got {args.out}")
+    model = load_model(args.model)
+    cond = model.class_index(args.cls) if args.cls is not None else None
+    x, labels = model.sample(args.n, args.steps, cond, seed=args.seed)
+    arrays = {"samples": model.spec.to_user(x)}
+    if labels is not None:
+        arrays["labels"] = np.asarray([model.spec.class_names[i] for i in labels.tolist()])
+    _write_npy(out, arrays)
+    print(f"wrote {args.n} samples ({model.nfe(args.steps)} network evaluations each) to {out}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from .data import is_preset, load_data
+    from .eval.evaluate import evaluate_model
+    from .models import load_model
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise UserError(f"--out must end in .json, got {args.out}")
+    model = load_model(args.model)
+    split = "test" if is_preset(args.data) else "train"
+    reference = load_data(args.data, split=split, spec=model.spec)
+    result = evaluate_model(model, reference, n=args.n, steps=args.steps, seed=args.seed)
+    result.update({"model": str(Path(args.model).resolve()), "data": args.data, "split": split})
+    ckpt.atomic_write_json(out, result)
+    json.dump({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+def demo(args) -> int:
+    from .report.demo import run_demo
+
+    out = run_demo(args.data, args.out, args.steps, args.config, args.overrides)
+    print(f"report: {out}")
+    return 0
+
+
+def compare(args) -> int:
+    from .report.compare import run_compare
+
+    out = run_compare(args.data, args.methods, args.steps, args.out, args.config, args.overrides)
+    print(f"report: {out}")
+    return 0

@@ -1,0 +1,103 @@
+"""Data in: presets or the user's files, normalised for the networks, with the DataSpec that undoes it.
+
+    load_data("8gaussians")                      # fit a spec on the training split
+    load_data("eval.npz", spec=model_spec)       # normalise new data exactly like a model's training data
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..teachers.gmm import GaussianMixture
+from .arrays import RawData, read_data
+from .presets import PRESETS, SPLIT_SEEDS, list_presets, load_preset, preset_mixture
+from .spec import DataSpec, normalised_sample_shape
+
+__all__ = ["Dataset", "DataSpec", "load_data", "is_preset", "list_presets"]
+
+_CLASS_PREVIEW = 10
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor                   # normalised float32: (N, D) or (N, C, H, W)
+    labels: torch.Tensor | None       # int64 class indices 0..K-1 (index into spec.class_names), or None
+    spec: DataSpec
+    mixture: GaussianMixture | None   # mixture presets: the exact mixture in normalised space; else None
+
+
+def is_preset(source: str) -> bool:
+    return source in PRESETS
+
+
+def load_data(source: str, split: str = "train", spec: DataSpec | None = None, layout: str = "auto") -> Dataset:
+    """Load a preset (split "train"/"test") or a file/folder (split ignored: the whole file).
+
+    Without `spec` one is fitted to these data; with it (a trained model's) the data are checked against it and
+    normalised by it, labels mapped through its class_names.  `layout` settles ambiguous rank-4 arrays.
+    """
+    if split not in SPLIT_SEEDS:
+        raise UserError(f"unknown split '{split}': choose train or test")
+    raw, origin = _read_source(str(source), split, layout)
+    if spec is None:
+        spec = DataSpec.fit(raw.array, raw.labels, _class_names(raw), origin, raw.layout)
+    else:
+        _check_compatible(raw, spec, origin)
+    labels = _label_indices(raw.labels, spec.class_names, origin)
+    x = spec.normalise(raw.array, layout=raw.layout)
+    mixture = preset_mixture(source) if is_preset(source) else None
+    if mixture is not None:
+        mixture = mixture.affine(torch.tensor(spec.shift), torch.tensor(spec.scale))
+    return Dataset(x, labels, spec, mixture)
+
+
+def _read_source(source: str, split: str, layout: str) -> tuple[RawData, str]:
+    if is_preset(source):
+        return load_preset(source, split), source
+    path = Path(source).expanduser()
+    if not path.exists():
+        if "/" in source or "\\" in source or path.suffix:
+            raise UserError(f"no such file or directory: {source}")
+        raise UserError(f"unknown data '{source}': not a preset ({', '.join(PRESETS)}) and no such file")
+    return read_data(path, layout), str(path.resolve())
+
+
+def _class_names(raw: RawData) -> list:
+    if raw.class_names is not None:
+        return list(raw.class_names)
+    if raw.labels is None:
+        return []
+    return np.unique(raw.labels).tolist()
+
+
+def _check_compatible(raw: RawData, spec: DataSpec, origin: str) -> None:
+    kind = "vector" if raw.layout == "nd" else "image"
+    if kind != spec.kind:
+        raise UserError(f"data '{origin}' holds {kind}s but the model was trained on {spec.kind}s")
+    sample_shape = tuple(raw.array.shape[1:])
+    if normalised_sample_shape(sample_shape, raw.layout) != tuple(spec.shape):
+        raise UserError(f"data '{origin}' has samples of shape {sample_shape} "
+                        f"but the model was trained on {spec.sample_shape}")
+    if kind == "image" and (raw.array.dtype.kind == "f") != (np.dtype(spec.dtype).kind == "f"):
+        print(f"warning: data '{origin}' are {raw.array.dtype} images but the model was trained on {spec.dtype} "
+              f"ones; scaling them by the model's value range {spec.value_range}", file=sys.stderr)
+
+
+def _label_indices(labels: np.ndarray | None, class_names: list, origin: str) -> torch.Tensor | None:
+    """Original label values -> indices into class_names.  An unlabeled spec (unconditional model) drops them."""
+    if labels is None or not class_names:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    try:
+        indices = [index[value] for value in labels.tolist()]
+    except KeyError as e:
+        preview = ", ".join(str(c) for c in class_names[:_CLASS_PREVIEW])
+        more = ", ..." if len(class_names) > _CLASS_PREVIEW else ""
+        raise UserError(f"data '{origin}' has label {e.args[0]!r}, which is not one of the classes "
+                        f"({preview}{more})") from None
+    return torch.tensor(indices, dtype=torch.int64)

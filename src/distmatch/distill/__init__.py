@@ -1,0 +1,111 @@
+"""`distmatch distill`: one entry point for every method of the family, all through the one trainer.
+
+Each method lives in its own module with an `Options` dataclass (its `--set METHOD.key=value` options) and a
+Method class; this module assembles the config, loads the teacher and data, runs the trainer and exports.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import field
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from .. import config as config_mod
+from ..data import Dataset, load_data
+from ..errors import UserError
+from ..models import LoadedModel, load_model
+from ..training.trainer import TrainConfig, train
+from .common import StudentConfig
+
+# name -> (module, one-line description)
+METHODS = {
+    "dmd2": ("dmd2", "DM gradient + two time-scale critic + GAN on real data; K-step by backward simulation"),
+    "dmd": ("dmd", "DM gradient + regression on the teacher's noise->sample pairs"),
+    "fdistill": ("fdistill", "DM gradient weighted by an f-divergence h(r), r from the discriminator"),
+    "tdm": ("tdm", "data-free few-step trajectory distribution matching (sampling-steps-aware)"),
+    "msd": ("msd", "several students, each owning a partition of the classes, behind a router"),
+}
+
+VECTOR_DEFAULTS = {"train": {"iters": 10000, "batch_size": 256, "lr": 1e-4, "betas": [0.0, 0.999], "ema": 0.99,
+                             "ckpt_every": 1000}}
+IMAGE_DEFAULTS = {"train": {"iters": 4000, "batch_size": 64, "lr": 5e-5, "betas": [0.0, 0.999], "ema": 0.99,
+                            "ckpt_every": 500}}
+
+
+def method_module(name: str):
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}' (choose one of {', '.join(METHODS)})")
+    return importlib.import_module(f"{__name__}.{METHODS[name][0]}")
+
+
+def config_class(name: str):
+    """The config of one method: train.*, student.*, and the method's own section."""
+    module = method_module(name)
+    return dataclasses.make_dataclass(f"{name.upper()}Config", [
+        ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ("student", StudentConfig, field(default_factory=StudentConfig)),
+        (name, module.Options, field(default_factory=module.Options)),
+    ])
+
+
+def defaults_for(name: str, kind: str) -> dict:
+    base = VECTOR_DEFAULTS if kind == "vector" else IMAGE_DEFAULTS
+    extra = getattr(method_module(name), "DEFAULTS", {}).get(kind, {})
+    merged = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_teacher(teacher_dir: str | Path) -> LoadedModel:
+    path = Path(teacher_dir)
+    if not path.exists():
+        raise UserError(f"no such teacher folder: {teacher_dir}")
+    if not (path / ckpt.CONFIG).is_file():
+        raise UserError(f"{teacher_dir} holds no teacher (no {ckpt.CONFIG}); train one with `distmatch teacher`")
+    model = load_model(path)
+    if model.kind != "teacher":
+        raise UserError(f"{teacher_dir} holds a {model.kind}, not a teacher")
+    return model
+
+
+def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool) -> Dataset | None:
+    source = data_source or teacher.spec.source
+    if not needs_data and data_source is None:
+        return None
+    data = load_data(source, spec=teacher.spec)
+    if teacher.num_classes and data.labels is None:
+        raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
+    if not teacher.num_classes:
+        data = Dataset(data.x, None, data.spec, data.mixture)
+    return data
+
+
+def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", steps: int | None = None,
+                config_file: str | None = None, overrides: list[str] | None = None,
+                data_source: str | None = None) -> Path:
+    out = Path(out)
+    module = method_module(method)
+    teacher = load_teacher(teacher_dir)
+    overrides = list(overrides or [])
+    if steps is not None:
+        overrides.append(f"student.steps={steps}")
+    cfg = config_mod.resolve(config_class(method), config_file, overrides, base=defaults_for(method, teacher.spec.kind))
+    data = distill_data(teacher, data_source, module.Method.needs_data(cfg))
+    sigmas = cfg.student.resolved_sigmas()
+    run_config = {"command": "distill", "method": method, "teacher": str(Path(teacher_dir).resolve()),
+                  "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg)}
+    result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas),
+                   f"distilling ({method}, {len(sigmas)}-step)")
+    if result.ctx.accelerator.is_main_process:
+        weights, extra = result.export()
+        model_cfg = {"kind": "student", "method": method, "spec": teacher.spec.to_dict(),
+                     "network": teacher.config["network"], "num_classes": teacher.num_classes,
+                     "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
+                     "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": str(Path(teacher_dir).resolve()),
+                     "teacher_nfe": teacher.nfe()}
+        model_cfg.update(extra)
+        ckpt.save_model(out, weights, model_cfg)
+    result.ctx.accelerator.wait_for_everyone()
+    return out

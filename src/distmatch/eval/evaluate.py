@@ -1,0 +1,64 @@
+"""Evaluate a loaded teacher or student against reference data: quality metrics and speed, as one dict.
+
+Image metrics use an in-domain feature network trained on the model's own training data (cached by its
+fingerprint), so samples are scored against held-out references by a network that never saw those references.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import Dataset, load_data
+from ..errors import UserError
+from .features import extract, get_feature_net
+from .images import class_coverage, feature_metrics
+from .speed import measure_throughput
+from .vectors import vector_metrics
+
+
+def feature_training_data(model, reference: Dataset) -> Dataset:
+    """The model's training data when it can still be read, else the reference itself (said in the result)."""
+    source = model.spec.source
+    if source and (Path(source).exists() or "/" not in source):
+        try:
+            return load_data(source, spec=model.spec)
+        except UserError:
+            pass
+    return reference
+
+
+def image_scores(samples, sample_labels, reference: Dataset, train: Dataset) -> dict:
+    net = get_feature_net(train.x, train.labels, train.spec.fingerprint + ("-" + "train"))
+    fake, fake_logits = extract(net, samples)
+    real, _ = extract(net, reference.x)
+    out = {"feature_net": net.kind, "feature_net_trained_on": "training data" if train is not reference else "reference"}
+    out.update(feature_metrics(fake, real))
+    if fake_logits is not None:
+        out.update(class_coverage(fake_logits, net.config["num_classes"], requested=sample_labels))
+    return out
+
+
+def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None = None, seed: int = 0,
+                   speed: bool = True, train: Dataset | None = None) -> dict:
+    """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space)."""
+    steps = model.check_steps(steps)
+    t0 = time.perf_counter()
+    samples, labels = model.sample(n, steps, seed=seed)
+    seconds = time.perf_counter() - t0
+    if not torch.isfinite(samples).all():
+        bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+        raise UserError(f"the model produced {bad} non-finite samples out of {n}; it has diverged")
+    result = {"kind": model.kind, "method": model.config.get("method"), "steps": steps, "nfe": model.nfe(steps),
+              "n": n, "n_reference": len(reference.x), "sampling_seconds": round(seconds, 4)}
+    if model.spec.kind == "vector":
+        result.update(vector_metrics(samples, reference.x, reference.mixture))
+    else:
+        result.update(image_scores(samples, labels, reference, train or feature_training_data(model, reference)))
+    if speed:
+        batch = min(n, 1024 if model.spec.kind == "vector" else 256)
+        result["speed"] = measure_throughput(lambda b: model.sample(b, steps, seed=seed, batch_size=b), n=batch,
+                                             batch=batch, repeats=3, warmup=1)
+        result["samples_per_s"] = result["speed"]["samples_per_s"]
+    return result

@@ -1,0 +1,126 @@
+"""Run folders as samplers: a teacher (ODE solver over its denoiser) or a student (K network evaluations).
+
+Both expose one interface, so `sample`, `evaluate`, the report and the benchmarks treat them alike:
+    sample(n, steps=None, cond=None, seed=0) -> normalised tensor;  nfe(steps);  spec;  default_steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .data.spec import DataSpec
+from .errors import UserError
+from .networks import build_denoiser
+from .samplers import few_step_sample, ode_sample, teacher_nfe
+from .teachers.gmm import GaussianMixture
+
+
+@dataclass
+class LoadedModel:
+    kind: str                     # "teacher" | "student"
+    config: dict
+    spec: DataSpec
+    denoiser: torch.nn.Module     # teacher: D(x, σ, c); student: the generator G(x, σ, c) (or a router of them)
+    init_net: torch.nn.Module | None = None   # teacher: the network students start from
+    class_weights: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.get("num_classes", 0))
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.config["sample_steps"] if self.kind == "teacher" else self.config["steps"])
+
+    def check_steps(self, steps: int | None) -> int:
+        steps = self.default_steps if steps is None else int(steps)
+        if steps < 1:
+            raise UserError(f"--steps must be >= 1, got {steps}")
+        if self.kind == "student" and steps > len(self.config["sigmas"]):
+            raise UserError(f"this student was trained for at most {len(self.config['sigmas'])} steps; got --steps {steps}")
+        return steps
+
+    def nfe(self, steps: int | None = None) -> int:
+        steps = self.check_steps(steps)
+        return teacher_nfe(steps, self.config["solver"]) if self.kind == "teacher" else steps
+
+    def class_index(self, label) -> int:
+        names = [str(c) for c in self.spec.class_names]
+        if not names:
+            raise UserError("--class was given but this model is not class-conditional")
+        if str(label) not in names:
+            raise UserError(f"unknown class {label!r}; this model knows {', '.join(names[:20])}")
+        return names.index(str(label))
+
+    def draw_labels(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        if not self.num_classes:
+            return None
+        w = torch.tensor(self.class_weights or [1.0] * self.num_classes, dtype=torch.float64)
+        return torch.multinomial(w, n, replacement=True, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
+               batch_size: int = 2048, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples (normalised space) and the class indices they were drawn for (None if unconditional)."""
+        steps = self.check_steps(steps)
+        g = torch.Generator().manual_seed(seed)
+        if isinstance(cond, int):
+            cond = torch.full((n,), cond, dtype=torch.long)
+        if cond is None:
+            cond = self.draw_labels(n, g)
+        out = []
+        for i in range(0, n, batch_size):
+            m = min(batch_size, n - i)
+            z = torch.randn((m,) + tuple(self.spec.shape), generator=g).to(device)
+            c = cond[i:i + m].to(device) if cond is not None else None
+            out.append(self._sample_batch(z, steps, c, g).cpu())
+        return torch.cat(out), cond
+
+    def _sample_batch(self, z, steps, cond, g):
+        if self.kind == "teacher":
+            cfg = self.config
+            return ode_sample(self.denoiser, z, steps, cfg["solver"], cond)
+        sigmas = self.config["sigmas"][:steps]
+        renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
+        return few_step_sample(self.denoiser, z, sigmas, cond, renoise)
+
+
+def _load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    path = run_dir / ckpt.MODEL
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no model weights ({ckpt.MODEL} missing)")
+    return ckpt.load_tensors(path)[0]
+
+
+def _strip(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def load_model(run_dir: str | Path, device="cpu") -> LoadedModel:
+    run_dir = Path(run_dir)
+    cfg = ckpt.read_model_config(run_dir)
+    kind = cfg.get("kind")
+    if kind not in ("teacher", "student"):
+        raise UserError(f"{run_dir}/config.json does not describe a distmatch teacher or student")
+    spec = DataSpec.from_dict(cfg["spec"])
+    weights = _load_weights(run_dir)
+    shape, k, sd = tuple(spec.shape), int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
+    if kind == "student":
+        from .distill.router import build_student_generator
+
+        gen = build_student_generator(cfg, shape, weights).to(device).eval()
+        return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []))
+    net = build_denoiser(cfg["network"], shape, k, sd)
+    net.load_state_dict(_strip(weights, "net."))
+    net = net.to(device).eval().requires_grad_(False)
+    denoiser = net
+    if cfg.get("teacher") == "gmm":
+        denoiser = GaussianMixture.from_config(cfg["mixture"]).to(device)
+    return LoadedModel(kind, cfg, spec, denoiser, init_net=net, class_weights=cfg.get("class_weights", []))
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / ckpt.CONFIG).is_file()

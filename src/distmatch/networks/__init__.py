@@ -1,0 +1,55 @@
+"""Network registry: a network config + data shape -> an EDM-preconditioned denoiser."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from ..teachers.edm import EDMDenoiser
+
+
+@dataclass
+class NetworkConfig:
+    kind: str = "auto"            # auto (mlp for vectors, unet for images) | mlp | unet
+    # mlp
+    width: int = 256
+    depth: int = 3
+    fourier: int = 64
+    fourier_scale: float = 16.0
+    # unet
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    blocks: int = 1
+    attention: bool = False
+    dropout: float = 0.0
+
+    def validate(self):
+        if self.kind not in ("auto", "mlp", "unet"):
+            raise UserError(f"config key 'network.kind' must be auto, mlp or unet, got {self.kind!r}")
+        if self.width < 1 or self.depth < 0 or self.blocks < 1 or not self.channels:
+            raise UserError("network sizes must be positive (network.width, network.depth, network.blocks, network.channels)")
+
+
+def resolve_kind(kind: str, shape) -> str:
+    if kind == "auto":
+        return "mlp" if len(shape) == 1 else "unet"
+    if kind == "mlp" and len(shape) != 1:
+        raise UserError(f"network.kind=mlp needs vector data, but samples have shape {tuple(shape)}")
+    if kind == "unet" and len(shape) != 3:
+        raise UserError(f"network.kind=unet needs image data, but samples have shape {tuple(shape)}")
+    return kind
+
+
+def build_backbone(cfg: dict, shape, num_classes: int):
+    kind = resolve_kind(cfg["kind"], shape)
+    if kind == "mlp":
+        from .mlp import MLPBackbone
+
+        return MLPBackbone(shape[0], cfg["width"], cfg["depth"], cfg["fourier"], cfg["fourier_scale"], num_classes)
+    from .unet import UNetBackbone
+
+    return UNetBackbone(shape[0], tuple(shape[1:]), cfg["channels"], cfg["blocks"], cfg["attention"],
+                        cfg["dropout"], num_classes)
+
+
+def build_denoiser(cfg: dict, shape, num_classes: int = 0, sigma_data: float = 0.5) -> EDMDenoiser:
+    """cfg is a NetworkConfig as a dict (as stored in a run's config.json)."""
+    return EDMDenoiser(build_backbone(cfg, shape, num_classes), sigma_data)

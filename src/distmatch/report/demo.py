@@ -1,0 +1,124 @@
+"""`distmatch demo`: teacher -> DMD2 student -> side-by-side evaluation -> one HTML report.
+
+Every stage is resumable (re-running the command picks up where it stopped) and the comparison is made in one
+run: teacher at its recommended steps, teacher at the student's few steps, student.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from ..data import is_preset, load_data
+from ..errors import UserError
+from ..models import load_model
+from ..training.logging import read_log
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Demo overrides are prefixed by the stage they configure: teacher.KEY=V or distill.KEY=V."""
+    teacher, distill = [], []
+    for item in overrides:
+        stage, _, rest = item.partition(".")
+        if stage == "teacher" and rest:
+            teacher.append(rest)
+        elif stage == "distill" and rest:
+            distill.append(rest)
+        else:
+            raise UserError(f"demo --set keys start with teacher. or distill., got {item!r}")
+    return teacher, distill
+
+
+def evaluation_rows(teacher, student, reference, student_steps: int, n: int, train=None) -> list[dict]:
+    from ..eval.evaluate import evaluate_model
+
+    rows = []
+    plan = [("teacher", teacher, None)]
+    plan += [("teacher", teacher, k) for k in sorted({1, 2, 4, student_steps}) if k != teacher.default_steps]
+    plan += [("student", student, k) for k in range(1, student_steps + 1)]
+    for name, model, steps in plan:
+        r = evaluate_model(model, reference, n=n, steps=steps, train=train)
+        solver = f", {model.config['solver']}" if name == "teacher" else ""
+        r["name"] = f"{name} {r['steps']}-step{solver}"
+        rows.append(r)
+    return rows
+
+
+def sample_pictures(out: Path, rows_models, reference, kind: str, n: int = 2000) -> Path:
+    from . import plots
+
+    panels = [("data (held-out)" if kind == "vector" else "data", reference.x[:n].numpy())]
+    for title, model, steps in rows_models:
+        x, _ = model.sample(n if kind == "vector" else 64, steps, seed=1)
+        panels.append((f"{title} (NFE {model.nfe(steps)})", x.numpy()))
+    if kind == "vector":
+        return plots.scatter_panels(panels, out / "samples.png")
+    return plots.image_grid_panels(panels, out / "samples.png")
+
+
+def headline(rows: list[dict], kind: str) -> str:
+    key = "swd" if kind == "vector" else "fd"
+    best = rows[0]
+    one = next((r for r in rows if r["kind"] == "student" and r["steps"] == 1), rows[-1])
+    speedup = one.get("samples_per_s", 0) / max(best.get("samples_per_s", 1e-9), 1e-9)
+    return (f"teacher ({best['nfe']} NFE): {key} {best[key]:.4g}; student ({one['nfe']} NFE): {key} {one[key]:.4g} "
+            f"= {one[key] / max(best[key], 1e-12):.2f}x the teacher's; sampling {speedup:.0f}x faster")
+
+
+def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, student, reference,
+                      timings: dict) -> Path:
+    from . import plots
+    from .html import metrics_table, write_report
+
+    kind = teacher.spec.kind
+    keys = ["swd", "mmd", "energy", "modes_covered", "off_mode"] if kind == "vector" else \
+        ["fd", "kid", "precision", "recall", "classes_covered", "class_accuracy"]
+    columns = ["name", "nfe"] + keys + ["samples_per_s"]
+    steps = student.default_steps
+    pictures = [("teacher", teacher, None), (f"teacher {steps}-step", teacher, steps), ("student", student, steps)]
+    sample_png = sample_pictures(out, pictures, reference, kind)
+    curves_png = plots.curves(read_log(out / "student"), out / "curves.png")
+    teacher_curves = read_log(out / "teacher")
+    sections = [
+        {"heading": "Summary", "text": [headline(rows, kind),
+                                         f"data: {data_name} ({teacher.spec.describe()}); reference: held-out split"
+                                         if is_preset(data_name) else f"data: {data_name}"]},
+        {"heading": "Samples", "images": [str(sample_png)]},
+        {"heading": "Metrics (against held-out data)", "table": metrics_table(rows, columns)},
+        {"heading": "Training curves (student)", "images": [str(curves_png)]},
+        {"heading": "Wall-clock", "table": metrics_table([timings], list(timings))},
+    ]
+    if teacher_curves:
+        sections.append({"heading": "Training curves (teacher)",
+                         "images": [str(plots.curves(teacher_curves, out / "teacher_curves.png"))]})
+    return write_report(out / "report.html", f"distmatch demo: {data_name}", sections)
+
+
+def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None = None,
+             overrides: list[str] | None = None, n_eval: int = 4000) -> Path:
+    from ..distill import run_distill
+    from ..teachers.train import train_teacher
+
+    if config_file:
+        raise UserError("demo takes no --config; pass stage settings as --set teacher.KEY=V / distill.KEY=V")
+    t_over, d_over = split_overrides(overrides or [])
+    out = Path(out or f"runs/demo-{Path(data).stem}")
+    timings = {}
+    t0 = time.perf_counter()
+    train_teacher(data, out / "teacher", None, t_over)
+    timings["teacher_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    run_distill(out / "teacher", out / "student", "dmd2", steps, None, d_over, data)
+    timings["distill_s"] = round(time.perf_counter() - t0, 1)
+    teacher, student = load_model(out / "teacher"), load_model(out / "student")
+    reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
+    t0 = time.perf_counter()
+    n = n_eval if teacher.spec.kind == "vector" else min(n_eval, 1000)
+    rows = evaluation_rows(teacher, student, reference, student.default_steps, n)
+    timings["evaluate_s"] = round(time.perf_counter() - t0, 1)
+    ckpt.atomic_write_json(out / "metrics.json", {"rows": rows, "timings": timings})
+    report = write_demo_report(out, data, rows, teacher, student, reference, timings)
+    print(headline(rows, teacher.spec.kind))
+    print(json.dumps(timings))
+    return report

@@ -1,0 +1,61 @@
+"""Samplers over a denoiser D(x, σ, cond) in σ-space (see schedules.py). Pure functions, no I/O.
+
+Teachers solve the probability-flow ODE dx/dσ = (x - D(x, σ)) / σ on a Karras grid (Euler, or Heun = EDM
+Algorithm 1 without churn); a few-step student maps noise to data and re-noises between its steps.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .schedules import SIGMA_MAX, SIGMA_MIN, karras_sigmas
+
+Denoiser = Callable[..., torch.Tensor]
+
+
+def _full(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+
+
+def teacher_grid(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> list[float]:
+    """The noise levels of a `steps`-step ODE solve: Karras grid, then 0."""
+    return [float(s) for s in karras_sigmas(steps, sigma_min, sigma_max)] + [0.0]
+
+
+@torch.no_grad()
+def ode_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str = "heun", cond=None,
+               sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+    """Solve the PF-ODE from noise ~ N(0, I) (scaled by sigma_max here) in `steps` steps.
+
+    Heun uses 2 evaluations per step except the last (to σ = 0), so NFE = 2 * steps - 1; Euler uses `steps`.
+    """
+    if solver not in ("euler", "heun"):
+        raise ValueError(f"unknown solver {solver!r} (choose euler or heun)")
+    sig = teacher_grid(steps, sigma_min, sigma_max)
+    x = noise * sig[0]
+    for s_cur, s_next in zip(sig[:-1], sig[1:]):
+        d = (x - denoiser(x, _full(x, s_cur), cond)) / s_cur
+        x_next = x + (s_next - s_cur) * d
+        if solver == "heun" and s_next > 0:
+            d2 = (x_next - denoiser(x_next, _full(x, s_next), cond)) / s_next
+            x_next = x + (s_next - s_cur) * 0.5 * (d + d2)
+        x = x_next
+    return x
+
+
+def teacher_nfe(steps: int, solver: str) -> int:
+    return 2 * steps - 1 if solver == "heun" else steps
+
+
+def few_step_sample(generator: Denoiser, noise: torch.Tensor, sigmas: Sequence[float], cond=None,
+                    renoise: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """A K-step student: x̂_0 = G(σ_0 z); then for k ≥ 1, x̂_0 = G(x̂_0 + σ_k ε_k, σ_k).  NFE = K.
+
+    `renoise` optionally supplies the ε_k (K-1 tensors) for reproducibility; otherwise fresh noise is drawn.
+    """
+    x0 = generator(noise * sigmas[0], _full(noise, sigmas[0]), cond)
+    for k, s in enumerate(sigmas[1:]):
+        eps = renoise[k] if renoise is not None else torch.randn_like(x0)
+        x0 = generator(x0 + s * eps, _full(x0, s), cond)
+    return x0

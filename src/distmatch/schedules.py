@@ -1,0 +1,64 @@
+"""Noise levels, in the library's one time convention.
+
+Convention (used everywhere inside distmatch): EDM / variance-exploding σ-space,
+    x_σ = x_0 + σ ε,      ε ~ N(0, I),
+and every network is seen through a denoiser D(x_σ, σ, cond) -> x̂_0.  σ = 0 is data, large σ is noise.
+Teachers with other conventions (VP/DDPM, flow matching) are converted at their adapter and nowhere else.
+Pure torch, no I/O.
+"""
+from __future__ import annotations
+
+import torch
+
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+RHO = 7.0
+SIGMA_DATA = 0.5
+
+
+def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5: n noise levels from sigma_max down to sigma_min (float64)."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if n == 1:
+        return torch.tensor([sigma_max], dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + i * (lo - hi)) ** rho
+
+
+def karras_grid_1000(sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> torch.Tensor:
+    """The 1000-point grid DMD2 indexes its noise levels on, ascending (index 0 = sigma_min)."""
+    return karras_sigmas(1000, sigma_min, sigma_max, rho).flip(0)
+
+
+def sample_grid_sigmas(n: int, lo: float, hi: float, generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """σ drawn uniformly by index from the ascending 1000-point Karras grid, restricted to [lo, hi] as fractions.
+
+    DMD2's distribution-matching loss uses lo=0.02, hi=0.98 (indices 20..980); its critic uses the whole grid.
+    """
+    grid = karras_grid_1000()
+    i0, i1 = int(round(lo * 1000)), min(int(round(hi * 1000)), 999)
+    idx = torch.randint(i0, i1 + 1, (n,), generator=generator)
+    return grid[idx].float().to(device)
+
+
+def sample_lognormal_sigmas(n: int, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None,
+                            device: torch.device | str = "cpu") -> torch.Tensor:
+    """EDM training noise levels: ln σ ~ N(P_mean, P_std²)."""
+    return (torch.randn(n, generator=generator) * p_std + p_mean).exp().to(device)
+
+
+def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_last: float = 0.3, rho: float = RHO) -> list[float]:
+    """The fixed noise levels a K-step student starts each of its steps from.
+
+    Step 1 always starts from pure noise at sigma_max; the remaining K-1 levels follow a Karras ρ-spacing from
+    sigma_max down to sigma_last (excluding sigma_max itself), so a 4-step student sees e.g. [80, 2.9, 0.96, 0.3].
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if steps == 1:
+        return [sigma_max]
+    levels = karras_sigmas(steps, sigma_last, sigma_max, rho)
+    return [sigma_max] + [float(s) for s in levels[1:]]

@@ -1,0 +1,257 @@
+"""The only training loop: teacher training and every distillation method run through `train()`.
+
+It owns devices and processes (Hugging Face Accelerate: one CPU process by default, DDP/FSDP under
+`accelerate launch`), the data stream, learning-rate warm-up, logs (JSON lines + TensorBoard), a progress bar,
+atomic checkpoints, and resuming: re-running the same command continues from the last checkpoint.
+Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..errors import UserError
+from .logging import RunLogger
+from .method import Batch, Context, Method
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup: int = 0
+    grad_clip: float = 10.0
+    ema: float = 0.999
+    precision: str = "fp32"
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 25
+    progress: bool = True
+
+    def validate(self):
+        for key in ("iters", "batch_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise UserError(f"config key 'train.lr' must be > 0, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"config key 'train.ema' must be in [0, 1), got {self.ema}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"config key 'train.precision' must be fp32 or bf16, got {self.precision!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), got {self.betas}")
+        if self.ckpt_every < 1 or self.log_every < 1:
+            raise UserError("config keys 'train.ckpt_every' and 'train.log_every' must be >= 1")
+
+
+# Keys that may differ when a run is resumed: they change how long or how loudly it runs, not what it computes.
+RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress")
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks between steps, so a checkpoint is never taken mid-step."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    @contextmanager
+    def installed(self):
+        try:
+            old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread (e.g. a launcher): no handlers, default behaviour
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+class DataStream:
+    """Random minibatches from an in-memory dataset; each process draws with its own seeded generator."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, device):
+        self.x = dataset.x if dataset is not None else None
+        self.labels = dataset.labels if dataset is not None else None
+        self.batch_size, self.device = batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> Batch:
+        if self.x is None:
+            return Batch(torch.empty(0, device=self.device), None)
+        idx = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
+        labels = self.labels[idx].to(self.device) if self.labels is not None else None
+        return Batch(self.x[idx].to(self.device), labels)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, prefix + k + ".")
+        elif a != b and prefix + k not in RESUMABLE_CHANGES:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _set_lr(optimizers: dict, it: int, warmup: int) -> None:
+    factor = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * factor
+
+
+def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset,
+          build_method: Callable[[Context], Method], description: str = "training") -> Method:
+    """Run (or resume) a training run in `out_dir`; returns the method with its final state."""
+    out = Path(out_dir)
+    accelerator = make_accelerator(train_cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(train_cfg.seed * 1000 + rank)
+    ctx = Context(accelerator=accelerator, device=accelerator.device, train=train_cfg)
+    ctx.shared_generator = torch.Generator().manual_seed(train_cfg.seed)  # same draws on every rank
+    method = build_method(ctx)
+    data = DataStream(dataset, train_cfg.batch_size, train_cfg.seed * 1000 + rank + 17, accelerator.device)
+    start = _resume(out, run_config, method, data, ctx)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(out / "run.json", run_config)
+    logger = RunLogger(out, start, enabled=accelerator.is_main_process)
+    if start >= train_cfg.iters:
+        logger.close()
+        return method
+    if accelerator.is_main_process and start > 0:
+        print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
+    _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description)
+    return method
+
+
+def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
+    from tqdm.auto import tqdm
+
+    acc = ctx.accelerator
+    bar = tqdm(total=cfg.iters, initial=start, desc=description, dynamic_ncols=True, mininterval=0.5,
+               disable=not (cfg.progress and acc.is_main_process), file=sys.stderr)
+    stop = StopRequest()
+    it, t0 = start, time.time()
+    with stop.installed():
+        while it < cfg.iters and not stop.requested:
+            _set_lr(method.optimizers(), it, cfg.warmup)
+            logs = method.step(data.next(), it)
+            it += 1
+            logger.add(logs)
+            bar.update(1)
+            if it % cfg.log_every == 0 or it == cfg.iters:
+                rec = logger.flush(it, time.time() - t0)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
+            if it % cfg.ckpt_every == 0 and it < cfg.iters:
+                save_checkpoint(out, run_config, method, data, ctx, it)
+    bar.close()
+    logger.flush(it, time.time() - t0)
+    save_checkpoint(out, run_config, method, data, ctx, it)
+    logger.close()
+    if stop.requested and it < cfg.iters:
+        raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
+                          "Re-run the same command to resume.")
+
+
+class Interrupted(Exception):
+    """The run was stopped on request and checkpointed."""
+
+
+def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
+    mine = torch.cat([torch.get_rng_state(), data.generator.get_state()])
+    acc = ctx.accelerator
+    gathered = acc.gather(mine.to(acc.device)[None]).cpu() if acc.num_processes > 1 else mine[None]
+    tensors = {f"rng/rank{r}": gathered[r] for r in range(gathered.shape[0])}
+    tensors["rng/shared"] = ctx.shared_generator.get_state()
+    if torch.cuda.is_available():
+        tensors[f"rng/cuda{acc.process_index}"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context, it: int) -> None:
+    acc = ctx.accelerator
+    tensors = _rng_tensors(data, ctx)  # a collective: every rank takes part
+    if acc.is_main_process:
+        optim_meta = {}
+        for name, module in method.modules().items():
+            tensors.update(ckpt.module_to_tensors(name, acc.unwrap_model(module)))
+        for name, opt in method.optimizers().items():
+            t, m = ckpt.optimizer_to_tensors(name, opt)
+            tensors.update(t)
+            optim_meta[name] = m
+        meta = {"iteration": it, "config": run_config, "optimizers": optim_meta, "world_size": acc.num_processes}
+        ckpt.save_tensors(out / ckpt.CHECKPOINT, tensors, meta)
+    acc.wait_for_everyone()
+
+
+def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context) -> int:
+    path = out / ckpt.CHECKPOINT
+    if not path.is_file():
+        return 0
+    tensors, meta = ckpt.load_tensors(path)
+    diffs = _differences(meta.get("config", {}), run_config)
+    if diffs:
+        raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
+                        "use another --out, or the same settings to resume it")
+    acc = ctx.accelerator
+    if meta.get("world_size", 1) != acc.num_processes:
+        raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same number")
+    for name, module in method.modules().items():
+        acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
+    for name, opt in method.optimizers().items():
+        opt.load_state_dict(ckpt.optimizer_from_tensors(name, tensors, meta["optimizers"][name]))
+    state = tensors[f"rng/rank{acc.process_index}"]
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:n].clone())
+    data.generator.set_state(state[n:].clone())
+    ctx.shared_generator.set_state(tensors["rng/shared"].clone())
+    if torch.cuda.is_available() and f"rng/cuda{acc.process_index}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng/cuda{acc.process_index}"])
+    it = int(meta["iteration"])
+    method.on_resume(it)
+    return it
+
+
+def read_checkpoint_iteration(out_dir: str | Path) -> int | None:
+    path = Path(out_dir) / ckpt.CHECKPOINT
+    if not path.is_file():
+        return None
+    return int(ckpt.load_tensors(path)[1].get("iteration", 0))
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -30,8 +30,9 @@ def test_karras_grid_endpoints_and_order():
 
 def test_student_sigmas():
     assert student_sigmas(1) == [80.0]
-    s = student_sigmas(4, sigma_last=0.3)
-    assert len(s) == 4 and s[0] == 80.0 and s[-1] == pytest.approx(0.3)
+    s = student_sigmas(4, sigma_last=0.35)
+    assert len(s) == 4 and s[0] == 80.0 and s[-1] == pytest.approx(0.35)
+    assert s[1] == pytest.approx(2.58, rel=0.01)
     assert all(b < a for a, b in zip(s, s[1:]))
 
 

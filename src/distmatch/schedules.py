@@ -50,15 +50,16 @@ def sample_lognormal_sigmas(n: int, p_mean: float = -1.2, p_std: float = 1.2, ge
     return (torch.randn(n, generator=generator) * p_std + p_mean).exp().to(device)
 
 
-def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_last: float = 0.3, rho: float = RHO) -> list[float]:
+def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_top: float = 7.0, sigma_last: float = 0.35) -> list[float]:
     """The fixed noise levels a K-step student starts each of its steps from.
 
-    Step 1 always starts from pure noise at sigma_max; the remaining K-1 levels follow a Karras ρ-spacing from
-    sigma_max down to sigma_last (excluding sigma_max itself), so a 4-step student sees e.g. [80, 2.9, 0.96, 0.3].
+    Step 1 always starts from pure noise at sigma_max; the other K-1 levels are the last K-1 of K geometrically
+    spaced levels from sigma_top down to sigma_last.  With the defaults (for σ_data = 0.5 data) a 4-step student
+    uses [80, 2.58, 0.95, 0.35], close to DMD2's 4-step SDXL levels (t = 999, 749, 499, 249) rescaled to σ_data.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
     if steps == 1:
-        return [sigma_max]
-    levels = karras_sigmas(steps, sigma_last, sigma_max, rho)
-    return [sigma_max] + [float(s) for s in levels[1:]]
+        return [float(sigma_max)]
+    ratio = (sigma_last / sigma_top) ** (1 / (steps - 1))
+    return [float(sigma_max)] + [float(sigma_top * ratio ** k) for k in range(1, steps)]

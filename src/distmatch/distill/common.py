@@ -19,7 +19,8 @@ from ..schedules import SIGMA_MAX, student_sigmas
 class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
-    sigma_last: float = 0.3               # smallest default level for K > 1, relative to σ_data = 0.5 data
+    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
+    sigma_last: float = 0.35              # ... down to sigma_last (for σ_data = 0.5 data)
 
     def validate(self):
         if self.steps < 1:
@@ -31,7 +32,7 @@ class StudentConfig:
                 raise UserError("student.sigmas must be positive and strictly decreasing")
 
     def resolved_sigmas(self) -> list[float]:
-        return list(self.sigmas) if self.sigmas is not None else student_sigmas(self.steps, SIGMA_MAX, self.sigma_last)
+        return list(self.sigmas) if self.sigmas is not None else student_sigmas(self.steps, SIGMA_MAX, self.sigma_top, self.sigma_last)
 
 
 class RealScore(nn.Module):

@@ -18,6 +18,10 @@ from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, n
 from .losses import critic_loss, dm_gradient, dm_loss, gan_discriminator_loss, gan_generator_loss
 
 
+# In 2-D/low-D the GAN made students worse and halved iterations/s (bench/RESULTS.md): off for vectors by default.
+DEFAULTS = {"vector": {"dmd2": {"gan": False}}}
+
+
 @dataclass
 class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule)
@@ -54,7 +58,7 @@ class DMD2(Method):
         self.num_classes = num_classes = teacher.num_classes
         shape = teacher.spec.shape
         self.class_weights = teacher.class_weights
-        self.real = RealScore(teacher.denoiser, opts.guidance, num_classes)
+        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, num_classes)
         gen = init_copy(teacher.init_net, ctx.device)
         self.ema = ema_copy(gen)
         self.gen = ctx.prepare(gen)

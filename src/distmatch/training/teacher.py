@@ -41,7 +41,7 @@ class TeacherTraining(Method):
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.label_dropout = label_dropout
         self.num_classes = net.num_classes
-        self.exact = exact
+        self.exact = exact.to(ctx.device) if exact is not None else None
         self.ema = ema_copy(net).to(ctx.device)
         self.net = ctx.prepare(net.to(ctx.device))
         self.opt = ctx.make_optimizer(self.net.parameters())

@@ -120,7 +120,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, prefix + k + ".")
-        elif a != b and prefix + k not in RESUMABLE_CHANGES:
+        elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
 

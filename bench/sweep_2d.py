@@ -1,0 +1,143 @@
+"""How DMD2's defaults for vector data were chosen: many settings in parallel, quality vs iterations.
+
+Each run distils one preset's teacher with one set of overrides and evaluates the student (sliced Wasserstein
+distance to the held-out split, 5000 vs 5000 points, mean of 3 sample seeds) at several iteration milestones,
+resuming the same run folder between milestones. Meant for a machine with many cores or a GPU:
+
+    python bench/sweep_2d.py --out bench/out/sweep --jobs 12 --minutes 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+BASE = ["train.progress=false"]
+RUNS = {
+    "8g-base": ("8gaussians", 1, []),
+    "8g-w128": ("8gaussians", 1, ["@teacher:network.width=128"]),
+    "8g-bs1024": ("8gaussians", 1, ["train.batch_size=1024"]),
+    "8g-lr5e-5": ("8gaussians", 1, ["train.lr=5e-5"]),
+    "8g-lr2e-4": ("8gaussians", 1, ["train.lr=2e-4"]),
+    "8g-ratio10": ("8gaussians", 1, ["dmd2.critic_ratio=10"]),
+    "8g-ratio3": ("8gaussians", 1, ["dmd2.critic_ratio=3"]),
+    "8g-gan0.3": ("8gaussians", 1, ["dmd2.gan=true", "dmd2.gan_weight_g=0.3"]),
+    "8g-gan0.05": ("8gaussians", 1, ["dmd2.gan=true", "dmd2.gan_weight_g=0.05"]),
+    "8g-range0.8": ("8gaussians", 1, ["dmd2.dm_range=[0.02,0.8]"]),
+    "8g-beta0.9": ("8gaussians", 1, ["train.betas=[0.9,0.999]"]),
+    "8g-ema0.999": ("8gaussians", 1, ["train.ema=0.999"]),
+    "8g-k4": ("8gaussians", 4, []),
+    "8g-k4-last0.15": ("8gaussians", 4, ["student.sigma_last=0.15"]),
+    "8g-k4-last0.7": ("8gaussians", 4, ["student.sigma_last=0.7"]),
+    "8g-k2": ("8gaussians", 2, []),
+    "25g-base": ("25gaussians", 1, []),
+    "checker-base": ("checkerboard", 1, []),
+    "checker-k4": ("checkerboard", 4, []),
+    "moons-base": ("moons", 1, []),
+}
+MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
+
+
+def teacher_for(preset: str, extra: list[str], root: Path) -> Path:
+    from distmatch.teachers.train import train_teacher
+
+    tag = preset + ("-" + "-".join(e.split("=")[0].split(".")[-1] + e.split("=")[1] for e in extra) if extra else "")
+    out = root / "teachers" / tag
+    lock = out.with_suffix(".lock")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # one process trains each teacher, the others wait for it
+        if (out / "config.json").exists():
+            return out
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL)
+            os.close(fd)
+            break
+        except FileExistsError:
+            time.sleep(2)
+    train_teacher(preset, out, overrides=BASE + extra)
+    return out
+
+
+def evaluate(run_dir: Path, steps: int) -> dict:
+    from distmatch.data import load_data
+    from distmatch.eval.vectors import sliced_wasserstein
+    from distmatch.models import load_model
+
+    model = load_model(run_dir)
+    ref = load_data(model.spec.source, split="test", spec=model.spec)
+    vals = [sliced_wasserstein(model.sample(5000, steps, seed=s)[0], ref.x) for s in range(3)]
+    return {"swd": sum(vals) / 3, "swd_seeds": vals}
+
+
+def one_run(name: str, root: str, deadline: float, milestones: list[int]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from distmatch.distill import run_distill
+
+    preset, steps, overrides = RUNS[name]
+    t_extra = [o.split(":", 1)[1] for o in overrides if o.startswith("@teacher:")]
+    d_extra = [o for o in overrides if not o.startswith("@teacher:")]
+    root = Path(root)
+    teacher = teacher_for(preset, t_extra, root)
+    result = {"name": name, "preset": preset, "steps": steps, "overrides": overrides, "curve": []}
+    start = time.time()
+    for m in milestones:
+        if time.time() > deadline:
+            break
+        run_distill(teacher, root / "runs" / name, steps=steps, overrides=BASE + d_extra + [f"train.iters={m}"])
+        point = {"iters": m, "seconds": round(time.time() - start, 1)}
+        point.update(evaluate(root / "runs" / name, steps))
+        result["curve"].append(point)
+        (root / f"{name}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def teacher_baselines(root: Path) -> dict:
+    from distmatch.data import load_data
+    from distmatch.eval.vectors import sliced_wasserstein
+    from distmatch.models import load_model
+
+    out = {}
+    for t in sorted((root / "teachers").glob("*/config.json")):
+        model = load_model(t.parent)
+        ref = load_data(model.spec.source, split="test", spec=model.spec)
+        out[t.parent.name] = {k: sum(sliced_wasserstein(model.sample(5000, k, seed=s)[0], ref.x) for s in range(3)) / 3
+                              for k in (None, 1, 4)}
+        floor_ref = load_data(model.spec.source, split="train", spec=model.spec).x[:5000]
+        out[t.parent.name]["floor"] = sliced_wasserstein(floor_ref, ref.x)
+    return {k: {str(kk): vv for kk, vv in v.items()} for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/out/sweep")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--minutes", type=float, default=6)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--milestones", default="")
+    args = ap.parse_args()
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    if args.milestones:
+        MILESTONES[:] = [int(m) for m in args.milestones.split(",")]
+    names = [n for n in RUNS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
+    deadline = time.time() + 60 * args.minutes
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs) as pool:
+        results = pool.starmap(one_run, [(n, str(root), deadline, MILESTONES) for n in names])
+    summary = {"runs": results, "teachers": teacher_baselines(root)}
+    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    for r in results:
+        print(r["name"], [(p["iters"], round(p["swd"], 4), p["seconds"]) for p in r["curve"]])
+    print(json.dumps(summary["teachers"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

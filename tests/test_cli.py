@@ -1,0 +1,148 @@
+"""The command's contract: bad input gets one clear line and exit status 2, no traceback, nothing half-written."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distmatch.cli import main
+
+TINY = ["--set", "network.width=32", "--set", "network.depth=1", "--set", "network.fourier=8",
+        "--set", "train.progress=false"]
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def assert_user_error(capsys, argv, *needles):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distmatch: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t") / "teacher"
+    with pytest.raises(SystemExit) as exc:
+        main(["teacher", "--data", "8gaussians", "--out", str(out), "--set", "train.iters=20", *TINY])
+    assert exc.value.code == 0
+    return out
+
+
+def bad_arrays(tmp_path):
+    cases = {}
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2), np.float32))
+    cases["empty"] = (tmp_path / "empty.npy", "empty")
+    np.save(tmp_path / "rank1.npy", np.zeros(10, np.float32))
+    cases["rank"] = (tmp_path / "rank1.npy", "rank")
+    a = np.random.randn(50, 2).astype(np.float32)
+    a[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", a)
+    cases["nan"] = (tmp_path / "nan.npy", "NaN")
+    a = np.random.randn(50, 2)
+    a[7, 0] = np.inf
+    np.save(tmp_path / "inf.npy", a)
+    cases["inf"] = (tmp_path / "inf.npy", "nf")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["empty", "rank", "nan", "inf"])
+def test_bad_arrays(capsys, tmp_path, case):
+    path, needle = bad_arrays(tmp_path)[case]
+    out = tmp_path / "run"
+    assert_user_error(capsys, ["teacher", "--data", str(path), "--out", str(out)], path.name, needle)
+    assert not out.exists()
+
+
+def test_missing_file_and_unknown_preset(capsys, tmp_path):
+    assert_user_error(capsys, ["teacher", "--data", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "o")],
+                      "nope.npy")
+    assert_user_error(capsys, ["teacher", "--data", "ninegaussians", "--out", str(tmp_path / "o")],
+                      "ninegaussians", "preset")
+    (tmp_path / "garbled.npy").write_bytes(b"not an array at all")
+    assert_user_error(capsys, ["teacher", "--data", str(tmp_path / "garbled.npy"), "--out", str(tmp_path / "o")],
+                      "garbled.npy")
+
+
+def test_image_folder_problems(capsys, tmp_path):
+    from PIL import Image
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("L", (8, 8)).save(mixed / "a.png")
+    Image.new("L", (9, 8)).save(mixed / "b.png")
+    assert_user_error(capsys, ["teacher", "--data", str(mixed), "--out", str(tmp_path / "o")], "size")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.new("L", (8, 8)).save(broken / "a.png")
+    (broken / "z.png").write_bytes(b"\x89PNG garbage")
+    assert_user_error(capsys, ["teacher", "--data", str(broken), "--out", str(tmp_path / "o")], "z.png")
+
+
+def test_bad_config(capsys, tmp_path):
+    out = str(tmp_path / "o")
+    assert_user_error(capsys, ["teacher", "--data", "8gaussians", "--out", out, "--set", "train.lr_typo=1"],
+                      "train.lr_typo")
+    assert_user_error(capsys, ["teacher", "--data", "8gaussians", "--out", out, "--set", "train.iters=many"],
+                      "train.iters", "integer")
+    (tmp_path / "c.yaml").write_text("train:\n  batchsize: 3\n")
+    assert_user_error(capsys, ["teacher", "--data", "8gaussians", "--out", out, "--config", str(tmp_path / "c.yaml")],
+                      "train.batchsize")
+    assert_user_error(capsys, ["teacher", "--data", "8gaussians", "--out", out, "--config", str(tmp_path / "no.yaml")],
+                      "no.yaml")
+
+
+def test_zero_steps(capsys, teacher_dir, tmp_path):
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"), "--steps", "0"],
+                      "--steps")
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "4", "--out", str(tmp_path / "x.npy"),
+                               "--steps", "0"], "--steps")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "x.npy").exists()
+
+
+def test_distill_from_folder_without_teacher(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "s")],
+                      "no teacher")
+    assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "s")],
+                      "missing")
+
+
+def test_teacher_that_does_not_fit_the_data(capsys, teacher_dir, tmp_path):
+    np.save(tmp_path / "three_d.npy", np.random.randn(100, 3).astype(np.float32))
+    line = assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
+                                      "--data", str(tmp_path / "three_d.npy")], "three_d.npy", "(3,)")
+    assert "(2,)" in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_method_and_class(capsys, teacher_dir, tmp_path):
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
+                               "--method", "magic"], "magic")
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "4", "--out", str(tmp_path / "x.npy"),
+                               "--class", "3"], "not class-conditional")
+
+
+def test_sample_writes_users_layout(capsys, teacher_dir, tmp_path):
+    code, out, _ = run_cli(capsys, "sample", "--model", str(teacher_dir), "--n", "10", "--out",
+                           str(tmp_path / "x.npy"), "--steps", "4")
+    assert code == 0
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (10, 2) and x.dtype == np.float32
+    assert "7 network evaluations" in out  # Heun, 4 steps
+
+
+def test_real_process_prints_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "distmatch.cli", "teacher", "--data", str(tmp_path / "none.npz"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "none.npz" in done.stderr and "Traceback" not in done.stderr

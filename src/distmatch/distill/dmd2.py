@@ -29,10 +29,11 @@ class Options:
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     gan: bool = True                   # GAN loss on real data vs student samples
-    gan_weight_g: float = 3e-3         # generator GAN weight, relative to the DM gradient norm (see gan_balance)
+    gan_weight_g: float = 0.5          # generator GAN weight: with gan_balance, the GAN gradient's norm on the samples
+                                       # as a fraction of the DM gradient's (DMD2's advice: make the two comparable)
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
-    gan_balance: bool = True           # scale the generator GAN gradient to gan_weight_g x DM gradient norm,
-                                       # so one weight serves 2-D points and images alike
+    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as in DMD2's code
+                                       # (3e-3 there); true: one weight serves 2-D points and images of any size
 
     def validate(self):
         if self.critic_ratio < 1:

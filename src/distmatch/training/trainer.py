@@ -142,6 +142,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     torch.manual_seed(train_cfg.seed * 1000 + rank)
     ctx = Context(accelerator=accelerator, device=accelerator.device, train=train_cfg)
     ctx.shared_generator = torch.Generator().manual_seed(train_cfg.seed)  # same draws on every rank
+    ctx.out_dir = out  # for methods that cache derived data beside the checkpoint
     method = build_method(ctx)
     data = DataStream(dataset, train_cfg.batch_size, train_cfg.seed * 1000 + rank + 17, accelerator.device)
     start = _resume(out, run_config, method, data, ctx)

@@ -1,0 +1,135 @@
+"""`distmatch compare`: several methods against one teacher, one report.
+
+Each distillation runs in its own process so its wall-clock and peak memory are its own; every run folder is
+resumable, so re-running the command picks up where it stopped and re-uses finished students.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from ..data import is_preset, load_data
+from ..errors import UserError
+from ..models import load_model
+from ..training.logging import read_log
+
+# So the whole comparison fits in about 10 minutes on 2 cores; raise it with --set train.iters=N.
+COMPARE_ITERS = {"vector": 2000, "image": 1500}
+DEFAULT_STEPS = {"tdm": 4}
+
+
+def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
+    from ..distill import METHODS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if not names or unknown:
+        raise UserError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r} "
+                        f"(choose from {', '.join(METHODS)})")
+    if steps is None:
+        return [(m, DEFAULT_STEPS.get(m, 1)) for m in names]
+    ks = [s.strip() for s in steps.split(",")]
+    if len(ks) == 1:
+        ks = ks * len(names)
+    if len(ks) != len(names) or not all(k.isdigit() and int(k) >= 1 for k in ks):
+        raise UserError(f"--steps must be one K >= 1 or one per method ({len(names)}), got {steps!r}")
+    return list(zip(names, map(int, ks)))
+
+
+def route_overrides(overrides: list[str], methods: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """teacher.KEY -> the teacher; METHOD.KEY -> that method only; train.* / student.* -> every method."""
+    teacher, per_method = [], {m: [] for m in methods}
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head == "teacher" and rest:
+            teacher.append(rest)
+        elif head in per_method:
+            per_method[head].append(item)
+        elif head in ("train", "student"):
+            for m in per_method:
+                per_method[m].append(item)
+        else:
+            raise UserError(f"compare --set keys start with teacher., train., student. or a method name, got {item!r}")
+    return teacher, per_method
+
+
+def run_method(teacher_dir: Path, out: Path, method: str, k: int, overrides: list[str]) -> dict:
+    """One distillation in a child process; returns its wall-clock and peak resident memory."""
+    cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(teacher_dir), "--out", str(out),
+           "--method", method, "--steps", str(k)]
+    for item in overrides:
+        cmd += ["--set", item]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise UserError(f"distilling with {method} failed (exit {proc.returncode}); see the message above")
+    return {"distill_s": round(seconds, 1), "peak_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def run_compare(data: str, methods: str, steps: str | None, out: str | None, config_file: str | None,
+                overrides: list[str] | None) -> Path:
+    from ..eval.evaluate import evaluate_model
+    from ..teachers.train import train_teacher
+
+    if config_file:
+        raise UserError("compare takes no --config; use --set teacher.KEY=V, --set train.KEY=V, --set METHOD.KEY=V")
+    plan = parse_plan(methods, steps)
+    t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])
+    out = Path(out or f"runs/compare-{Path(data).stem}")
+    t0 = time.perf_counter()
+    teacher_dir = train_teacher(data, out / "teacher", None, t_over)
+    teacher = load_model(teacher_dir)
+    teacher_s = round(time.perf_counter() - t0, 1)
+    if any(m == "msd" for m, _ in plan) and not teacher.num_classes:
+        raise UserError("msd needs class labels; compare it on labelled data (e.g. 8gaussians-labeled, digits)")
+    kind = teacher.spec.kind
+    reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
+    n = 4000 if kind == "vector" else 1000
+    rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",
+                 distill_s=teacher_s)]
+    students = []
+    for method, k in plan:
+        run_dir = out / f"{method}-{k}step"
+        extra = [f"train.iters={COMPARE_ITERS[kind]}"] + m_over[method]
+        cost = run_method(teacher_dir, run_dir, method, k, extra)
+        student = load_model(run_dir)
+        students.append((method, k, student, run_dir))
+        rows.append(dict(evaluate_model(student, reference, n=n), name=f"{method} {k}-step", **cost))
+        if kind == "vector" or k > 1:
+            rows.append(dict(evaluate_model(teacher, reference, n=n, steps=k), name=f"teacher {k}-step"))
+    ckpt.atomic_write_json(out / "compare.json", {"rows": rows})
+    return write_compare_report(out, data, rows, teacher, students, reference)
+
+
+def write_compare_report(out: Path, data: str, rows: list[dict], teacher, students, reference) -> Path:
+    from . import plots
+    from .html import metrics_table, write_report
+
+    kind = teacher.spec.kind
+    metric = "swd" if kind == "vector" else "fd"
+    keys = ["swd", "mmd", "modes_covered", "off_mode"] if kind == "vector" else ["fd", "kid", "recall", "classes_covered"]
+    columns = ["name", "nfe"] + keys + ["samples_per_s", "distill_s", "peak_mb"]
+    n_show = 2000 if kind == "vector" else 64
+    panels = [("data (held-out)", reference.x[:n_show].numpy()),
+              (f"teacher (NFE {teacher.nfe()})", teacher.sample(n_show, seed=1)[0].numpy())]
+    panels += [(f"{m} {k}-step", s.sample(n_show, seed=1)[0].numpy()) for m, k, s, _ in students]
+    pics = plots.scatter_panels(panels, out / "samples.png") if kind == "vector" else \
+        plots.image_grid_panels(panels, out / "samples.png")
+    sections = [
+        {"heading": "Methods against one teacher", "text": [
+            f"data: {data}; teacher: {teacher.config['solver']} {teacher.default_steps} steps "
+            f"(NFE {teacher.nfe()}); metrics against the held-out split; lower {metric} is better."]},
+        {"heading": "Metrics", "table": metrics_table(rows, columns)},
+        {"heading": metric, "images": [str(plots.metric_bars(rows, metric, out / "bars.png"))]},
+        {"heading": "Samples", "images": [str(pics)]},
+    ]
+    curves = [str(plots.curves(read_log(d), out / f"curves-{d.name}.png")) for _, _, _, d in students]
+    sections.append({"heading": "Training curves", "images": curves})
+    return write_report(out / "report.html", f"distmatch compare: {data}", sections)

@@ -45,7 +45,7 @@ class TeacherConfig:
 
 # Defaults that depend on the kind of data (applied before the config file and --set overrides).
 VECTOR_DEFAULTS = {"train": {"iters": 3000, "batch_size": 1024, "lr": 1e-3, "ema": 0.995, "warmup": 100}}
-EXACT_FIT_DEFAULTS = {"train": {"iters": 1500, "batch_size": 1024, "lr": 1e-3, "ema": 0.99, "warmup": 100},
+EXACT_FIT_DEFAULTS = {"train": {"iters": 1000, "batch_size": 1024, "lr": 1e-3, "ema": 0.99, "warmup": 100},
                       "p_std": 1.8}
 IMAGE_DEFAULTS = {"train": {"iters": 4000, "batch_size": 128, "lr": 1e-3, "ema": 0.999, "warmup": 200}}
 
@@ -87,8 +87,11 @@ def train_teacher(data_source: str, out: str | Path, config_file: str | None = N
     if k == 0:
         data = Dataset(data.x, None, data.spec, data.mixture)
     exact = data.mixture if (data.mixture is not None and cfg.exact == "auto") else None
-    if exact is not None and k:
-        raise UserError("an exact mixture teacher is unconditional; use an unlabeled preset or --set exact=no")
+    # A labelled mixture conditions exactly (cond keeps that class's components; the null label keeps all), so
+    # its fitted network is class-conditional with label dropout like any conditional teacher.
+    if exact is not None and k and exact.num_classes != k:
+        raise UserError(f"the mixture's components carry {exact.num_classes} class labels but the data have {k} "
+                        "classes; use --set exact=no")
     net_cfg = config_mod.to_dict(cfg.network)
     net_cfg["kind"] = resolve_kind(net_cfg["kind"], data.spec.shape)
     run_config = {"command": "teacher", "data": data.spec.to_dict(), "config": config_mod.to_dict(cfg)}

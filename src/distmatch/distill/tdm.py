@@ -1,0 +1,192 @@
+"""TDM (Luo et al. 2025, "Learning Few-Step Diffusion Models by Trajectory Distribution Matching"): data-free.
+
+A K-step student (default 4) is matched step by step. Sampling-steps-aware decoupling: the output x̂_0^k of step k
+is only ever seen by the sampler after re-noising to σ_{k+1} (x_{k+1} = x̂_0^k + σ_{k+1} ε), so step k is matched to
+the data only on its own interval of noise levels, σ_{k+1} <= s < σ_k (the last step down to a small floor).
+The intervals of different steps are disjoint, so one critic (fake score) at level s models exactly one step's
+outputs. With the library's stochastic re-noising the student's trajectory at σ_{k+1} *is* x̂_0^k + σ_{k+1} ε, and
+diffusing further to s gives x̂_0^k + s ε exactly: TDM's trajectory samples, with an importance weight of 1 (the
+authors' demo re-noises DDIM-like with the student's own ε, hence its importance weight and its optional random
+landing point `--use_randmid`, neither of which is needed here).
+
+The authors' code draws t ~ U[max(20, t_{k+1}), t_k - 10] in SD's 1000 timesteps. Here the timestep space is the
+library's 1000-point Karras grid (the one DMD2's ranges index): s is uniform by grid index in
+[max(floor, i(σ_{k+1})), i(σ_k) - margin], with floor = 20 (σ ≈ 0.003) as DMD2's dm_range lower end.
+
+Per iteration: one no-grad roll-out of the whole batch through all K steps; the critic learns, with the
+min(SNR, 5)-weighted x̂_0 loss, each sample's detached output of one step (steps spread evenly over the batch) at
+a level in that step's interval; then the student runs one step per sample (drawn again) with gradients and is
+regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term via the guided real score) with a pseudo-Huber distance
+(per sample, losses.pseudo_huber; the demo applies it per element) divided by mean |x̂_0 - x̂_real|.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from ..schedules import karras_grid_1000
+from ..training.ema import ema_copy, ema_update
+from ..training.method import Batch, Method
+from .common import Critic, RealScore, draw_labels, full, init_copy, noised
+from .losses import critic_loss, pseudo_huber
+
+_TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
+DEFAULTS = {"vector": {"train": _TRAIN, "student": {"steps": 4}},
+            "image": {"train": _TRAIN, "student": {"steps": 4}}}
+
+
+@dataclass
+class Options:
+    critic_ratio: int = 1              # critic updates per student update (TDM: 1:1)
+    guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
+    lr_critic: float = 0.0             # 0 = train.lr
+    huber_c: float = 1e-3              # pseudo-Huber constant of the student's loss
+    floor: float = 0.02                # lowest level of the last step's interval, as a fraction of the Karras grid
+    margin: int = 10                   # Karras-grid indices kept free just below each step's own level σ_k
+
+    def validate(self):
+        if self.critic_ratio < 1:
+            raise UserError(f"tdm.critic_ratio must be >= 1, got {self.critic_ratio}")
+        if not 0 <= self.floor < 1 or self.margin < 0:
+            raise UserError("tdm.floor must be a fraction in [0, 1) and tdm.margin >= 0")
+        if self.guidance < 0 or self.huber_c <= 0:
+            raise UserError("tdm.guidance must be >= 0 and tdm.huber_c > 0")
+
+
+def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10) -> list[tuple[int, int]]:
+    """Each step's own interval [lo_k, hi_k] of indices on the ascending 1000-point Karras grid (TDM's
+    t ~ U[max(20, t_{k+1}), t_k - 10]): every level s in it has σ_{k+1} <= s < σ_k, so the intervals are disjoint."""
+    grid = karras_grid_1000()
+    floor_index = int(round(floor * 1000))
+
+    def first_at_or_above(sigma: float) -> int:
+        return int(torch.searchsorted(grid, torch.tensor(sigma, dtype=grid.dtype)))
+
+    out = []
+    for k, sigma in enumerate(sigmas):
+        below = sigmas[k + 1] if k + 1 < len(sigmas) else 0.0
+        lo = max(floor_index, first_at_or_above(below))  # grid[lo] >= σ_{k+1}
+        hi = first_at_or_above(sigma) - 1 - margin       # grid[hi] < σ_k
+        if hi < lo:
+            what = f"student levels {sigma:.4g} and {below:.4g} are" if below else f"the last level {sigma:.4g} is"
+            raise UserError(f"{what} too close for TDM's per-step intervals (tdm.margin={margin}, tdm.floor={floor}); "
+                            "spread student.sigmas or lower tdm.margin / tdm.floor")
+        out.append((lo, hi))
+    return out
+
+
+def tdm_generator_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float = 1e-3,
+                       eps: float = 1e-6) -> torch.Tensor:
+    """TDM's student loss: pseudo-Huber(x̂_0, sg(x̂_0 + x̂_real - x̂_fake)) / mean|x̂_0 - x̂_real| per sample
+    (x̂_real already carries the CFG term (s-1)(x̂_real - x̂_uncond) when guided)."""
+    real, fake = x0_real.float(), x0_fake.float()
+    target = (x0.detach().float() + (real - fake)).detach()
+    w = (x0.detach().float() - real).abs().flatten(1).mean(1)
+    return torch.nan_to_num(pseudo_huber(x0, target, c) / (w + eps)).mean()
+
+
+class TDM(Method):
+    name = "tdm"
+
+    @classmethod
+    def needs_data(cls, cfg) -> bool:
+        return False
+
+    def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
+        opts = getattr(cfg, self.name)
+        self.ctx, self.opts, self.sigmas = ctx, opts, list(sigmas)
+        self.intervals = step_intervals(self.sigmas, opts.floor, opts.margin)
+        self.sigma_data = teacher.config.get("sigma_data", 0.5)
+        self.num_classes, self.class_weights = teacher.num_classes, teacher.class_weights
+        self.shape = tuple(teacher.spec.shape)
+        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, self.num_classes)
+        gen = init_copy(teacher.init_net, ctx.device)
+        self.ema = ema_copy(gen)
+        self.gen = ctx.prepare(gen)
+        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=False).to(ctx.device))
+        self.opt_g = ctx.make_optimizer(self.gen.parameters())
+        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=opts.lr_critic or None)
+        self.grid = karras_grid_1000().float().to(ctx.device)
+
+    def modules(self):
+        return {"gen": self.gen, "critic": self.critic, "ema": self.ema}
+
+    def optimizers(self):
+        return {"gen": self.opt_g, "critic": self.opt_c}
+
+    def labels(self, n: int):
+        return draw_labels(self.class_weights, n, self.ctx.device) if self.num_classes else None
+
+    def step_levels(self, k: torch.Tensor) -> torch.Tensor:
+        """A level s per sample, uniform by grid index within the interval of its step k."""
+        bounds = torch.tensor(self.intervals, device=k.device)[k]
+        lo, hi = bounds[:, 0], bounds[:, 1]
+        idx = lo + (torch.rand(len(k), device=k.device) * (hi - lo + 1)).long().clamp(max=hi - lo)
+        return self.grid[idx]
+
+    @torch.no_grad()
+    def rollout(self, n: int, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's K-step chain: every step's input x_k (K, n, ...) and output x̂_0^k (K, n, ...)."""
+        x = torch.randn((n,) + self.shape, device=self.ctx.device) * self.sigmas[0]
+        inputs, outputs = [], []
+        with self.ctx.autocast():
+            for k, sigma in enumerate(self.sigmas):
+                x0 = self.gen(x, full(x, sigma), cond).float()
+                inputs.append(x)
+                outputs.append(x0)
+                if k + 1 < len(self.sigmas):
+                    x = noised(x0, full(x0, self.sigmas[k + 1]))
+        return torch.stack(inputs), torch.stack(outputs)
+
+    def step(self, batch: Batch, it: int) -> dict[str, float]:
+        n = self.ctx.train.batch_size
+        cond = self.labels(n)
+        inputs, outputs = self.rollout(n, cond)
+        rows = torch.arange(n, device=self.ctx.device)
+        k = rows % len(self.sigmas)  # every step equally represented in each batch
+        logs = self.critic_step(outputs[k, rows], k, cond)
+        if it % self.opts.critic_ratio == 0:
+            k = k[torch.randperm(n, device=self.ctx.device)]
+            logs.update(self.generator_step(inputs[k, rows], k, cond))
+        return logs
+
+    def critic_step(self, x0: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
+        """The fake score learns each step's (detached) outputs at levels inside that step's own interval."""
+        s = self.step_levels(k)
+        with self.ctx.autocast():
+            pred, _ = self.critic(noised(x0, s), s, cond)
+            loss = critic_loss(pred, x0, s, self.sigma_data, weighting="snr")
+        self.opt_c.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.critic)
+        self.opt_c.step()
+        return {"loss_critic": loss.item()}
+
+    def generator_step(self, x_in: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
+        sigma_in = torch.tensor(self.sigmas, device=k.device)[k]
+        critic = self.ctx.unwrap(self.critic)  # frozen during the student's turn
+        critic.requires_grad_(False)
+        with self.ctx.autocast():
+            x0 = self.gen(x_in, sigma_in, cond).float()
+        s = self.step_levels(k)
+        with torch.no_grad(), self.ctx.autocast():
+            x_s = noised(x0.detach(), s)
+            x0_fake, _ = critic(x_s, s, cond)
+            x0_real = self.real(x_s, s, cond)
+        loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.gen)
+        self.opt_g.step()
+        self.opt_c.zero_grad(set_to_none=True)
+        critic.requires_grad_(True)
+        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        return {"loss_tdm": loss.item(), "real_fake_gap": (x0_real - x0_fake.float()).abs().mean().item()}
+
+    def export(self):
+        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
+
+
+Method = TDM

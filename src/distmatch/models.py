@@ -5,7 +5,7 @@ Both expose one interface, so `sample`, `evaluate`, the report and the benchmark
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +46,10 @@ class LoadedModel:
     def nfe(self, steps: int | None = None) -> int:
         steps = self.check_steps(steps)
         return teacher_nfe(steps, self.config["solver"]) if self.kind == "teacher" else steps
+
+    def with_solver(self, solver: str) -> "LoadedModel":
+        """The same teacher sampled with another ODE solver (e.g. Euler, for equal-NFE comparisons)."""
+        return replace(self, config={**self.config, "solver": solver})
 
     def class_index(self, label) -> int:
         names = [str(c) for c in self.spec.class_names]

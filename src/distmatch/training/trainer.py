@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint;
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     warmup: int = 0
+    lr_decay: str = "none"        # none | cosine (to 0 at train.iters)
     grad_clip: float = 10.0
     ema: float = 0.999
     precision: str = "fp32"
@@ -52,6 +54,8 @@ class TrainConfig:
             raise UserError(f"config key 'train.precision' must be fp32 or bf16, got {self.precision!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), got {self.betas}")
+        if self.lr_decay not in ("none", "cosine"):
+            raise UserError(f"config key 'train.lr_decay' must be none or cosine, got {self.lr_decay!r}")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise UserError("config keys 'train.ckpt_every' and 'train.log_every' must be >= 1")
 
@@ -125,8 +129,16 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _set_lr(optimizers: dict, it: int, warmup: int) -> None:
-    factor = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(it: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then constant or cosine decay; a pure function of the iteration, so resuming needs no state."""
+    factor = min(1.0, (it + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
+    if cfg.lr_decay == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * min(it, cfg.iters) / cfg.iters))
+    return factor
+
+
+def _set_lr(optimizers: dict, it: int, cfg: TrainConfig) -> None:
+    factor = lr_factor(it, cfg)
     for opt in optimizers.values():
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
@@ -169,7 +181,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
     it, t0 = start, time.time()
     with stop.installed():
         while it < cfg.iters and not stop.requested:
-            _set_lr(method.optimizers(), it, cfg.warmup)
+            _set_lr(method.optimizers(), it, cfg)
             logs = method.step(data.next(), it)
             it += 1
             logger.add(logs)

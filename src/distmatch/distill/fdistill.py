@@ -1,0 +1,211 @@
+"""f-distill (Xu et al. 2025, "One-step Diffusion Models with f-Divergence Distribution Matching").
+
+DMD's distribution-matching gradient is the reverse-KL case of a general f-divergence; for any f the gradient is
+the same score difference weighted per sample by h(r) = r² f''(r), r = p_teacher / q_student at (x_t, σ).
+r comes from the GAN discriminator (head on the critic's features, trained inside the critic step exactly like
+dmd2's, real data vs student samples, both noised over the whole grid, so its optimal logit is log p_σ / q_σ):
+r = exp(logit) at the generator's own noisy sample, logit clamped to [-10, 10], r to [0.1, 20], detached, fp32.
+As in the authors' code (NVlabs FastGen), r is divided by its running mean in its noise-level bin (10 bins over the
+1000-point Karras grid, EMA momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, so only
+the relative weights inside a batch matter. The generator's non-saturating GAN term is part of the method.
+The noisy sample x_t = x + σ ε (σ in dm_range) serves the DM gradient, r and the generator's GAN loss alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..schedules import karras_grid_1000
+from ..training.ema import ema_copy, ema_update
+from ..training.method import Batch, Method
+from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, noised
+from .losses import (F_DIVERGENCES, critic_loss, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
+                     gan_discriminator_loss, gan_generator_loss)
+
+
+@dataclass
+class Options:
+    divergence: str = "js"             # rkl | kl | js | hellinger | jeffreys | neyman | softened-rkl
+    critic_ratio: int = 5              # critic (+ discriminator) updates per student update
+    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM noise levels: fractions of the Karras grid
+    guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
+    lr_critic: float = 0.0             # 0 = train.lr
+    gan_weight_g: float = 0.5          # generator GAN weight (> 0: the method needs it); with gan_balance, the GAN
+                                       # gradient's norm on the samples as a fraction of the weighted DM gradient's
+    gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
+    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly (FastGen: 3e-3)
+    ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
+    bins: int = 10                     # noise-level bins of r's running mean
+    bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)
+
+    def validate(self):
+        if self.divergence not in F_DIVERGENCES:
+            raise UserError(f"fdistill.divergence must be one of {', '.join(F_DIVERGENCES)}, got {self.divergence!r}")
+        if self.critic_ratio < 1:
+            raise UserError(f"fdistill.critic_ratio must be >= 1, got {self.critic_ratio}")
+        lo, hi = self.dm_range if len(self.dm_range) == 2 else (None, None)
+        if lo is None or not 0 <= lo < hi <= 1:
+            raise UserError(f"fdistill.dm_range must be two fractions 0 <= lo < hi <= 1, got {self.dm_range}")
+        if self.gan_weight_g <= 0 or self.gan_weight_d <= 0:
+            raise UserError("fdistill.gan_weight_g and fdistill.gan_weight_d must be > 0: f-distill estimates the "
+                            "density ratio with the GAN discriminator and trains the student with its GAN loss")
+        r_lo, r_hi = self.ratio_range if len(self.ratio_range) == 2 else (None, None)
+        if r_lo is None or not 0 < r_lo < r_hi:
+            raise UserError(f"fdistill.ratio_range must be two numbers 0 < lo < hi, got {self.ratio_range}")
+        if not 1 <= self.bins <= 1000 or not 0 <= self.bin_momentum < 1 or self.guidance < 0:
+            raise UserError("fdistill.bins must be in 1..1000, fdistill.bin_momentum in [0, 1), fdistill.guidance >= 0")
+
+
+class RatioBins(nn.Module):
+    """Running mean of the density ratio r per noise-level bin (f-distill's normalisation of r).
+
+    The means are buffers, so the trainer's checkpoint holds them and a resumed run continues with them."""
+
+    def __init__(self, bins: int = 10, momentum: float = 0.5, grid_size: int = 1000):
+        super().__init__()
+        self.momentum, self.grid_size = momentum, grid_size
+        self.register_buffer("mean", torch.ones(bins))
+
+    def bin_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The bin of each noise level, given its index on the grid (equal-width bins of indices)."""
+        return (index * len(self.mean) // self.grid_size).clamp(0, len(self.mean) - 1)
+
+    @torch.no_grad()
+    def normalise(self, r: torch.Tensor, index: torch.Tensor, all_reduce=None) -> torch.Tensor:
+        """Update each seen bin's mean with this batch's (summed over processes), then return r / mean[bin]."""
+        b = self.bin_of(index)
+        n = len(self.mean)
+        count = torch.bincount(b, minlength=n).float()
+        total = torch.bincount(b, weights=r.float(), minlength=n).float()
+        if all_reduce is not None:  # every process must hold the same means
+            count, total = all_reduce(count), all_reduce(total)
+        seen = count > 0
+        batch_mean = total[seen] / count[seen]
+        self.mean[seen] = self.momentum * self.mean[seen] + (1 - self.momentum) * batch_mean
+        return r / (self.mean[b] + 1e-6)
+
+
+def f_weight(r: torch.Tensor, divergence: str, all_reduce=None) -> torch.Tensor:
+    """h(r) = r² f''(r), normalised by its mean over the batch (over all processes)."""
+    h = f_divergence_weight(r.float(), divergence).expand_as(r).float()
+    total, count = h.sum(), torch.tensor(float(h.numel()), device=h.device)
+    if all_reduce is not None:
+        total, count = all_reduce(total), all_reduce(count)
+    return h / (total / count + 1e-6)
+
+
+class FDistill(Method):
+    name = "fdistill"
+
+    @classmethod
+    def needs_data(cls, cfg) -> bool:
+        return True
+
+    def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
+        opts = getattr(cfg, self.name)
+        self.ctx, self.opts = ctx, opts
+        self.sigma_data = teacher.config.get("sigma_data", 0.5)
+        self.num_classes, self.class_weights = teacher.num_classes, teacher.class_weights
+        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, self.num_classes)
+        gen = init_copy(teacher.init_net, ctx.device)
+        self.ema = ema_copy(gen)
+        self.gen = ctx.prepare(gen)
+        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=True).to(ctx.device))
+        self.opt_g = ctx.make_optimizer(self.gen.parameters())
+        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=opts.lr_critic or None)
+        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device)
+        self.grid = karras_grid_1000().float()
+        self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
+
+    def modules(self):
+        return {"gen": self.gen, "critic": self.critic, "ema": self.ema, "ratio_bins": self.ratio_bins}
+
+    def optimizers(self):
+        return {"gen": self.opt_g, "critic": self.opt_c}
+
+    def all_reduce(self):
+        acc = self.ctx.accelerator
+        return (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
+
+    def batch_and_labels(self, batch: Batch):
+        n = self.ctx.train.batch_size
+        if batch.labels is not None or not self.num_classes:
+            return n, batch.labels
+        return n, draw_labels(self.class_weights, n, self.ctx.device)
+
+    def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid indices uniform in [lo, hi] (fractions of the 1000-point Karras grid) and their σ."""
+        idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
+        return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
+
+    def step(self, batch: Batch, it: int) -> dict[str, float]:
+        logs = self.critic_step(batch)
+        if it % self.opts.critic_ratio == 0:
+            logs.update(self.generator_step(batch))
+        return logs
+
+    def critic_step(self, batch: Batch) -> dict[str, float]:
+        """dmd2's critic step with its GAN head always on: fake score on noisy student samples, plus the
+        discriminator on noisy real vs noisy student samples, in one pass."""
+        n, cond = self.batch_and_labels(batch)
+        k = self.student.pick_step(self.ctx.shared_generator)
+        with torch.no_grad(), self.ctx.autocast():
+            fake = self.student.sample(self.gen, n, cond, k, grad=False).float()
+        _, sigma = self.levels(n)
+        _, sigma_r = self.levels(n)
+        both = torch.cat([noised(fake, sigma), noised(batch.x, sigma_r)])
+        cond2 = torch.cat([cond, cond]) if cond is not None else None
+        with self.ctx.autocast():
+            x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2)
+            loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
+            loss_d = gan_discriminator_loss(logits[:n], logits[n:])
+            loss = loss_fake + self.opts.gan_weight_d * loss_d
+        self.opt_c.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.critic)
+        self.opt_c.step()
+        return {"loss_critic": loss_fake.item(), "loss_gan_d": loss_d.item()}
+
+    def generator_step(self, batch: Batch) -> dict[str, float]:
+        n, cond = self.batch_and_labels(batch)
+        k = self.student.pick_step(self.ctx.shared_generator)
+        critic = self.ctx.unwrap(self.critic)  # frozen during the student's turn; gradients flow to x only
+        critic.requires_grad_(False)
+        with self.ctx.autocast():
+            x = self.student.sample(self.gen, n, cond, k, grad=True).float()
+            idx, sigma = self.levels(n, *self.opts.dm_range)
+            x_t = noised(x, sigma)  # keeps x's graph for the GAN term
+            x0_fake, logits = critic(x_t, sigma, cond)
+        with torch.no_grad(), self.ctx.autocast():
+            g = dm_gradient(x, self.real(x_t.detach(), sigma, cond), x0_fake.detach())
+        r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range), idx, self.all_reduce())
+        h = f_weight(r, self.opts.divergence, self.all_reduce())
+        loss_dm = dm_loss(x, g, weight=h)
+        loss_g = gan_generator_loss(logits)
+        loss = loss_dm + self.gan_scale(loss_dm, loss_g, x) * loss_g
+        self.opt_g.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.gen)
+        self.opt_g.step()
+        self.opt_c.zero_grad(set_to_none=True)
+        critic.requires_grad_(True)
+        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        return {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "dm_grad": g.abs().mean().item(),
+                "h_min": h.min().item(), "h_max": h.max().item()}
+
+    def gan_scale(self, loss_dm, loss_g, x) -> torch.Tensor | float:
+        """The generator's GAN weight: fixed, or relative to the (weighted) DM gradient's norm on the samples."""
+        if not self.opts.gan_balance:
+            return self.opts.gan_weight_g
+        g_dm = torch.autograd.grad(loss_dm, x, retain_graph=True)[0]
+        g_gan = torch.autograd.grad(loss_g, x, retain_graph=True)[0]
+        return (self.opts.gan_weight_g * g_dm.norm() / (g_gan.norm() + 1e-12)).detach()
+
+    def export(self):
+        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
+
+
+Method = FDistill

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,7 +12,10 @@ from torch import nn
 from ..errors import UserError
 from ..networks.heads import build_head
 from ..parameterization import append_dims
-from ..schedules import SIGMA_MAX, student_sigmas
+from ..schedules import SIGMA_MAX, karras_grid_1000, student_sigmas
+from ..training.ema import ema_copy, ema_update
+from ..training.method import Method
+from .losses import critic_loss, gan_discriminator_loss
 
 
 @dataclass
@@ -119,3 +122,102 @@ def init_copy(net: nn.Module, device) -> nn.Module:
     out.requires_grad_(True)
     out.train()
     return out
+
+
+class StudentCriticMethod(Method):
+    """The state and updates shared by the single-student methods (dmd2, dmd, fdistill, tdm): the teacher's real
+    score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
+    optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
+
+    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float) -> None:
+        self.ctx = ctx
+        self.sigma_data = teacher.config.get("sigma_data", 0.5)
+        self.num_classes = teacher.num_classes
+        self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
+        self.real = RealScore(teacher.denoiser.to(ctx.device), guidance, self.num_classes)
+        gen = init_copy(teacher.init_net, ctx.device)
+        self.ema = ema_copy(gen)
+        self.gen = ctx.prepare(gen)
+        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan).to(ctx.device))
+        self.opt_g = ctx.make_optimizer(self.gen.parameters())
+        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
+        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device)
+        self.grid = karras_grid_1000().float()
+
+    def modules(self):
+        return {"gen": self.gen, "critic": self.critic, "ema": self.ema}
+
+    def optimizers(self):
+        return {"gen": self.opt_g, "critic": self.opt_c}
+
+    def export(self):
+        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
+
+    def batch_and_labels(self, batch) -> tuple[int, torch.Tensor | None]:
+        """The batch size, and the batch's labels, or labels drawn with the data's class frequencies."""
+        n = self.ctx.train.batch_size
+        if batch.labels is not None or not self.num_classes:
+            return n, batch.labels
+        return n, draw_labels(self.class_weights, n, self.ctx.device)
+
+    def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid indices uniform in [lo, hi] (fractions of the 1000-point Karras grid) and their σ."""
+        idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
+        return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
+
+    def critic_step(self, batch, gan_weight_d: float = 0.0) -> dict[str, float]:
+        """The fake score on noisy (detached) student samples over the whole grid; with a GAN head, also the
+        discriminator on noisy real vs noisy student samples, in the same pass (DMD2)."""
+        n, cond = self.batch_and_labels(batch)
+        k = self.student.pick_step(self.ctx.shared_generator)
+        with torch.no_grad(), self.ctx.autocast():
+            fake = self.student.sample(self.gen, n, cond, k, grad=False).float()
+        _, sigma = self.levels(n)
+        logs = {}
+        with self.ctx.autocast():
+            if self.ctx.unwrap(self.critic).head is not None:
+                _, sigma_r = self.levels(n)
+                both = torch.cat([noised(fake, sigma), noised(batch.x, sigma_r)])
+                cond2 = torch.cat([cond, cond]) if cond is not None else None
+                x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2)
+                loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
+                loss_d = gan_discriminator_loss(logits[:n], logits[n:])
+                loss = loss_fake + gan_weight_d * loss_d
+                logs["loss_gan_d"] = loss_d.item()
+            else:
+                x0, _ = self.critic(noised(fake, sigma), sigma, cond)
+                loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
+        self.update_critic(loss)
+        logs["loss_critic"] = loss_fake.item()
+        return logs
+
+    def update_critic(self, loss: torch.Tensor) -> None:
+        self.opt_c.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.critic)
+        self.opt_c.step()
+
+    def frozen_critic(self) -> nn.Module:
+        """The critic for the student's turn: unwrapped and frozen, so gradients flow to the samples only."""
+        critic = self.ctx.unwrap(self.critic)
+        critic.requires_grad_(False)
+        return critic
+
+    def update_generator(self, loss: torch.Tensor, critic: nn.Module) -> None:
+        self.opt_g.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(self.gen)
+        self.opt_g.step()
+        self.opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
+        critic.requires_grad_(True)
+        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+
+
+def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:
+    """The generator's GAN weight: fixed, or `weight` x (DM gradient norm / GAN gradient norm) on the samples,
+    so the GAN term's push is a set fraction of the DM term's whatever the data's dimension."""
+    if not balance:
+        return weight
+    g_dm = torch.autograd.grad(loss_dm, x, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(loss_g, x, retain_graph=True)[0]
+    return (weight * g_dm.norm() / (g_gan.norm() + 1e-12)).detach()

@@ -25,11 +25,9 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import UserError
 from ..samplers import ode_sample
-from ..schedules import karras_grid_1000, sample_grid_sigmas
-from ..training.ema import ema_copy, ema_update
-from ..training.method import Batch, Method
-from .common import Critic, FewStepStudent, RealScore, draw_labels, full, init_copy, noised
-from .losses import critic_loss, dm_gradient, dm_loss
+from ..training.method import Batch
+from .common import StudentCriticMethod, full, noised
+from .losses import dm_gradient, dm_loss
 
 PAIRS_FILE = "dmd_pairs.safetensors"
 DEFAULTS = {"image": {"dmd": {"pairs": 1024}}}
@@ -103,7 +101,7 @@ def teacher_fingerprint(teacher) -> str:
     return h.hexdigest()[:16]
 
 
-class DMD(Method):
+class DMD(StudentCriticMethod):
     name = "dmd"
 
     @classmethod
@@ -111,27 +109,9 @@ class DMD(Method):
         return False
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
-        opts = getattr(cfg, self.name)
-        self.ctx, self.opts, self.teacher = ctx, opts, teacher
-        self.sigma_data = teacher.config.get("sigma_data", 0.5)
-        self.num_classes = teacher.num_classes
-        self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
-        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, self.num_classes)
-        gen = init_copy(teacher.init_net, ctx.device)
-        self.ema = ema_copy(gen)
-        self.gen = ctx.prepare(gen)
-        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=False).to(ctx.device))
-        self.opt_g = ctx.make_optimizer(self.gen.parameters())
-        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=opts.lr_critic or None)
-        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device)
-        self.grid = karras_grid_1000().float()
+        self.opts, self.teacher = cfg.dmd, teacher
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic)
         self.pairs: dict[str, torch.Tensor] | None = None  # made or loaded at the first step, after any resume
-
-    def modules(self):
-        return {"gen": self.gen, "critic": self.critic, "ema": self.ema}
-
-    def optimizers(self):
-        return {"gen": self.opt_g, "critic": self.opt_c}
 
     # --- the regression pairs --------------------------------------------------------------------------------
 
@@ -165,65 +145,35 @@ class DMD(Method):
 
     # --- training --------------------------------------------------------------------------------------------
 
-    def labels(self, n: int):
-        return draw_labels(self.class_weights, n, self.ctx.device) if self.num_classes else None
-
     def step(self, batch: Batch, it: int) -> dict[str, float]:
         if self.pairs is None:
             self.pairs = self.load_or_make_pairs()
-        logs = self.critic_step()
+        logs = self.critic_step(batch)
         if it % self.opts.critic_ratio == 0:
-            logs.update(self.generator_step())
+            logs.update(self.generator_step(batch))
         return logs
 
-    def critic_step(self) -> dict[str, float]:
-        n = self.ctx.train.batch_size
-        cond = self.labels(n)
+    def generator_step(self, batch: Batch) -> dict[str, float]:
+        n, cond = self.batch_and_labels(batch)
         k = self.student.pick_step(self.ctx.shared_generator)
-        with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gen, n, cond, k, grad=False).float()
-        sigma = self.grid[torch.randint(0, 1000, (n,))].to(self.ctx.device)  # the critic sees the whole grid
+        critic = self.frozen_critic()
+        z, y, c = self.pair_batch(n)
+        s0, sk = self.student.sigmas[0], self.student.sigmas[k]
+        x_in = self.student.input_at(self.gen, k, n, cond)
+        # one generator pass over the DM samples (step k) and the pairs' noises (step 0): DDP allows one forward
+        both_cond = torch.cat([cond, c]) if cond is not None else None
         with self.ctx.autocast():
-            x0, _ = self.critic(noised(fake, sigma), sigma, cond)
-            loss = critic_loss(x0, fake, sigma, self.sigma_data)
-        self.opt_c.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.critic)
-        self.opt_c.step()
-        return {"loss_critic": loss.item()}
-
-    def generator_step(self) -> dict[str, float]:
-        n = self.ctx.train.batch_size
-        cond = self.labels(n)
-        k = self.student.pick_step(self.ctx.shared_generator)
-        critic = self.ctx.unwrap(self.critic)  # frozen during the student's turn
-        critic.requires_grad_(False)
-        with self.ctx.autocast():
-            x = self.student.sample(self.gen, n, cond, k, grad=True).float()
-        lo, hi = self.opts.dm_range
-        sigma = sample_grid_sigmas(n, lo, hi, device=self.ctx.device)
+            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([full(x_in, sk), full(z, s0)]), both_cond).float()
+        x, x_reg = out[:n], out[n:]
+        _, sigma = self.levels(n, *self.opts.dm_range)
         with torch.no_grad(), self.ctx.autocast():
             x_t = noised(x.detach(), sigma)
             x0_fake, _ = critic(x_t, sigma, cond)
             g = dm_gradient(x, self.real(x_t, sigma, cond), x0_fake)
         loss_dm = dm_loss(x, g)
-        z, y, c = self.pair_batch(n)
-        s0 = self.student.sigmas[0]
-        with self.ctx.autocast():
-            x_reg = self.gen(z * s0, full(z, s0), c).float()
         loss_reg = regression_loss(x_reg, y)
-        loss = loss_dm + self.opts.regression_weight * loss_reg
-        self.opt_g.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.gen)
-        self.opt_g.step()
-        self.opt_c.zero_grad(set_to_none=True)
-        critic.requires_grad_(True)
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        self.update_generator(loss_dm + self.opts.regression_weight * loss_reg, critic)
         return {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item(), "loss_reg": loss_reg.item()}
-
-    def export(self):
-        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
 
 
 Method = DMD

@@ -18,12 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..schedules import karras_grid_1000
-from ..training.ema import ema_copy, ema_update
-from ..training.method import Batch, Method
-from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, noised
-from .losses import (F_DIVERGENCES, critic_loss, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
-                     gan_discriminator_loss, gan_generator_loss)
+from ..training.method import Batch
+from .common import StudentCriticMethod, gan_scale, noised
+from .losses import F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss
 
 
 @dataclass
@@ -97,7 +94,7 @@ def f_weight(r: torch.Tensor, divergence: str, all_reduce=None) -> torch.Tensor:
     return h / (total / count + 1e-6)
 
 
-class FDistill(Method):
+class FDistill(StudentCriticMethod):
     name = "fdistill"
 
     @classmethod
@@ -105,75 +102,27 @@ class FDistill(Method):
         return True
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
-        opts = getattr(cfg, self.name)
-        self.ctx, self.opts = ctx, opts
-        self.sigma_data = teacher.config.get("sigma_data", 0.5)
-        self.num_classes, self.class_weights = teacher.num_classes, teacher.class_weights
-        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, self.num_classes)
-        gen = init_copy(teacher.init_net, ctx.device)
-        self.ema = ema_copy(gen)
-        self.gen = ctx.prepare(gen)
-        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=True).to(ctx.device))
-        self.opt_g = ctx.make_optimizer(self.gen.parameters())
-        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=opts.lr_critic or None)
-        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device)
-        self.grid = karras_grid_1000().float()
+        self.opts = opts = cfg.fdistill
+        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic)
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
     def modules(self):
-        return {"gen": self.gen, "critic": self.critic, "ema": self.ema, "ratio_bins": self.ratio_bins}
-
-    def optimizers(self):
-        return {"gen": self.opt_g, "critic": self.opt_c}
+        return {**super().modules(), "ratio_bins": self.ratio_bins}
 
     def all_reduce(self):
         acc = self.ctx.accelerator
         return (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
 
-    def batch_and_labels(self, batch: Batch):
-        n = self.ctx.train.batch_size
-        if batch.labels is not None or not self.num_classes:
-            return n, batch.labels
-        return n, draw_labels(self.class_weights, n, self.ctx.device)
-
-    def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grid indices uniform in [lo, hi] (fractions of the 1000-point Karras grid) and their σ."""
-        idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
-        return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
-
     def step(self, batch: Batch, it: int) -> dict[str, float]:
-        logs = self.critic_step(batch)
+        logs = self.critic_step(batch, self.opts.gan_weight_d)
         if it % self.opts.critic_ratio == 0:
             logs.update(self.generator_step(batch))
         return logs
 
-    def critic_step(self, batch: Batch) -> dict[str, float]:
-        """dmd2's critic step with its GAN head always on: fake score on noisy student samples, plus the
-        discriminator on noisy real vs noisy student samples, in one pass."""
-        n, cond = self.batch_and_labels(batch)
-        k = self.student.pick_step(self.ctx.shared_generator)
-        with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gen, n, cond, k, grad=False).float()
-        _, sigma = self.levels(n)
-        _, sigma_r = self.levels(n)
-        both = torch.cat([noised(fake, sigma), noised(batch.x, sigma_r)])
-        cond2 = torch.cat([cond, cond]) if cond is not None else None
-        with self.ctx.autocast():
-            x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2)
-            loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
-            loss_d = gan_discriminator_loss(logits[:n], logits[n:])
-            loss = loss_fake + self.opts.gan_weight_d * loss_d
-        self.opt_c.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.critic)
-        self.opt_c.step()
-        return {"loss_critic": loss_fake.item(), "loss_gan_d": loss_d.item()}
-
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond = self.batch_and_labels(batch)
         k = self.student.pick_step(self.ctx.shared_generator)
-        critic = self.ctx.unwrap(self.critic)  # frozen during the student's turn; gradients flow to x only
-        critic.requires_grad_(False)
+        critic = self.frozen_critic()
         with self.ctx.autocast():
             x = self.student.sample(self.gen, n, cond, k, grad=True).float()
             idx, sigma = self.levels(n, *self.opts.dm_range)
@@ -185,27 +134,10 @@ class FDistill(Method):
         h = f_weight(r, self.opts.divergence, self.all_reduce())
         loss_dm = dm_loss(x, g, weight=h)
         loss_g = gan_generator_loss(logits)
-        loss = loss_dm + self.gan_scale(loss_dm, loss_g, x) * loss_g
-        self.opt_g.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.gen)
-        self.opt_g.step()
-        self.opt_c.zero_grad(set_to_none=True)
-        critic.requires_grad_(True)
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        loss = loss_dm + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
+        self.update_generator(loss, critic)
         return {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "dm_grad": g.abs().mean().item(),
                 "h_min": h.min().item(), "h_max": h.max().item()}
-
-    def gan_scale(self, loss_dm, loss_g, x) -> torch.Tensor | float:
-        """The generator's GAN weight: fixed, or relative to the (weighted) DM gradient's norm on the samples."""
-        if not self.opts.gan_balance:
-            return self.opts.gan_weight_g
-        g_dm = torch.autograd.grad(loss_dm, x, retain_graph=True)[0]
-        g_gan = torch.autograd.grad(loss_g, x, retain_graph=True)[0]
-        return (self.opts.gan_weight_g * g_dm.norm() / (g_gan.norm() + 1e-12)).detach()
-
-    def export(self):
-        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
 
 
 Method = FDistill

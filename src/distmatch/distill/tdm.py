@@ -27,9 +27,8 @@ import torch
 
 from ..errors import UserError
 from ..schedules import karras_grid_1000
-from ..training.ema import ema_copy, ema_update
-from ..training.method import Batch, Method
-from .common import Critic, RealScore, draw_labels, full, init_copy, noised
+from ..training.method import Batch
+from .common import StudentCriticMethod, full, noised
 from .losses import critic_loss, pseudo_huber
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
@@ -87,7 +86,7 @@ def tdm_generator_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.T
     return torch.nan_to_num(pseudo_huber(x0, target, c) / (w + eps)).mean()
 
 
-class TDM(Method):
+class TDM(StudentCriticMethod):
     name = "tdm"
 
     @classmethod
@@ -95,36 +94,17 @@ class TDM(Method):
         return False
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
-        opts = getattr(cfg, self.name)
-        self.ctx, self.opts, self.sigmas = ctx, opts, list(sigmas)
-        self.intervals = step_intervals(self.sigmas, opts.floor, opts.margin)
-        self.sigma_data = teacher.config.get("sigma_data", 0.5)
-        self.num_classes, self.class_weights = teacher.num_classes, teacher.class_weights
+        self.opts, self.sigmas = cfg.tdm, list(sigmas)
+        self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic)
         self.shape = tuple(teacher.spec.shape)
-        self.real = RealScore(teacher.denoiser.to(ctx.device), opts.guidance, self.num_classes)
-        gen = init_copy(teacher.init_net, ctx.device)
-        self.ema = ema_copy(gen)
-        self.gen = ctx.prepare(gen)
-        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=False).to(ctx.device))
-        self.opt_g = ctx.make_optimizer(self.gen.parameters())
-        self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=opts.lr_critic or None)
-        self.grid = karras_grid_1000().float().to(ctx.device)
-
-    def modules(self):
-        return {"gen": self.gen, "critic": self.critic, "ema": self.ema}
-
-    def optimizers(self):
-        return {"gen": self.opt_g, "critic": self.opt_c}
-
-    def labels(self, n: int):
-        return draw_labels(self.class_weights, n, self.ctx.device) if self.num_classes else None
 
     def step_levels(self, k: torch.Tensor) -> torch.Tensor:
         """A level s per sample, uniform by grid index within the interval of its step k."""
         bounds = torch.tensor(self.intervals, device=k.device)[k]
         lo, hi = bounds[:, 0], bounds[:, 1]
         idx = lo + (torch.rand(len(k), device=k.device) * (hi - lo + 1)).long().clamp(max=hi - lo)
-        return self.grid[idx]
+        return self.grid.to(k.device)[idx]
 
     @torch.no_grad()
     def rollout(self, n: int, cond) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,8 +121,7 @@ class TDM(Method):
         return torch.stack(inputs), torch.stack(outputs)
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
-        n = self.ctx.train.batch_size
-        cond = self.labels(n)
+        n, cond = self.batch_and_labels(batch)
         inputs, outputs = self.rollout(n, cond)
         rows = torch.arange(n, device=self.ctx.device)
         k = rows % len(self.sigmas)  # every step equally represented in each batch
@@ -158,16 +137,12 @@ class TDM(Method):
         with self.ctx.autocast():
             pred, _ = self.critic(noised(x0, s), s, cond)
             loss = critic_loss(pred, x0, s, self.sigma_data, weighting="snr")
-        self.opt_c.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.critic)
-        self.opt_c.step()
+        self.update_critic(loss)
         return {"loss_critic": loss.item()}
 
     def generator_step(self, x_in: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
         sigma_in = torch.tensor(self.sigmas, device=k.device)[k]
-        critic = self.ctx.unwrap(self.critic)  # frozen during the student's turn
-        critic.requires_grad_(False)
+        critic = self.frozen_critic()
         with self.ctx.autocast():
             x0 = self.gen(x_in, sigma_in, cond).float()
         s = self.step_levels(k)
@@ -176,17 +151,7 @@ class TDM(Method):
             x0_fake, _ = critic(x_s, s, cond)
             x0_real = self.real(x_s, s, cond)
         loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.gen)
-        self.opt_g.step()
-        self.opt_c.zero_grad(set_to_none=True)
-        critic.requires_grad_(True)
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        self.update_generator(loss, critic)
         return {"loss_tdm": loss.item(), "real_fake_gap": (x0_real - x0_fake.float()).abs().mean().item()}
-
-    def export(self):
-        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
-
 
 Method = TDM

@@ -56,11 +56,7 @@ class TeacherTraining(Method):
         n = batch.x.shape[0]
         sigma = sample_lognormal_sigmas(n, self.p_mean, self.p_std, device=self.ctx.device)
         cond = drop_labels(batch.labels, self.num_classes, self.label_dropout)
-        target = None
-        if self.exact is not None:
-            def target(x, s, c):
-                with torch.no_grad():
-                    return self.exact(x, s, c).float()
+        target = self.exact_target if self.exact is not None else None
         with self.ctx.autocast():
             loss = edm_denoising_loss(self.net, batch.x, sigma, cond, self.sigma_data, target)
         self.opt.zero_grad(set_to_none=True)
@@ -69,6 +65,10 @@ class TeacherTraining(Method):
         self.opt.step()
         ema_update(self.ema, self.ctx.unwrap(self.net), self.ctx.train.ema)
         return {"loss": loss.item(), "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def exact_target(self, x, sigma, cond):
+        return self.exact(x, sigma, cond).float()
 
     def export(self):
         return self.ema.state_dict(), {}

@@ -150,7 +150,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     """Run (or resume) a training run in `out_dir`; returns the method with its final state."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     torch.manual_seed(train_cfg.seed * 1000 + rank)
     ctx = Context(accelerator=accelerator, device=accelerator.device, train=train_cfg)
     ctx.shared_generator = torch.Generator().manual_seed(train_cfg.seed)  # same draws on every rank

@@ -15,7 +15,7 @@ from ..parameterization import append_dims
 from ..schedules import SIGMA_MAX, karras_grid_1000, student_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Method
-from .losses import critic_loss, gan_discriminator_loss
+from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 
 
 @dataclass
@@ -190,6 +190,13 @@ class StudentCriticMethod(Method):
         self.update_critic(loss)
         logs["loss_critic"] = loss_fake.item()
         return logs
+
+    @torch.no_grad()
+    def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        """The distribution-matching gradient on the student's samples x at noise levels sigma."""
+        with self.ctx.autocast():
+            x_t = noised(x.detach(), sigma)
+            return dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond)[0])
 
     def update_critic(self, loss: torch.Tensor) -> None:
         self.opt_c.zero_grad(set_to_none=True)

@@ -26,8 +26,8 @@ from .. import checkpoint as ckpt
 from ..errors import UserError
 from ..samplers import ode_sample
 from ..training.method import Batch
-from .common import StudentCriticMethod, full, noised
-from .losses import dm_gradient, dm_loss
+from .common import StudentCriticMethod, full
+from .losses import dm_loss
 
 PAIRS_FILE = "dmd_pairs.safetensors"
 DEFAULTS = {"image": {"dmd": {"pairs": 1024}}}
@@ -166,10 +166,7 @@ class DMD(StudentCriticMethod):
             out = self.gen(torch.cat([x_in, z * s0]), torch.cat([full(x_in, sk), full(z, s0)]), both_cond).float()
         x, x_reg = out[:n], out[n:]
         _, sigma = self.levels(n, *self.opts.dm_range)
-        with torch.no_grad(), self.ctx.autocast():
-            x_t = noised(x.detach(), sigma)
-            x0_fake, _ = critic(x_t, sigma, cond)
-            g = dm_gradient(x, self.real(x_t, sigma, cond), x0_fake)
+        g = self.dm_grad(critic, x, sigma, cond)
         loss_dm = dm_loss(x, g)
         loss_reg = regression_loss(x_reg, y)
         self.update_generator(loss_dm + self.opts.regression_weight * loss_reg, critic)

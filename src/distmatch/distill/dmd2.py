@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, gan_scale, noised
-from .losses import dm_gradient, dm_loss, gan_generator_loss
+from .losses import dm_loss, gan_generator_loss
 
 
 # In 2-D/low-D the GAN made students worse and halved iterations/s (bench/RESULTS.md): off for vectors by default.
@@ -67,10 +65,7 @@ class DMD2(StudentCriticMethod):
         with self.ctx.autocast():
             x = self.student.sample(self.gen, n, cond, k, grad=True).float()
         _, sigma = self.levels(n, *self.opts.dm_range)
-        with torch.no_grad(), self.ctx.autocast():
-            x_t = noised(x.detach(), sigma)
-            x0_fake, _ = critic(x_t, sigma, cond)
-            g = dm_gradient(x, self.real(x_t, sigma, cond), x0_fake)
+        g = self.dm_grad(critic, x, sigma, cond)
         loss_dm = dm_loss(x, g)
         loss, logs = loss_dm, {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if self.opts.gan:

@@ -40,20 +40,25 @@ def _config_args(p):
 
 
 def _distill_epilog() -> str:
-    from .config import describe_fields
-    from .distill import METHODS, config_class
+    """Every method's options with their defaults (for vector data / for images where they differ)."""
+    from .config import describe_fields, resolve
+    from .distill import METHODS, config_class, defaults_for
 
-    lines = ["methods and their options (--set KEY=VALUE):"]
+    def rows(name):
+        cls = config_class(name)
+        vec, img = (describe_fields(cls, defaults=resolve(cls, base=defaults_for(name, kind)))
+                    for kind in ("vector", "image"))
+        return [(key, typ, dv, di) for (key, typ, dv), (_, _, di) in zip(vec, img)]
+
+    reference = {r[0]: r for r in rows("dmd2")}
+    lines = ["methods and their options (--set KEY=VALUE), defaults for vectors [for images where different];",
+             "train.* and student.* are shown under dmd2 and, for other methods, where their defaults differ:"]
     for name, (_, text) in METHODS.items():
         lines.append(f"\n  {name}: {text}")
-        try:
-            rows = describe_fields(config_class(name))
-        except ImportError:
-            continue
-        lines += [f"    {key} = {default}  ({typ})" for key, typ, default in rows
-                  if key.startswith(name + ".") or name == "dmd2" and not key.startswith(tuple(METHODS))]
-    lines.append("\n  train.* and student.* keys are shared by all methods (listed under dmd2); "
-                 "defaults depend on vector vs image data.")
+        for key, typ, dv, di in rows(name):
+            if name != "dmd2" and not key.startswith(name + ".") and reference.get(key) == (key, typ, dv, di):
+                continue
+            lines.append(f"    {key} = {dv}" + (f" [{di}]" if di != dv else "") + f"  ({typ})")
     return "\n".join(lines)
 
 

@@ -58,3 +58,24 @@ def test_evaluate_writes_json(tmp_path):
     assert result["nfe"] == 63 and result["split"] == "test"
     assert 0 < result["swd"] < 0.05 and result["modes_covered"] == 1.0  # the exact teacher at Heun-32
     assert result["samples_per_s"] > 0
+
+
+def test_compare_runs_methods_against_one_teacher(tmp_path):
+    out = tmp_path / "cmp"
+    code = cli("compare", "--data", "8gaussians", "--methods", "dmd2,tdm", "--steps", "1,2", "--out", str(out),
+               "--set", "teacher.train.iters=40", "--set", "teacher.network.width=32", "--set", "teacher.network.depth=1",
+               "--set", "teacher.train.progress=false", "--set", "train.iters=6", "--set", "train.batch_size=32",
+               "--set", "train.progress=false")
+    assert code == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    names = [r["name"] for r in rows]
+    assert names == ["teacher (heun)", "dmd2 1-step", "teacher 1-step, euler", "tdm 2-step", "teacher 2-step, euler"]
+    students = [r for r in rows if r["kind"] == "student"]
+    assert all(r["distill_s"] > 0 and r["peak_mb"] > 50 and r["nfe"] == r["steps"] for r in students)
+    html = (out / "report.html").read_text()
+    assert "dmd2 1-step" in html and html.count("data:image/png;base64,") >= 4
+
+
+def test_compare_refuses_unknown_method(tmp_path):
+    assert cli("compare", "--methods", "dmd2,nope", "--out", str(tmp_path / "c")) == 2
+    assert not (tmp_path / "c").exists()

@@ -89,11 +89,12 @@ def run_msd(out: Path) -> None:
     ref = load_data("digits", split="test", spec=teacher.spec)
     train = load_data("digits", spec=teacher.spec)
     plan = [("dmd2", "dmd2", ["train.iters=2000"]),
+            ("dmd2 without GAN (the recipe each MSD student follows)", "dmd2", ["train.iters=2000", "dmd2.gan=false"]),
             ("msd 4 students, same total iterations", "msd", ["train.iters=2000"]),
             ("msd 4 students, 4x iterations (each as dmd2)", "msd", ["train.iters=8000"])]
     rows = []
     for name, method, extra in plan:
-        run_dir = out / "msd" / name.split(",")[0].replace(" ", "-") + ("-8k" if "4x" in name else "")
+        run_dir = out / "msd" / (name.split(",")[0].split(" (")[0].replace(" ", "-") + ("-8k" if "4x" in name else ""))
         t0 = time.perf_counter()
         run_distill(tdir, run_dir, method=method, overrides=QUIET + extra)
         seconds = round(time.perf_counter() - t0, 1)

@@ -24,10 +24,13 @@ class StudentConfig:
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
     sigma_last: float = 0.35              # ... down to sigma_last (for σ_data = 0.5 data)
+    backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
 
     def validate(self):
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if self.backsim not in ("spread", "shared"):
+            raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
         if self.sigmas is not None:
             if len(self.sigmas) != self.steps:
                 raise UserError(f"student.sigmas has {len(self.sigmas)} levels but --steps is {self.steps}")
@@ -81,33 +84,47 @@ def noised(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 class FewStepStudent:
     """Samples of a K-step generator G on fixed levels σ_0 > ... > σ_{K-1}, for training.
 
-    Backward simulation (DMD2): pick a step k (the same on every process), roll the generator through steps
-    0..k-1 without gradients, re-noise to σ_k with fresh noise, and run step k with gradients; every step's
-    output is trained to be a sample of the data distribution.
+    Backward simulation (DMD2): for a step k, roll the generator through steps 0..k-1 without gradients,
+    re-noise to σ_k with fresh noise, and run step k with gradients; every step's output is trained to be a sample
+    of the data distribution. DMD2's code draws one k per batch (the same on every process: `spread=False`); by
+    default the K steps are instead spread evenly over each batch (`spread=True`), so every step gets a share of
+    every update rather than all of every K-th: on 2-D data this is what made 4-step students converge
+    (bench/RESULTS.md).
     """
 
-    def __init__(self, sigmas: list[float], shape: tuple[int, ...], device):
-        self.sigmas, self.shape, self.device = sigmas, tuple(shape), device
+    def __init__(self, sigmas: list[float], shape: tuple[int, ...], device, spread: bool = True):
+        self.sigmas, self.shape, self.device, self.spread = sigmas, tuple(shape), device, spread
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn((n,) + self.shape, device=self.device)
 
+    def pick_step(self, shared: torch.Generator, n: int) -> torch.Tensor:
+        """The step each of n samples is trained at (drawn from the generator every process shares)."""
+        K = len(self.sigmas)
+        if self.spread and K > 1:
+            steps = torch.arange(n) % K
+            steps = steps[torch.randperm(n, generator=shared)]
+        else:
+            steps = torch.full((n,), int(torch.randint(K, (1,), generator=shared)))
+        return steps.to(self.device)
+
+    def sigma_of(self, steps: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.sigmas, device=steps.device)[steps]
+
     @torch.no_grad()
-    def input_at(self, generator, k: int, n: int, cond) -> torch.Tensor:
-        """The input of step k: σ_0 z for k = 0, else the re-noised output of step k-1."""
-        x = self.noise(n) * self.sigmas[0]
-        for j in range(k):
-            x0 = generator(x, full(x, self.sigmas[j]), cond).float()
-            x = noised(x0, full(x0, self.sigmas[j + 1]))
+    def input_at(self, generator, steps: torch.Tensor, cond) -> torch.Tensor:
+        """Each sample's input to its step: σ_0 z for step 0, else the re-noised output of the step before."""
+        x = self.noise(len(steps)) * self.sigmas[0]
+        for j in range(int(steps.max()) if len(steps) else 0):
+            go = steps > j
+            x0 = generator(x[go], full(x[go], self.sigmas[j]), cond[go] if cond is not None else None).float()
+            x[go] = noised(x0, full(x0, self.sigmas[j + 1]))
         return x
 
-    def pick_step(self, shared: torch.Generator) -> int:
-        return int(torch.randint(len(self.sigmas), (1,), generator=shared))
-
-    def sample(self, generator, n: int, cond, k: int, grad: bool) -> torch.Tensor:
-        x = self.input_at(generator, k, n, cond)
+    def sample(self, generator, cond, steps: torch.Tensor, grad: bool) -> torch.Tensor:
+        x = self.input_at(generator, steps, cond)
         with torch.set_grad_enabled(grad):
-            return generator(x, full(x, self.sigmas[k]), cond)
+            return generator(x, self.sigma_of(steps), cond)
 
 
 def draw_labels(class_weights: list[float], n: int, device) -> torch.Tensor:
@@ -129,7 +146,7 @@ class StudentCriticMethod(Method):
     score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
     optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
 
-    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float) -> None:
+    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float, spread: bool = True) -> None:
         self.ctx = ctx
         self.sigma_data = teacher.config.get("sigma_data", 0.5)
         self.num_classes = teacher.num_classes
@@ -141,7 +158,7 @@ class StudentCriticMethod(Method):
         self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan).to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
-        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device)
+        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, spread)
         self.grid = karras_grid_1000().float()
 
     def modules(self):
@@ -169,9 +186,9 @@ class StudentCriticMethod(Method):
         """The fake score on noisy (detached) student samples over the whole grid; with a GAN head, also the
         discriminator on noisy real vs noisy student samples, in the same pass (DMD2)."""
         n, cond = self.batch_and_labels(batch)
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gen, n, cond, k, grad=False).float()
+            fake = self.student.sample(self.gen, cond, steps, grad=False).float()
         _, sigma = self.levels(n)
         logs = {}
         with self.ctx.autocast():

@@ -110,7 +110,8 @@ class DMD(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts, self.teacher = cfg.dmd, teacher
-        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic)
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
+                   spread=cfg.student.backsim == "spread")
         self.pairs: dict[str, torch.Tensor] | None = None  # made or loaded at the first step, after any resume
 
     # --- the regression pairs --------------------------------------------------------------------------------
@@ -155,15 +156,15 @@ class DMD(StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond = self.batch_and_labels(batch)
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         critic = self.frozen_critic()
         z, y, c = self.pair_batch(n)
-        s0, sk = self.student.sigmas[0], self.student.sigmas[k]
-        x_in = self.student.input_at(self.gen, k, n, cond)
+        s0 = self.student.sigmas[0]
+        x_in = self.student.input_at(self.gen, steps, cond)
         # one generator pass over the DM samples (step k) and the pairs' noises (step 0): DDP allows one forward
         both_cond = torch.cat([cond, c]) if cond is not None else None
         with self.ctx.autocast():
-            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([full(x_in, sk), full(z, s0)]), both_cond).float()
+            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([self.student.sigma_of(steps), full(z, s0)]), both_cond).float()
         x, x_reg = out[:n], out[n:]
         _, sigma = self.levels(n, *self.opts.dm_range)
         g = self.dm_grad(critic, x, sigma, cond)

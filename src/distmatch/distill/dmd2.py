@@ -50,7 +50,8 @@ class DMD2(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = cfg.dmd2
-        self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic)
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic,
+                   cfg.student.backsim == "spread")
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
         logs = self.critic_step(batch, self.opts.gan_weight_d)
@@ -60,10 +61,10 @@ class DMD2(StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond = self.batch_and_labels(batch)
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         critic = self.frozen_critic()
         with self.ctx.autocast():
-            x = self.student.sample(self.gen, n, cond, k, grad=True).float()
+            x = self.student.sample(self.gen, cond, steps, grad=True).float()
         _, sigma = self.levels(n, *self.opts.dm_range)
         g = self.dm_grad(critic, x, sigma, cond)
         loss_dm = dm_loss(x, g)

@@ -103,7 +103,8 @@ class FDistill(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
-        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic)
+        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic,
+                   spread=cfg.student.backsim == "spread")
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
     def modules(self):
@@ -121,10 +122,10 @@ class FDistill(StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond = self.batch_and_labels(batch)
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         critic = self.frozen_critic()
         with self.ctx.autocast():
-            x = self.student.sample(self.gen, n, cond, k, grad=True).float()
+            x = self.student.sample(self.gen, cond, steps, grad=True).float()
             idx, sigma = self.levels(n, *self.opts.dm_range)
             x_t = noised(x, sigma)  # keeps x's graph for the GAN term
             x0_fake, logits = critic(x_t, sigma, cond)

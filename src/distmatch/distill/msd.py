@@ -165,7 +165,7 @@ class MSD(Method):
             params = [p for gen in self.gens for p in gen.parameters()]
             self.opt_pre = ctx.make_optimizer(params, lr=opts.prestage_lr)
         self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(opts.students)]
-        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device)
+        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread")
         self.grid = karras_grid_1000().float()
 
     def add_student(self, teacher):
@@ -237,9 +237,9 @@ class MSD(Method):
 
     def critic_step(self, i: int, cond) -> dict[str, float]:
         n, critic, opt = len(cond), self.critics[i], self.opt_c[i]
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gens[i], n, cond, k, grad=False).float()
+            fake = self.student.sample(self.gens[i], cond, steps, grad=False).float()
         sigma = self.grid[torch.randint(0, len(self.grid), (n,))].to(self.ctx.device)
         with self.ctx.autocast():
             x0, _ = critic(noised(fake, sigma), sigma, cond)
@@ -252,11 +252,11 @@ class MSD(Method):
 
     def generator_step(self, i: int, cond) -> dict[str, float]:
         n, gen = len(cond), self.gens[i]
-        k = self.student.pick_step(self.ctx.shared_generator)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
         critic = self.ctx.unwrap(self.critics[i])  # frozen during the student's turn
         critic.requires_grad_(False)
         with self.ctx.autocast():
-            x = self.student.sample(gen, n, cond, k, grad=True).float()
+            x = self.student.sample(gen, cond, steps, grad=True).float()
         sigma = sample_grid_sigmas(n, *self.opts.dm_range, device=self.ctx.device)
         with torch.no_grad(), self.ctx.autocast():
             x_t = noised(x.detach(), sigma)

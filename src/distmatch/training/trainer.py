@@ -121,6 +121,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
     for k in keys:
+        if k not in old:  # a setting added to distmatch after this run was made: the run had none to differ
+            continue
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, prefix + k + ".")

@@ -122,3 +122,14 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path):
     tensors, meta = ckpt.load_tensors(out / ckpt.CHECKPOINT)
     assert meta["world_size"] == 2
     assert not torch.equal(tensors["rng/rank0"], tensors["rng/rank1"])  # the ranks really drew different noise
+
+
+def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
+    """A NaN loss is never logged away silently: the run stops, naming the iteration and the loss."""
+    import distmatch.distill.common as common
+
+    monkeypatch.setattr(common, "critic_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(UserError, match=r"diverged at iteration 1 \(loss_critic = nan\)"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=5"]))
+    with pytest.raises(UserError, match="train.lr"):
+        run_distill(tiny_teacher, tmp_path / "s2", overrides=distill_args(["train.lr=nan"]))

@@ -46,7 +46,7 @@ class TrainConfig:
         for key in ("iters", "batch_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
+        if not self.lr > 0:  # also refuses NaN
             raise UserError(f"config key 'train.lr' must be > 0, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise UserError(f"config key 'train.ema' must be in [0, 1), got {self.ema}")
@@ -185,6 +185,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
         while it < cfg.iters and not stop.requested:
             _set_lr(method.optimizers(), it, cfg)
             logs = method.step(data.next(), it)
+            _check_finite(logs, it, out)
             it += 1
             logger.add(logs)
             bar.update(1)
@@ -200,6 +201,14 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
     if stop.requested and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
                           "Re-run the same command to resume.")
+
+
+def _check_finite(logs: dict, it: int, out: Path) -> None:
+    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise UserError(f"training diverged at iteration {it + 1} ({name} = {value}); the last checkpoint in {out} "
+                        "is kept; try a lower train.lr or train.precision=fp32")
 
 
 class Interrupted(Exception):

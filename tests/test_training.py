@@ -58,6 +58,17 @@ def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6", "train.lr=0.01"]))
 
 
+def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, tmp_path):
+    """A 1-step student uses σ_max whatever sigma_top / sigma_last say; a 2-step one's levels must agree."""
+    run_distill(tiny_teacher, tmp_path / "one", overrides=distill_args(["train.iters=3"]))
+    run_distill(tiny_teacher, tmp_path / "one", overrides=distill_args(["train.iters=6", "student.sigma_top=3.0"]))
+    assert read_checkpoint_iteration(tmp_path / "one") == 6
+    run_distill(tiny_teacher, tmp_path / "two", steps=2, overrides=distill_args(["train.iters=3"]))
+    with pytest.raises(UserError, match="different settings.*levels"):
+        run_distill(tiny_teacher, tmp_path / "two", steps=2,
+                    overrides=distill_args(["train.iters=6", "student.sigma_last=0.5"]))
+
+
 def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
     before = weights(tmp_path / "s")

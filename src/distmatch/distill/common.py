@@ -22,8 +22,8 @@ from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
-    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
-    sigma_last: float = 0.35              # ... down to sigma_last (for σ_data = 0.5 data)
+    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
+    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
 
     def validate(self):

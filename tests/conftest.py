@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,3 +13,33 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Feature-network caches go to a per-session temp folder, never the user's ~/.cache."""
     monkeypatch.setenv("DISTMATCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def short_mixture_run(tmp_path):
+    """Distil a small network fitted to the exact 8-Gaussian teacher with one method, and score the student against
+    the held-out data beside the teacher at the student's step count and at its recommended steps (3000 samples)."""
+    from types import SimpleNamespace
+
+    from distmatch.data import load_data
+    from distmatch.distill import run_distill
+    from distmatch.eval.vectors import mode_stats, sliced_wasserstein
+    from distmatch.models import load_model
+    from distmatch.teachers.train import train_teacher
+
+    def run(method: str, overrides: list[str]) -> SimpleNamespace:
+        quiet = ["train.progress=false"]
+        net = ["network.width=96", "network.depth=2", "network.fourier=32"]
+        teacher_dir = train_teacher("8gaussians", tmp_path / "t",
+                                    overrides=net + quiet + ["train.iters=600", "train.batch_size=512"])
+        student_dir = run_distill(teacher_dir, tmp_path / "s", method=method, overrides=quiet + overrides)
+        teacher, student = load_model(teacher_dir), load_model(student_dir)
+        ref = load_data("8gaussians", split="test", spec=teacher.spec)
+        xs, _ = student.sample(3000, seed=1)
+        xk, _ = teacher.sample(3000, steps=student.config["steps"], seed=1)
+        xt, _ = teacher.sample(3000, seed=1)
+        student_swd, same_steps_swd, teacher_swd = (sliced_wasserstein(x, ref.x) for x in (xs, xk, xt))
+        return SimpleNamespace(dir=Path(student_dir), model=student, swd=student_swd, same_steps_swd=same_steps_swd,
+                               teacher_swd=teacher_swd, stats=mode_stats(xs, ref.mixture))
+
+    return run

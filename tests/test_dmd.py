@@ -8,10 +8,8 @@ from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
 from distmatch.cli import main
-from distmatch.data import load_data
 from distmatch.distill import dmd, run_distill
 from distmatch.errors import UserError
-from distmatch.eval.vectors import mode_stats, sliced_wasserstein
 from distmatch.models import load_model
 from distmatch.samplers import ode_sample
 from distmatch.teachers.train import train_teacher
@@ -90,22 +88,12 @@ def test_lpips_is_refused_in_one_line(tiny_teacher, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_short_dmd_run_matches_the_mixture(tmp_path):
+def test_short_dmd_run_matches_the_mixture(short_mixture_run):
     """Exact 8-Gaussian teacher, small networks, data-free: the 1-step student lands on every mode, far better than
     the teacher's own 1-step output."""
-    net = ["network.width=96", "network.depth=2", "network.fourier=32"]
-    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=net + QUIET + ["train.iters=600",
-                                                                                       "train.batch_size=512"])
-    student_dir = run_distill(teacher_dir, tmp_path / "s", method="dmd", overrides=QUIET + [
-        "train.iters=2500", "train.batch_size=128", "dmd.pairs=2048"])
-    assert (Path(student_dir) / dmd.PAIRS_FILE).is_file()
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    ref = load_data("8gaussians", split="test", spec=teacher.spec)
-    xs, _ = student.sample(3000, seed=1)
-    x1, _ = teacher.sample(3000, steps=1, seed=1)
-    xt, _ = teacher.sample(3000, seed=1)
-    swd_student, swd_one, swd_teacher = (sliced_wasserstein(x, ref.x) for x in (xs, x1, xt))
-    stats = mode_stats(xs, ref.mixture)
+    r = short_mixture_run("dmd", ["train.iters=2500", "train.batch_size=128", "dmd.pairs=2048"])
+    assert (r.dir / dmd.PAIRS_FILE).is_file()
+    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
     assert stats["modes_covered"] == 1.0, stats
     assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
     assert swd_student < 4 * swd_teacher, (swd_student, swd_teacher)  # measured 0.038 vs teacher 0.012

@@ -1,13 +1,8 @@
 """DMD2 against exact teachers: the DM gradient's direction, and a short distillation's quality."""
 import torch
 
-from distmatch.data import load_data
-from distmatch.distill import run_distill
 from distmatch.distill.losses import dm_gradient, dm_loss
-from distmatch.eval.vectors import mode_stats, sliced_wasserstein
-from distmatch.models import load_model
 from distmatch.teachers.gmm import GaussianMixture
-from distmatch.teachers.train import train_teacher
 
 
 def gaussian(mean, std):
@@ -45,19 +40,10 @@ def test_dm_gradient_is_zero_when_student_matches():
     assert dm_gradient(x, teacher(x_t, sigma), teacher(x_t, sigma)).abs().max() == 0
 
 
-def test_short_dmd2_run_matches_the_mixture(tmp_path):
+def test_short_dmd2_run_matches_the_mixture(short_mixture_run):
     """Exact 8-Gaussian teacher, small networks, a short run: the 1-step student must land on the mixture."""
-    net = ["network.width=96", "network.depth=2", "network.fourier=32", "train.progress=false"]
-    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=net + ["train.iters=600", "train.batch_size=512"])
-    student_dir = run_distill(teacher_dir, tmp_path / "s", overrides=[
-        "train.progress=false", "train.iters=2500", "train.batch_size=128"])
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    ref = load_data("8gaussians", split="test", spec=teacher.spec)
-    xs, _ = student.sample(3000, seed=1)
-    x1, _ = teacher.sample(3000, steps=1, seed=1)
-    xt, _ = teacher.sample(3000, seed=1)
-    swd_student, swd_one, swd_teacher = (sliced_wasserstein(x, ref.x) for x in (xs, x1, xt))
-    stats = mode_stats(xs, ref.mixture)
+    r = short_mixture_run("dmd2", ["train.iters=2500", "train.batch_size=128"])
+    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
     assert stats["modes_covered"] == 1.0, stats
     # A short CI run: far from the teacher's 1-step output, near the teacher (bench/ measures the converged gap).
     assert swd_student < 0.15 * swd_one, (swd_student, swd_one)

@@ -8,13 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.data import load_data
 from distmatch.distill import run_distill
 from distmatch.distill.fdistill import RatioBins, f_weight
 from distmatch.distill.losses import F_DIVERGENCES, f_divergence_weight
 from distmatch.errors import UserError
-from distmatch.eval.vectors import mode_stats, sliced_wasserstein
-from distmatch.models import load_model
 from distmatch.teachers.train import train_teacher
 
 QUIET = ["train.progress=false"]
@@ -106,21 +103,11 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path):
     assert torch.equal(*bins)
 
 
-def test_short_fdistill_run_matches_the_mixture(tmp_path):
+def test_short_fdistill_run_matches_the_mixture(short_mixture_run):
     """Exact 8-Gaussian teacher, JS divergence (the default), small networks: the 1-step student lands on every mode,
     far better than the teacher's own 1-step output."""
-    net = ["network.width=96", "network.depth=2", "network.fourier=32"]
-    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=net + QUIET + ["train.iters=600",
-                                                                                       "train.batch_size=512"])
-    student_dir = run_distill(teacher_dir, tmp_path / "s", method="fdistill", overrides=QUIET + [
-        "train.iters=2500", "train.batch_size=128", "train.lr=2e-4"])
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    ref = load_data("8gaussians", split="test", spec=teacher.spec)
-    xs, _ = student.sample(3000, seed=1)
-    x1, _ = teacher.sample(3000, steps=1, seed=1)
-    xt, _ = teacher.sample(3000, seed=1)
-    swd_student, swd_one, swd_teacher = (sliced_wasserstein(x, ref.x) for x in (xs, x1, xt))
-    stats = mode_stats(xs, ref.mixture)
+    r = short_mixture_run("fdistill", ["train.iters=2500", "train.batch_size=128", "train.lr=2e-4"])
+    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
     assert stats["modes_covered"] == 1.0, stats
     assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
     assert swd_student < 5 * swd_teacher, (swd_student, swd_teacher)  # measured 0.047 vs teacher 0.012

@@ -7,12 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.data import load_data
 from distmatch.distill import run_distill
 from distmatch.distill.tdm import TDM, step_intervals, tdm_generator_loss
 from distmatch.errors import UserError
-from distmatch.eval.vectors import mode_stats, sliced_wasserstein
-from distmatch.models import load_model
 from distmatch.schedules import karras_grid_1000, student_sigmas
 from distmatch.teachers.train import train_teacher
 
@@ -57,22 +54,12 @@ def test_tdm_loss_pulls_towards_teacher_and_vanishes_at_a_match():
     assert x0.grad.abs().max() == 0
 
 
-def test_short_tdm_run_beats_the_teacher_at_four_steps(tmp_path):
+def test_short_tdm_run_beats_the_teacher_at_four_steps(short_mixture_run):
     """Exact 8-Gaussian teacher, data-free 4-step student (the method's default K): far better than the teacher's
     own 4-step solver, near its 40-step samples, on every mode."""
-    net = ["network.width=96", "network.depth=2", "network.fourier=32"]
-    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=net + QUIET + ["train.iters=600",
-                                                                                       "train.batch_size=512"])
-    student_dir = run_distill(teacher_dir, tmp_path / "s", method="tdm", overrides=QUIET + [
-        "train.iters=1000", "train.batch_size=128", "train.lr=3e-4"])
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    assert student.config["steps"] == 4 and student.nfe() == 4
-    ref = load_data("8gaussians", split="test", spec=teacher.spec)
-    xs, _ = student.sample(3000, seed=1)
-    x4, _ = teacher.sample(3000, steps=4, seed=1)
-    xt, _ = teacher.sample(3000, seed=1)
-    swd_student, swd_same, swd_teacher = (sliced_wasserstein(x, ref.x) for x in (xs, x4, xt))
-    stats = mode_stats(xs, ref.mixture)
+    r = short_mixture_run("tdm", ["train.iters=1000", "train.batch_size=128", "train.lr=3e-4"])
+    assert r.model.config["steps"] == 4 and r.model.nfe() == 4
+    swd_student, swd_same, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
     assert stats["modes_covered"] == 1.0, stats
     assert swd_student < 0.05 * swd_same, (swd_student, swd_same)
     assert swd_student < 2.5 * swd_teacher, (swd_student, swd_teacher)

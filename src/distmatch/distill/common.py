@@ -182,6 +182,19 @@ class StudentCriticMethod(Method):
         idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
         return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
 
+    def step(self, batch, it: int) -> dict[str, float]:
+        """The two time-scale rule: the critic every iteration, the student every `opts.critic_ratio`-th."""
+        logs = self.critic_step(batch, getattr(self.opts, "gan_weight_d", 0.0))
+        if it % self.opts.critic_ratio == 0:
+            logs.update(self.generator_step(batch))
+        return logs
+
+    def student_turn(self, batch) -> tuple[int, torch.Tensor | None, torch.Tensor, nn.Module]:
+        """The start of a student update: batch size, labels, each sample's step, and the frozen critic."""
+        n, cond = self.batch_and_labels(batch)
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
+        return n, cond, steps, self.frozen_critic()
+
     def critic_step(self, batch, gan_weight_d: float = 0.0) -> dict[str, float]:
         """The fake score on noisy (detached) student samples over the whole grid; with a GAN head, also the
         discriminator on noisy real vs noisy student samples, in the same pass (DMD2)."""

@@ -149,15 +149,10 @@ class DMD(StudentCriticMethod):
     def step(self, batch: Batch, it: int) -> dict[str, float]:
         if self.pairs is None:
             self.pairs = self.load_or_make_pairs()
-        logs = self.critic_step(batch)
-        if it % self.opts.critic_ratio == 0:
-            logs.update(self.generator_step(batch))
-        return logs
+        return super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
-        n, cond = self.batch_and_labels(batch)
-        steps = self.student.pick_step(self.ctx.shared_generator, n)
-        critic = self.frozen_critic()
+        n, cond, steps, critic = self.student_turn(batch)
         z, y, c = self.pair_batch(n)
         s0 = self.student.sigmas[0]
         x_in = self.student.input_at(self.gen, steps, cond)

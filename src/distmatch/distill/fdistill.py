@@ -114,16 +114,8 @@ class FDistill(StudentCriticMethod):
         acc = self.ctx.accelerator
         return (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
 
-    def step(self, batch: Batch, it: int) -> dict[str, float]:
-        logs = self.critic_step(batch, self.opts.gan_weight_d)
-        if it % self.opts.critic_ratio == 0:
-            logs.update(self.generator_step(batch))
-        return logs
-
     def generator_step(self, batch: Batch) -> dict[str, float]:
-        n, cond = self.batch_and_labels(batch)
-        steps = self.student.pick_step(self.ctx.shared_generator, n)
-        critic = self.frozen_critic()
+        n, cond, steps, critic = self.student_turn(batch)
         with self.ctx.autocast():
             x = self.student.sample(self.gen, cond, steps, grad=True).float()
             idx, sigma = self.levels(n, *self.opts.dm_range)

@@ -49,3 +49,29 @@ def test_short_dmd2_run_matches_the_mixture(short_mixture_run):
     assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
     assert swd_student < 6 * swd_teacher, (swd_student, swd_teacher)
     assert stats["off_mode"] < 0.75, stats  # still blurred after 30 s (a ring or a blob would be ~1.0)
+
+
+def test_backward_simulation_draws_only_the_active_steps():
+    """Spread draws give every active step an equal share of the batch; while only the first step is trained
+    (student.first_only), every sample is drawn at step 0 and starts from pure noise at σ_0."""
+    from distmatch.distill.common import FewStepStudent
+
+    student = FewStepStudent([80.0, 0.8, 0.35, 0.15], (2,), "cpu", spread=True)
+    g = torch.Generator().manual_seed(0)
+    steps = student.pick_step(g, 64)
+    assert torch.bincount(steps, minlength=4).tolist() == [16, 16, 16, 16]
+    student.active = 1
+    assert student.pick_step(g, 64).eq(0).all()
+    shared = FewStepStudent([80.0, 0.8], (2,), "cpu", spread=False)
+    shared.active = 1
+    assert all(shared.pick_step(g, 8).eq(0).all() for _ in range(20))
+
+
+def test_first_only_must_be_a_share():
+    import pytest
+
+    from distmatch.distill.common import StudentConfig
+    from distmatch.errors import UserError
+
+    with pytest.raises(UserError, match="first_only"):
+        StudentConfig(steps=4, first_only=1.0).validate()

@@ -144,3 +144,21 @@ def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=5"]))
     with pytest.raises(UserError, match="train.lr"):
         run_distill(tiny_teacher, tmp_path / "s2", overrides=distill_args(["train.lr=nan"]))
+
+
+def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_path, monkeypatch):
+    from distmatch.distill.common import FewStepStudent
+
+    seen = []
+    original = FewStepStudent.pick_step
+
+    def spy(self, shared, n):
+        steps = original(self, shared, n)
+        seen.append(int(steps.max()))
+        return steps
+
+    monkeypatch.setattr(FewStepStudent, "pick_step", spy)
+    run_distill(tiny_teacher, tmp_path / "s", steps=2,
+                overrides=distill_args(["train.iters=8", "student.first_only=0.5"]))
+    half = len(seen) // 2  # the same number of draws (critic + student turns) in each half of the run
+    assert max(seen[:half]) == 0 and max(seen[half:]) == 1, seen

@@ -25,10 +25,13 @@ class StudentConfig:
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
     sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
+    first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
 
     def validate(self):
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.first_only < 1.0:
+            raise UserError(f"student.first_only must be in [0, 1), got {self.first_only}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
         if self.sigmas is not None:
@@ -94,13 +97,14 @@ class FewStepStudent:
 
     def __init__(self, sigmas: list[float], shape: tuple[int, ...], device, spread: bool = True):
         self.sigmas, self.shape, self.device, self.spread = sigmas, tuple(shape), device, spread
+        self.active = len(sigmas)  # steps 0..active-1 are trained (fewer while only the first step is)
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn((n,) + self.shape, device=self.device)
 
     def pick_step(self, shared: torch.Generator, n: int) -> torch.Tensor:
         """The step each of n samples is trained at (drawn from the generator every process shares)."""
-        K = len(self.sigmas)
+        K = self.active
         if self.spread and K > 1:
             steps = torch.arange(n) % K
             steps = steps[torch.randperm(n, generator=shared)]
@@ -146,8 +150,10 @@ class StudentCriticMethod(Method):
     score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
     optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
 
-    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float, spread: bool = True) -> None:
+    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float, spread: bool = True,
+              first_only: float = 0.0) -> None:
         self.ctx = ctx
+        self.first_only_iters = int(round(first_only * ctx.train.iters)) if len(sigmas) > 1 else 0
         self.sigma_data = teacher.config.get("sigma_data", 0.5)
         self.num_classes = teacher.num_classes
         self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
@@ -184,6 +190,7 @@ class StudentCriticMethod(Method):
 
     def step(self, batch, it: int) -> dict[str, float]:
         """The two time-scale rule: the critic every iteration, the student every `opts.critic_ratio`-th."""
+        self.student.active = 1 if it < self.first_only_iters else len(self.student.sigmas)
         logs = self.critic_step(batch, getattr(self.opts, "gan_weight_d", 0.0))
         if it % self.opts.critic_ratio == 0:
             logs.update(self.generator_step(batch))

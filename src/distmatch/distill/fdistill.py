@@ -104,7 +104,7 @@ class FDistill(StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
         self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic,
-                   spread=cfg.student.backsim == "spread")
+                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only)
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
     def modules(self):

@@ -75,3 +75,24 @@ def test_first_only_must_be_a_share():
 
     with pytest.raises(UserError, match="first_only"):
         StudentConfig(steps=4, first_only=1.0).validate()
+
+
+def test_step_critics_score_each_sample_with_its_own_step_critic():
+    from distmatch.distill.common import Critic, StepCritics
+    from dataclasses import asdict
+
+    from distmatch.networks import NetworkConfig, build_denoiser
+
+    torch.manual_seed(0)
+    cfg = asdict(NetworkConfig(width=16, depth=1, fourier=4))
+    nets = [build_denoiser(cfg, (2,)) for _ in range(3)]
+    critics = StepCritics([Critic(net, gan=True) for net in nets])
+    x, sigma = torch.randn(12, 2), torch.rand(12) + 0.1
+    step = torch.tensor([0, 1, 2] * 4)
+    x0, logits = critics(x, sigma, None, step)
+    for k in range(3):
+        rows = step == k
+        want_x0, want_logits = critics.critics[k](x[rows], sigma[rows])
+        assert torch.allclose(x0[rows], want_x0) and torch.allclose(logits[rows], want_logits)
+    x0.sum().backward()  # every critic's weights get a gradient
+    assert all(p.grad is not None for c in critics.critics for p in c.denoiser.parameters())

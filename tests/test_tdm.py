@@ -80,3 +80,11 @@ def test_tdm_resumed_run_equals_uninterrupted(tmp_path):
     a, b = (load_file(str(Path(tmp_path / r) / ckpt.MODEL)) for r in ("full", "half"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tdm_refuses_options_it_does_not_use(tmp_path):
+    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=QUIET + [
+        "network.width=16", "network.depth=1", "network.fourier=4", "train.iters=2", "train.batch_size=32"])
+    with pytest.raises(UserError, match="tdm does not use student.critic_per_step"):
+        run_distill(teacher_dir, tmp_path / "s", method="tdm", overrides=QUIET + ["student.critic_per_step=true"])
+    assert not (tmp_path / "s" / "model.safetensors").exists()

@@ -42,11 +42,13 @@ def assert_same_weights(a, b):
         assert torch.equal(wa[k], wb[k]), k
 
 
-def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path):
-    """A 2-step student with GAN (two optimizers, EMA, data stream, shared step draws) resumed halfway."""
-    run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=distill_args(["train.iters=20"]))
-    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=10"]))
-    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20"]))
+@pytest.mark.parametrize("extra", [[], ["student.critic_per_step=true", "dmd2.gan=true"]], ids=["one", "per-step"])
+def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
+    """A 2-step student (two optimizers, EMA, data stream, shared step draws; one critic, or one per step with GAN
+    heads) resumed halfway."""
+    run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=distill_args(["train.iters=20", *extra]))
+    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=10", *extra]))
+    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20", *extra]))
     assert_same_weights(tmp_path / "full", tmp_path / "half")
     its = [json.loads(line)["it"] for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
     assert its == sorted(set(its))  # the log reads as one run, no repeated iterations
@@ -67,6 +69,9 @@ def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, t
     with pytest.raises(UserError, match="different settings.*levels"):
         run_distill(tiny_teacher, tmp_path / "two", steps=2,
                     overrides=distill_args(["train.iters=6", "student.sigma_last=0.5"]))
+    with pytest.raises(UserError, match="different settings.*k_step.critic_per_step"):
+        run_distill(tiny_teacher, tmp_path / "two", steps=2,
+                    overrides=distill_args(["train.iters=6", "student.critic_per_step=false"]))
 
 
 def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):

@@ -25,6 +25,7 @@ class StudentConfig:
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
     sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
+    critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (vectors: on)
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
 
     def validate(self):
@@ -69,11 +70,36 @@ class Critic(nn.Module):
         self.denoiser = denoiser
         self.head = build_head(denoiser.backbone) if gan else None
 
-    def forward(self, x, sigma, cond=None):
+    def forward(self, x, sigma, cond=None, step=None):
         if self.head is None:
             return self.denoiser(x, sigma, cond), None
         x0, feats = self.denoiser(x, sigma, cond, return_features=True)
         return x0, self.head(feats.float())
+
+
+class StepCritics(nn.Module):
+    """One critic per step of a K-step student: the samples of step k are scored by the fake score of step k's
+    own outputs. With one critic for all steps, the DM gradient of every step corrects the *mixture* of the steps'
+    outputs, so a step that is already right is pushed to make up for another that is not."""
+
+    def __init__(self, critics: list[Critic]):
+        super().__init__()
+        self.critics = nn.ModuleList(critics)
+
+    @property
+    def head(self):
+        return self.critics[0].head
+
+    def forward(self, x, sigma, cond=None, step=None):
+        x0, logits = torch.empty_like(x), None
+        for k, critic in enumerate(self.critics):  # every critic runs (on its rows, maybe none): DDP sees them all
+            rows = (step == k).nonzero().squeeze(1)
+            out, lg = critic(x[rows], sigma[rows], cond[rows] if cond is not None else None)
+            x0 = x0.index_put((rows,), out.to(x0.dtype))
+            if lg is not None:
+                logits = (torch.empty((len(x),) + lg.shape[1:], device=x.device, dtype=lg.dtype)
+                          if logits is None else logits).index_put((rows,), lg)
+        return x0, logits
 
 
 def full(x: torch.Tensor, value: float) -> torch.Tensor:
@@ -145,13 +171,20 @@ def init_copy(net: nn.Module, device) -> nn.Module:
     return out
 
 
+def refuse_student_options(cfg, method: str) -> None:
+    """For methods with their own critic and step scheme: say so rather than ignore a K-step student option."""
+    if cfg.student.steps > 1 and (cfg.student.critic_per_step or cfg.student.first_only):
+        raise UserError(f"{method} does not use student.critic_per_step or student.first_only; set them to "
+                        "false / 0 (they are options of dmd2, dmd and fdistill)")
+
+
 class StudentCriticMethod(Method):
     """The state and updates shared by the single-student methods (dmd2, dmd, fdistill, tdm): the teacher's real
     score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
     optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
 
     def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float, spread: bool = True,
-              first_only: float = 0.0) -> None:
+              first_only: float = 0.0, critic_per_step: bool = False) -> None:
         self.ctx = ctx
         self.first_only_iters = int(round(first_only * ctx.train.iters)) if len(sigmas) > 1 else 0
         self.sigma_data = teacher.config.get("sigma_data", 0.5)
@@ -161,7 +194,11 @@ class StudentCriticMethod(Method):
         gen = init_copy(teacher.init_net, ctx.device)
         self.ema = ema_copy(gen)
         self.gen = ctx.prepare(gen)
-        self.critic = ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan).to(ctx.device))
+        if critic_per_step and len(sigmas) > 1:
+            critic = StepCritics([Critic(init_copy(teacher.init_net, ctx.device), gan) for _ in sigmas])
+        else:
+            critic = Critic(init_copy(teacher.init_net, ctx.device), gan)
+        self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
         self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, spread)
@@ -216,24 +253,24 @@ class StudentCriticMethod(Method):
                 _, sigma_r = self.levels(n)
                 both = torch.cat([noised(fake, sigma), noised(batch.x, sigma_r)])
                 cond2 = torch.cat([cond, cond]) if cond is not None else None
-                x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2)
+                x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2, torch.cat([steps, steps]))
                 loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
                 loss_d = gan_discriminator_loss(logits[:n], logits[n:])
                 loss = loss_fake + gan_weight_d * loss_d
                 logs["loss_gan_d"] = loss_d.item()
             else:
-                x0, _ = self.critic(noised(fake, sigma), sigma, cond)
+                x0, _ = self.critic(noised(fake, sigma), sigma, cond, steps)
                 loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
         self.update_critic(loss)
         logs["loss_critic"] = loss_fake.item()
         return logs
 
     @torch.no_grad()
-    def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+    def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond, steps=None) -> torch.Tensor:
         """The distribution-matching gradient on the student's samples x at noise levels sigma."""
         with self.ctx.autocast():
             x_t = noised(x.detach(), sigma)
-            return dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond)[0])
+            return dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0])
 
     def update_critic(self, loss: torch.Tensor) -> None:
         self.opt_c.zero_grad(set_to_none=True)

@@ -111,7 +111,8 @@ class DMD(StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts, self.teacher = cfg.dmd, teacher
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
-                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only)
+                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only,
+                   critic_per_step=cfg.student.critic_per_step)
         self.pairs: dict[str, torch.Tensor] | None = None  # made or loaded at the first step, after any resume
 
     # --- the regression pairs --------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class DMD(StudentCriticMethod):
             out = self.gen(torch.cat([x_in, z * s0]), torch.cat([self.student.sigma_of(steps), full(z, s0)]), both_cond).float()
         x, x_reg = out[:n], out[n:]
         _, sigma = self.levels(n, *self.opts.dm_range)
-        g = self.dm_grad(critic, x, sigma, cond)
+        g = self.dm_grad(critic, x, sigma, cond, steps)
         loss_dm = dm_loss(x, g)
         loss_reg = regression_loss(x_reg, y)
         self.update_generator(loss_dm + self.opts.regression_weight * loss_reg, critic)

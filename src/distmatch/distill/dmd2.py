@@ -51,20 +51,21 @@ class DMD2(StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = cfg.dmd2
         self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic,
-                   cfg.student.backsim == "spread", first_only=cfg.student.first_only)
+                   cfg.student.backsim == "spread", first_only=cfg.student.first_only,
+                   critic_per_step=cfg.student.critic_per_step)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)
         with self.ctx.autocast():
             x = self.student.sample(self.gen, cond, steps, grad=True).float()
         _, sigma = self.levels(n, *self.opts.dm_range)
-        g = self.dm_grad(critic, x, sigma, cond)
+        g = self.dm_grad(critic, x, sigma, cond, steps)
         loss_dm = dm_loss(x, g)
         loss, logs = loss_dm, {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if self.opts.gan:
             _, sigma_g = self.levels(n)
             with self.ctx.autocast():
-                _, logits = critic(noised(x, sigma_g), sigma_g, cond)
+                _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
             loss_g = gan_generator_loss(logits)
             loss = loss + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
             logs["loss_gan_g"] = loss_g.item()

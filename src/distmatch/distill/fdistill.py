@@ -104,7 +104,8 @@ class FDistill(StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
         self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic,
-                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only)
+                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only,
+                   critic_per_step=cfg.student.critic_per_step)
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
     def modules(self):
@@ -120,7 +121,7 @@ class FDistill(StudentCriticMethod):
             x = self.student.sample(self.gen, cond, steps, grad=True).float()
             idx, sigma = self.levels(n, *self.opts.dm_range)
             x_t = noised(x, sigma)  # keeps x's graph for the GAN term
-            x0_fake, logits = critic(x_t, sigma, cond)
+            x0_fake, logits = critic(x_t, sigma, cond, steps)
         with torch.no_grad(), self.ctx.autocast():
             g = dm_gradient(x, self.real(x_t.detach(), sigma, cond), x0_fake.detach())
         r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range), idx, self.all_reduce())

@@ -29,12 +29,12 @@ from ..schedules import karras_grid_1000, sample_grid_sigmas, sample_lognormal_s
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, noised
+from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, noised, refuse_student_options
 from .losses import critic_loss, dm_gradient, dm_loss
 
 # Students own few classes each and get train.iters / K iterations: Adam's beta1 0.9 beat the vector default 0
 # here (8gaussians-labeled, 2 students, per-class SWD 0.0047 vs 0.0083 at 4000 iterations, batch 1024).
-DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999]}}}
+DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999]}, "student": {"critic_per_step": False}}}
 PARTITIONS = ("contiguous", "kmeans")
 PRESTAGE_P_MEAN, PRESTAGE_P_STD = -1.2, 1.8  # wide log-normal levels, as for fitting a net to an exact teacher
 
@@ -150,6 +150,7 @@ class MSD(Method):
         return cfg.msd.small and cfg.msd.prestage_iters > 0  # teacher score matching regresses at noisy data
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
+        refuse_student_options(cfg, self.name)
         opts = self.opts = getattr(cfg, self.name)
         self.ctx = ctx
         self.owner = class_owners(teacher, opts)

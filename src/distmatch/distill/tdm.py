@@ -28,12 +28,14 @@ import torch
 from ..errors import UserError
 from ..schedules import karras_grid_1000
 from ..training.method import Batch
-from .common import StudentCriticMethod, full, noised
+from .common import StudentCriticMethod, full, noised, refuse_student_options
 from .losses import critic_loss, pseudo_huber
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
 # TDM was measured with the higher levels on vectors too (8 Gaussians 4-step: 1.07x the teacher), so it keeps them.
-DEFAULTS = {"vector": {"train": _TRAIN, "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35}},
+# Its critic is weighted per step interval already (one critic, `critic_per_step` does not apply).
+DEFAULTS = {"vector": {"train": _TRAIN,
+                       "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "critic_per_step": False}},
             "image": {"train": _TRAIN, "student": {"steps": 4}}}
 
 
@@ -95,6 +97,7 @@ class TDM(StudentCriticMethod):
         return False
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
+        refuse_student_options(cfg, "tdm")
         self.opts, self.sigmas = cfg.tdm, list(sigmas)
         self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic)

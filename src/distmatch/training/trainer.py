@@ -61,11 +61,12 @@ class TrainConfig:
 
 
 # Keys that may differ when a run is resumed: they change how long or how loudly it runs, not what it computes.
-# A distillation run also records the noise levels its student's steps actually use ("levels", compared like any
-# setting), so the ways of specifying them may differ as long as the levels agree (a 1-step student has level σ_max
-# whatever sigma_top / sigma_last say).
+# A distillation run also records the noise levels its student's steps actually use ("levels") and, for K > 1, how
+# the steps are trained ("k_step"), both compared like any setting; so the student.* keys behind them may differ as
+# long as what they resolve to agrees (a 1-step student has level σ_max whatever sigma_top / sigma_last say).
 RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress",
-                     "student.sigma_top", "student.sigma_last", "student.sigmas")
+                     "student.sigma_top", "student.sigma_last", "student.sigmas", "student.critic_per_step",
+                     "student.first_only", "student.backsim")
 
 
 def make_accelerator(cfg: TrainConfig):

@@ -149,3 +149,19 @@ def test_write_report_overwrites_and_keeps_old_on_error(tmp_path):
 def test_missing_image_is_visible_not_fatal(tmp_path):
     page = render_report("t", [{"heading": "h", "images": [tmp_path / "nope.png"]}])
     assert "image not found" in page
+
+
+def test_headline_times_the_student_against_the_teachers_network():
+    """An exact mixture teacher is cheap per evaluation; the speed-up is quoted against the network fitted to it
+    (as costly per evaluation as the student), the quality against the exact teacher."""
+    from distmatch.report.demo import headline
+
+    rows = [{"name": "teacher 40-step, heun", "kind": "teacher", "steps": 40, "nfe": 79, "swd": 0.01,
+             "samples_per_s": 8000.0},
+            {"name": "teacher network 40-step, heun", "kind": "teacher", "steps": 40, "nfe": 79, "swd": 0.011,
+             "samples_per_s": 800.0},
+            {"name": "student 1-step", "kind": "student", "steps": 1, "nfe": 1, "swd": 0.02,
+             "samples_per_s": 64000.0}]
+    line = headline(rows, "vector")
+    assert "2.00x the teacher's" in line and "80x faster than the teacher's network (79 NFE)" in line
+    assert "8x faster" in headline([rows[0], rows[2]], "vector")

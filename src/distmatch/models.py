@@ -51,6 +51,14 @@ class LoadedModel:
         """The same teacher sampled with another ODE solver (e.g. Euler, for equal-NFE comparisons)."""
         return replace(self, config={**self.config, "solver": solver})
 
+    def fitted_network(self) -> "LoadedModel | None":
+        """For an exact (closed-form mixture) teacher: the network fitted to it, which students start from, as a
+        teacher of its own. It costs what the student's network costs per evaluation, so it is the fair baseline
+        for sampling speed (the closed form is far cheaper per evaluation than any network)."""
+        if self.kind != "teacher" or self.config.get("teacher") != "gmm" or self.init_net is None:
+            return None
+        return replace(self, denoiser=self.init_net, config={**self.config, "teacher": "network"})
+
     def class_index(self, label) -> int:
         names = [str(c) for c in self.spec.class_names]
         if not names:

@@ -94,6 +94,9 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     n = 4000 if kind == "vector" else 1000
     rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",
                  distill_s=teacher_s)]
+    if teacher.fitted_network() is not None:  # what sampling costs with a network (the closed form is cheaper)
+        rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
+                         name=f"teacher network ({teacher.config['solver']})"))
     students = []
     for method, k in plan:
         run_dir = out / f"{method}-{k}step"

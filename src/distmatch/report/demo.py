@@ -38,11 +38,13 @@ def evaluation_rows(teacher, student, reference, student_steps: int, n: int, tra
     # when the step from σ_max is that large)
     euler = teacher.with_solver("euler")
     plan = [("teacher", teacher, None)]
+    if teacher.fitted_network() is not None:
+        plan += [("teacher network", teacher.fitted_network(), None)]
     plan += [("teacher", euler, k) for k in sorted({1, 2, 4, student_steps})]
     plan += [("student", student, k) for k in range(1, student_steps + 1)]
     for name, model, steps in plan:
         r = evaluate_model(model, reference, n=n, steps=steps, train=train)
-        solver = f", {model.config['solver']}" if name == "teacher" else ""
+        solver = f", {model.config['solver']}" if name.startswith("teacher") else ""
         r["name"] = f"{name} {r['steps']}-step{solver}"
         rows.append(r)
     return rows
@@ -64,9 +66,14 @@ def headline(rows: list[dict], kind: str) -> str:
     key = "swd" if kind == "vector" else "fd"
     best = rows[0]
     one = next((r for r in rows if r["kind"] == "student" and r["steps"] == 1), rows[-1])
-    speedup = one.get("samples_per_s", 0) / max(best.get("samples_per_s", 1e-9), 1e-9)
+    # speed against the teacher's network (for an exact mixture teacher: the network fitted to it, as costly per
+    # evaluation as the student's), quality against the teacher itself
+    net = next((r for r in rows if r["name"].startswith("teacher network")), best)
+    speedup = one.get("samples_per_s", 0) / max(net.get("samples_per_s", 1e-9), 1e-9)
+    against = " than the teacher's network" if net is not best else ""
     return (f"teacher ({best['nfe']} NFE): {key} {best[key]:.4g}; student ({one['nfe']} NFE): {key} {one[key]:.4g} "
-            f"= {one[key] / max(best[key], 1e-12):.2f}x the teacher's; sampling {speedup:.0f}x faster")
+            f"= {one[key] / max(best[key], 1e-12):.2f}x the teacher's; sampling {speedup:.0f}x faster{against} "
+            f"({net['nfe']} NFE)")
 
 
 def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, student, reference,

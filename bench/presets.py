@@ -59,7 +59,10 @@ def bench_one(name: str, root: Path, iters: int | None) -> dict:
     reference = load_data(name, split="test", spec=teacher.spec)
     train = load_data(name, spec=teacher.spec) if kind == "image" else None
     euler = teacher.with_solver("euler")  # equal NFE; Heun's 2-step correction at σ_min diverges
-    plan = [("teacher", teacher, None)] + [("teacher euler", euler, k) for k in (1, 2, 4)]
+    plan = [("teacher", teacher, None)]
+    if teacher.fitted_network() is not None:  # exact mixture: its fitted network is the fair speed baseline
+        plan += [("teacher network", teacher.fitted_network(), None)]
+    plan += [("teacher euler", euler, k) for k in (1, 2, 4)]
     plan += [("student K=1", load_model(root / name / "student-1"), 1)]
     plan += [("student K=4", load_model(root / name / "student-4"), k) for k in (2, 4)]
     for label, model, steps in plan:

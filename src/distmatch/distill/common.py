@@ -183,10 +183,13 @@ class StudentCriticMethod(Method):
     score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
     optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
 
-    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float, spread: bool = True,
-              first_only: float = 0.0, critic_per_step: bool = False) -> None:
+    def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float,
+              student: StudentConfig | None = None) -> None:
+        """`student`: how a K-step student's steps are trained (backsim, critic_per_step, first_only); None for
+        methods with their own scheme (the defaults: spread draws, one critic)."""
+        student = student or StudentConfig()
         self.ctx = ctx
-        self.first_only_iters = int(round(first_only * ctx.train.iters)) if len(sigmas) > 1 else 0
+        self.first_only_iters = int(round(student.first_only * ctx.train.iters)) if len(sigmas) > 1 else 0
         self.sigma_data = teacher.config.get("sigma_data", 0.5)
         self.num_classes = teacher.num_classes
         self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
@@ -194,14 +197,14 @@ class StudentCriticMethod(Method):
         gen = init_copy(teacher.init_net, ctx.device)
         self.ema = ema_copy(gen)
         self.gen = ctx.prepare(gen)
-        if critic_per_step and len(sigmas) > 1:
+        if student.critic_per_step and len(sigmas) > 1:
             critic = StepCritics([Critic(init_copy(teacher.init_net, ctx.device), gan) for _ in sigmas])
         else:
             critic = Critic(init_copy(teacher.init_net, ctx.device), gan)
         self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
-        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, spread)
+        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread")
         self.grid = karras_grid_1000().float()
 
     def modules(self):

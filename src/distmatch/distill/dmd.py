@@ -111,8 +111,7 @@ class DMD(StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts, self.teacher = cfg.dmd, teacher
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
-                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only,
-                   critic_per_step=cfg.student.critic_per_step)
+                   student=cfg.student)
         self.pairs: dict[str, torch.Tensor] | None = None  # made or loaded at the first step, after any resume
 
     # --- the regression pairs --------------------------------------------------------------------------------

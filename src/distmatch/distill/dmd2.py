@@ -50,9 +50,7 @@ class DMD2(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = cfg.dmd2
-        self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic,
-                   cfg.student.backsim == "spread", first_only=cfg.student.first_only,
-                   critic_per_step=cfg.student.critic_per_step)
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic, cfg.student)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

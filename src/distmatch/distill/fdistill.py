@@ -103,9 +103,7 @@ class FDistill(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
-        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic,
-                   spread=cfg.student.backsim == "spread", first_only=cfg.student.first_only,
-                   critic_per_step=cfg.student.critic_per_step)
+        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic, student=cfg.student)
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
     def modules(self):

@@ -37,7 +37,8 @@ def run_compare_all(out: Path, only: list[str]) -> None:
     results, md = {}, []
     for data in only or DATASETS:
         t0 = time.perf_counter()
-        run_compare(data, "dmd2,dmd,fdistill,tdm", None, str(out / f"compare-{data}"), None, QUIET)
+        # one job at a time: this script is itself run beside other benchmark jobs
+        run_compare(data, "dmd2,dmd,fdistill,tdm", None, str(out / f"compare-{data}"), None, QUIET, jobs=1)
         rows = json.loads((out / f"compare-{data}" / "compare.json").read_text())["rows"]
         results[data] = {"rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}
         key = "swd" if "swd" in rows[0] else "fd"

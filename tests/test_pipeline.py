@@ -62,16 +62,18 @@ def test_evaluate_writes_json(tmp_path):
 
 def test_compare_runs_methods_against_one_teacher(tmp_path):
     out = tmp_path / "cmp"
-    code = cli("compare", "--data", "8gaussians", "--methods", "dmd2,tdm", "--steps", "1,2", "--out", str(out),
+    code = cli("compare", "--data", "8gaussians", "--methods", "dmd2,tdm", "--steps", "1,2", "--out", str(out), "--jobs", "2",
                "--set", "teacher.train.iters=40", "--set", "teacher.network.width=32", "--set", "teacher.network.depth=1",
                "--set", "teacher.train.progress=false", "--set", "train.iters=6", "--set", "train.batch_size=32",
                "--set", "train.progress=false")
     assert code == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     names = [r["name"] for r in rows]
-    assert names == ["teacher (heun)", "dmd2 1-step", "teacher 1-step, euler", "tdm 2-step", "teacher 2-step, euler"]
+    assert names == ["teacher (heun)", "teacher network (heun)", "dmd2 1-step", "teacher 1-step, euler", "tdm 2-step",
+                     "teacher 2-step, euler"]
     students = [r for r in rows if r["kind"] == "student"]
     assert all(r["distill_s"] > 0 and r["peak_mb"] > 50 and r["nfe"] == r["steps"] for r in students)
+    assert all(r["parallel_jobs"] == 2 for r in students)  # both distillations ran at once, each timed alone
     html = (out / "report.html").read_text()
     assert "dmd2 1-step" in html and html.count("data:image/png;base64,") >= 4
 

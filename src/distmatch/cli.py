@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="dmd2,dmd,fdistill,tdm", help="comma-separated method names")
     p.add_argument("--steps", default=None, help="comma-separated K per method (default: 1, tdm 4)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<data>)")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="distillations run at once (default: one per CPU core without a GPU, else 1)")
     _config_args(p)
     return parser
 

@@ -84,6 +84,6 @@ def demo(args) -> int:
 def compare(args) -> int:
     from .report.compare import run_compare
 
-    out = run_compare(args.data, args.methods, args.steps, args.out, args.config, args.overrides)
+    out = run_compare(args.data, args.methods, args.steps, args.out, args.config, args.overrides, args.jobs)
     print(f"report: {out}")
     return 0

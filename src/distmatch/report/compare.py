@@ -57,24 +57,48 @@ def route_overrides(overrides: list[str], methods: list[str]) -> tuple[list[str]
     return teacher, per_method
 
 
-def run_method(teacher_dir: Path, out: Path, method: str, k: int, overrides: list[str]) -> dict:
-    """One distillation in a child process; returns its wall-clock and peak resident memory."""
-    cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(teacher_dir), "--out", str(out),
-           "--method", method, "--steps", str(k)]
-    for item in overrides:
-        cmd += ["--set", item]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise UserError(f"distilling with {method} failed (exit {proc.returncode}); see the message above")
-    return {"distill_s": round(seconds, 1), "peak_mb": round(usage.ru_maxrss / 1024, 1)}
+def default_jobs(n_methods: int) -> int:
+    """Distillations run at once: on a CPU-only machine one per core (small networks use one thread well and
+    several poorly), with an accelerator one at a time."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(n_methods, os.cpu_count() or 1))
+
+
+def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int) -> list[dict]:
+    """Each distillation in a child process, up to `jobs` at once (the cores shared evenly between them);
+    returns each one's wall-clock and peak resident memory, in the order given."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    pending, running, costs = list(enumerate(jobs_list)), {}, [None] * len(jobs_list)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, (out, method, k, overrides) = pending.pop(0)
+                cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(teacher_dir), "--out",
+                       str(out), "--method", method, "--steps", str(k)]
+                for item in overrides:
+                    cmd += ["--set", item]
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+                running[proc.pid] = (i, method, proc, time.perf_counter())
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in running:
+                continue
+            i, method, proc, t0 = running.pop(pid)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise UserError(f"distilling with {method} failed (exit {proc.returncode}); see the message above")
+            costs[i] = {"distill_s": round(time.perf_counter() - t0, 1), "peak_mb": round(usage.ru_maxrss / 1024, 1),
+                        "parallel_jobs": jobs}
+    finally:
+        for _, _, proc, _ in running.values():  # a failure or Ctrl-C: the others stop too (each can resume)
+            proc.terminate()
+            proc.wait()
+    return costs
 
 
 def run_compare(data: str, methods: str, steps: str | None, out: str | None, config_file: str | None,
-                overrides: list[str] | None) -> Path:
+                overrides: list[str] | None, jobs: int | None = None) -> Path:
     from ..eval.evaluate import evaluate_model
     from ..teachers.train import train_teacher
 
@@ -98,10 +122,12 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
         rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
                          name=f"teacher network ({teacher.config['solver']})"))
     students = []
-    for method, k in plan:
-        run_dir = out / f"{method}-{k}step"
-        extra = [f"train.iters={COMPARE_ITERS[kind]}"] + m_over[method]
-        cost = run_method(teacher_dir, run_dir, method, k, extra)
+    work = [(out / f"{method}-{k}step", method, k, [f"train.iters={COMPARE_ITERS[kind]}"] + m_over[method])
+            for method, k in plan]
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    costs = run_methods(work, teacher_dir, jobs or default_jobs(len(plan)))
+    for (method, k), (run_dir, *_), cost in zip(plan, work, costs):
         student = load_model(run_dir)
         students.append((method, k, student, run_dir))
         rows.append(dict(evaluate_model(student, reference, n=n), name=f"{method} {k}-step", **cost))

@@ -171,6 +171,13 @@ def init_copy(net: nn.Module, device) -> nn.Module:
     return out
 
 
+def check_dm_range(section: str, dm_range: list[float]) -> None:
+    """The DM gradient's time range: two fractions of the noise grid, 0 <= lo < hi <= 1."""
+    lo, hi = dm_range if len(dm_range) == 2 else (None, None)
+    if lo is None or not 0 <= lo < hi <= 1:
+        raise UserError(f"{section}.dm_range must be two fractions 0 <= lo < hi <= 1, got {dm_range}")
+
+
 def refuse_student_options(cfg, method: str) -> None:
     """For methods with their own critic and step scheme: say so rather than ignore a K-step student option."""
     if cfg.student.steps > 1 and (cfg.student.critic_per_step or cfg.student.first_only):

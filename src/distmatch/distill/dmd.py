@@ -26,7 +26,7 @@ from .. import checkpoint as ckpt
 from ..errors import UserError
 from ..samplers import ode_sample
 from ..training.method import Batch
-from .common import StudentCriticMethod, full
+from .common import StudentCriticMethod, check_dm_range, full
 from .losses import dm_loss
 
 PAIRS_FILE = "dmd_pairs.safetensors"
@@ -46,9 +46,7 @@ class Options:
     def validate(self):
         if self.critic_ratio < 1:
             raise UserError(f"dmd.critic_ratio must be >= 1, got {self.critic_ratio}")
-        lo, hi = self.dm_range if len(self.dm_range) == 2 else (None, None)
-        if lo is None or not 0 <= lo < hi <= 1:
-            raise UserError(f"dmd.dm_range must be two fractions 0 <= lo < hi <= 1, got {self.dm_range}")
+        check_dm_range("dmd", self.dm_range)
         if self.guidance < 0 or self.regression_weight < 0:
             raise UserError("dmd.guidance and dmd.regression_weight must be >= 0")
         if self.pairs < 1:

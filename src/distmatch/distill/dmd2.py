@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, gan_scale, noised
+from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
 from .losses import dm_loss, gan_generator_loss
 
 
@@ -34,9 +34,7 @@ class Options:
     def validate(self):
         if self.critic_ratio < 1:
             raise UserError(f"dmd2.critic_ratio must be >= 1, got {self.critic_ratio}")
-        lo, hi = self.dm_range if len(self.dm_range) == 2 else (None, None)
-        if lo is None or not 0 <= lo < hi <= 1:
-            raise UserError(f"dmd2.dm_range must be two fractions 0 <= lo < hi <= 1, got {self.dm_range}")
+        check_dm_range("dmd2", self.dm_range)
         if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
             raise UserError("dmd2.guidance and the GAN weights must be >= 0")
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, gan_scale, noised
+from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
 from .losses import F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss
 
 
@@ -43,9 +43,7 @@ class Options:
             raise UserError(f"fdistill.divergence must be one of {', '.join(F_DIVERGENCES)}, got {self.divergence!r}")
         if self.critic_ratio < 1:
             raise UserError(f"fdistill.critic_ratio must be >= 1, got {self.critic_ratio}")
-        lo, hi = self.dm_range if len(self.dm_range) == 2 else (None, None)
-        if lo is None or not 0 <= lo < hi <= 1:
-            raise UserError(f"fdistill.dm_range must be two fractions 0 <= lo < hi <= 1, got {self.dm_range}")
+        check_dm_range("fdistill", self.dm_range)
         if self.gan_weight_g <= 0 or self.gan_weight_d <= 0:
             raise UserError("fdistill.gan_weight_g and fdistill.gan_weight_d must be > 0: f-distill estimates the "
                             "density ratio with the GAN discriminator and trains the student with its GAN loss")

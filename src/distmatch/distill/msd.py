@@ -29,7 +29,8 @@ from ..schedules import karras_grid_1000, sample_grid_sigmas, sample_lognormal_s
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import Critic, FewStepStudent, RealScore, draw_labels, init_copy, noised, refuse_student_options
+from .common import (Critic, FewStepStudent, RealScore, check_dm_range, draw_labels, init_copy, noised,
+                     refuse_student_options)
 from .losses import critic_loss, dm_gradient, dm_loss
 
 # Students own few classes each and get train.iters / K iterations: Adam's beta1 0.9 beat the vector default 0
@@ -61,9 +62,7 @@ class Options:
             raise UserError(f"msd.partition must be {' or '.join(PARTITIONS)}, got {self.partition!r}")
         if self.critic_ratio < 1 or self.prestage_iters < 0 or self.prestage_lr <= 0:
             raise UserError("msd.critic_ratio must be >= 1, msd.prestage_iters >= 0 and msd.prestage_lr > 0")
-        lo, hi = self.dm_range if len(self.dm_range) == 2 else (None, None)
-        if lo is None or not 0 <= lo < hi <= 1:
-            raise UserError(f"msd.dm_range must be two fractions 0 <= lo < hi <= 1, got {self.dm_range}")
+        check_dm_range("msd", self.dm_range)
         if self.student_width < 0 or any(c < 1 for c in self.student_channels) or self.guidance < 0:
             raise UserError("msd.student_width must be >= 0, msd.student_channels positive, msd.guidance >= 0")
 

@@ -40,6 +40,21 @@ RUNS = {
     "checker-base": ("checkerboard", 1, []),
     "checker-k4": ("checkerboard", 4, []),
     "moons-base": ("moons", 1, []),
+    # second round, on the chosen defaults (batch 1024, critic_ratio 5): the student's learning rate apart from the
+    # critic's, and fewer critic updates per student update (a 1-step student gets only iters/critic_ratio updates)
+    "8g-slr3e-4": ("8gaussians", 1, ["train.lr=3e-4", "dmd2.lr_critic=1e-4"]),
+    "8g-slr1e-3": ("8gaussians", 1, ["train.lr=1e-3", "dmd2.lr_critic=1e-4"]),
+    "8g-lr3e-4": ("8gaussians", 1, ["train.lr=3e-4"]),
+    "8g-ratio2": ("8gaussians", 1, ["dmd2.critic_ratio=2"]),
+    "8g-lrc3e-4": ("8gaussians", 1, ["dmd2.lr_critic=3e-4"]),
+    "8g-lr3e-4-c1e-3": ("8gaussians", 1, ["train.lr=3e-4", "dmd2.lr_critic=1e-3"]),
+    "8g-lr6e-4": ("8gaussians", 1, ["train.lr=6e-4"]),
+    "swiss-base": ("swissroll", 1, []),
+    "swiss-lr3e-4": ("swissroll", 1, ["train.lr=3e-4"]),
+    "25g-lr3e-4": ("25gaussians", 1, ["train.lr=3e-4"]),
+    "25g-lr2e-4": ("25gaussians", 1, ["train.lr=2e-4"]),
+    "swiss-lr2e-4": ("swissroll", 1, ["train.lr=2e-4"]),
+    "8g-lr2e-4-bs1024": ("8gaussians", 1, ["train.lr=2e-4"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

@@ -29,7 +29,8 @@ METHODS = {
 
 # Vector defaults from bench/sweep_2d.py (bench/RESULTS.md): batch 1024 gave the best students per iteration,
 # EMA 0.999 lagged far behind 0.99, beta1 0 beat 0.9 up to 5000 iterations; at batch 1024 a learning rate of 2e-4
-# for student and critic beat 1e-4 (swiss roll 1-step SWD 0.0358 -> 0.0208 at 4000 iterations, 25 Gaussians even)
+# for student and critic beat 1e-4 (1-step SWD at 4000 iterations: swiss roll 0.0358 -> 0.0208, 8 Gaussians 0.0268 ->
+# 0.0226; 25 Gaussians slightly worse, 0.0256 -> 0.0277)
 # and 3e-4 (25 Gaussians worse); the critic's rate is what counts: a faster student alone did worse.
 # K-step students on vectors re-noise between steps at low levels (geometric 2.0 -> 0.15: K=4 gives 80, 0.84, 0.36,
 # 0.15): on 8 Gaussians the 4-step SWD fell from 0.0251 (levels 2.58/0.95/0.35) to 0.0161, on moons from 0.104 to

@@ -54,7 +54,8 @@ RUNS = {
     "25g-lr3e-4": ("25gaussians", 1, ["train.lr=3e-4"]),
     "25g-lr2e-4": ("25gaussians", 1, ["train.lr=2e-4"]),
     "swiss-lr2e-4": ("swissroll", 1, ["train.lr=2e-4"]),
-    "8g-lr2e-4-bs1024": ("8gaussians", 1, ["train.lr=2e-4"]),
+    "8g-seed1-lr1e-4": ("8gaussians", 1, ["train.lr=1e-4", "train.seed=1"]),
+    "8g-seed1-lr2e-4": ("8gaussians", 1, ["train.lr=2e-4", "train.seed=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

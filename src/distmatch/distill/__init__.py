@@ -28,10 +28,10 @@ METHODS = {
 }
 
 # Vector defaults from bench/sweep_2d.py (bench/RESULTS.md): batch 1024 gave the best students per iteration,
-# EMA 0.999 lagged far behind 0.99, beta1 0 beat 0.9 up to 5000 iterations; at batch 1024 a learning rate of 2e-4
-# for student and critic beat 1e-4 (1-step SWD at 4000 iterations: swiss roll 0.0358 -> 0.0208, 8 Gaussians 0.0268 ->
-# 0.0226; 25 Gaussians slightly worse, 0.0256 -> 0.0277)
-# and 3e-4 (25 Gaussians worse); the critic's rate is what counts: a faster student alone did worse.
+# EMA 0.999 lagged far behind 0.99, beta1 0 beat 0.9 up to 5000 iterations. lr 2e-4 for student and critic
+# (3e-4 was worse on 25 Gaussians; a faster student alone was worse on 8 Gaussians): 1-step SWD at 4000 iterations
+# on the swiss roll 0.0358 -> 0.0208 and on a user's 8-D mixture -20%; on 8 Gaussians within seed noise,
+# checkerboard and 25 Gaussians slightly worse. A modest net gain, one seed per figure (bench/RESULTS.md).
 # K-step students on vectors re-noise between steps at low levels (geometric 2.0 -> 0.15: K=4 gives 80, 0.84, 0.36,
 # 0.15): on 8 Gaussians the 4-step SWD fell from 0.0251 (levels 2.58/0.95/0.35) to 0.0161, on moons from 0.104 to
 # 0.049; and they keep one critic per step: 4-step SWD on moons 0.047 -> 0.020, on 25 Gaussians 0.093 (28% of the

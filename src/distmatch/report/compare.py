@@ -66,9 +66,11 @@ def default_jobs(n_methods: int) -> int:
 
 
 def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int) -> list[dict]:
-    """Each distillation in a child process, up to `jobs` at once (the cores shared evenly between them);
-    returns each one's wall-clock and peak resident memory, in the order given."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    """Each distillation in a child process, up to `jobs` at once (the threads this process may use, shared
+    evenly between them); returns each one's wall-clock and peak resident memory, in the order given."""
+    import torch
+
+    threads = max(1, min(os.cpu_count() or 1, torch.get_num_threads()) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     pending, running, costs = list(enumerate(jobs_list)), {}, [None] * len(jobs_list)
     try:

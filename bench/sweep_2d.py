@@ -56,6 +56,30 @@ RUNS = {
     "swiss-lr2e-4": ("swissroll", 1, ["train.lr=2e-4"]),
     "8g-seed1-lr1e-4": ("8gaussians", 1, ["train.lr=1e-4", "train.seed=1"]),
     "8g-seed1-lr2e-4": ("8gaussians", 1, ["train.lr=2e-4", "train.seed=1"]),
+    # third round, on lr 2e-4: the DM gradient averaged over several noise draws per student sample
+    # (runs above these lines were measured with dm_draws=1, the default then; `dmd2.dm_draws=1` reruns them)
+    "8g-draws4": ("8gaussians", 1, ["dmd2.dm_draws=4"]),
+    "swiss-draws4": ("swissroll", 1, ["dmd2.dm_draws=4"]),
+    "25g-draws4": ("25gaussians", 1, ["dmd2.dm_draws=4"]),
+    "8g-seed1-draws4": ("8gaussians", 1, ["dmd2.dm_draws=4", "train.seed=1"]),
+    "8g-draws8": ("8gaussians", 1, ["dmd2.dm_draws=8"]),
+    "swiss-draws8": ("swissroll", 1, ["dmd2.dm_draws=8"]),
+    "swiss-seed1-base": ("swissroll", 1, ["dmd2.dm_draws=1", "train.seed=1"]),
+    "swiss-seed1-draws4": ("swissroll", 1, ["dmd2.dm_draws=4", "train.seed=1"]),
+    "25g-seed1-base": ("25gaussians", 1, ["dmd2.dm_draws=1", "train.seed=1"]),
+    "25g-seed1-draws4": ("25gaussians", 1, ["dmd2.dm_draws=4", "train.seed=1"]),
+    "moons-seed0-draws1": ("moons", 1, ["dmd2.dm_draws=1"]),
+    "moons-seed1-draws1": ("moons", 1, ["dmd2.dm_draws=1", "train.seed=1"]),
+    "moons-seed1-draws4": ("moons", 1, ["dmd2.dm_draws=4", "train.seed=1"]),
+    # the first step sees only low-frequency Fourier features of its noise (fewer islands in noise space)
+    "8g-cap1": ("8gaussians", 1, ["student.fourier_cap=1"]),
+    "8g-cap3": ("8gaussians", 1, ["student.fourier_cap=3"]),
+    "8g-cap0.3": ("8gaussians", 1, ["student.fourier_cap=0.3"]),
+    "swiss-cap1": ("swissroll", 1, ["student.fourier_cap=1"]),
+    "25g-cap1": ("25gaussians", 1, ["student.fourier_cap=1"]),
+    "checker-cap1": ("checkerboard", 1, ["student.fourier_cap=1"]),
+    "moons-cap1": ("moons", 1, ["student.fourier_cap=1"]),
+    "8g-seed1-cap1": ("8gaussians", 1, ["student.fourier_cap=1", "train.seed=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

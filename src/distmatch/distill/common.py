@@ -27,10 +27,14 @@ class StudentConfig:
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (vectors: on)
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
+    fourier_cap: float = 0.0              # vectors: the step from pure noise sees Fourier features of scale <= this
+                                          # only (0 = all, as the teacher)
 
     def validate(self):
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if self.fourier_cap < 0:
+            raise UserError(f"student.fourier_cap must be >= 0, got {self.fourier_cap}")
         if not 0.0 <= self.first_only < 1.0:
             raise UserError(f"student.first_only must be in [0, 1), got {self.first_only}")
         if self.backsim not in ("spread", "shared"):
@@ -163,12 +167,21 @@ def draw_labels(class_weights: list[float], n: int, device) -> torch.Tensor:
     return torch.multinomial(w, n, replacement=True).to(device)
 
 
-def init_copy(net: nn.Module, device) -> nn.Module:
-    """A trainable copy of the teacher's network (students and critics start from the teacher)."""
+def init_copy(net: nn.Module, device, fourier_cap: float = 0.0) -> nn.Module:
+    """A trainable copy of the teacher's network (students and critics start from the teacher); `fourier_cap` > 0
+    (a generator's copy) limits the Fourier features its pure-noise inputs see (networks.mlp.FourierFeatures)."""
     out = copy.deepcopy(net).to(device)
+    fourier = getattr(getattr(out, "backbone", None), "fourier", None)
+    if fourier_cap > 0 and fourier is not None:
+        fourier.set_noise_cap(fourier_cap)
     out.requires_grad_(True)
     out.train()
     return out
+
+
+def student_network_config(net_cfg: dict, student: StudentConfig) -> dict:
+    """The network config a student is saved with: the teacher's, plus its pure-noise feature cap (MLPs)."""
+    return {**net_cfg, "noise_fourier_cap": student.fourier_cap} if student.fourier_cap > 0 else dict(net_cfg)
 
 
 def check_dm_range(section: str, dm_range: list[float]) -> None:
@@ -201,7 +214,7 @@ class StudentCriticMethod(Method):
         self.num_classes = teacher.num_classes
         self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
         self.real = RealScore(teacher.denoiser.to(ctx.device), guidance, self.num_classes)
-        gen = init_copy(teacher.init_net, ctx.device)
+        gen = init_copy(teacher.init_net, ctx.device, student.fourier_cap)
         self.ema = ema_copy(gen)
         self.gen = ctx.prepare(gen)
         if student.critic_per_step and len(sigmas) > 1:
@@ -277,10 +290,21 @@ class StudentCriticMethod(Method):
 
     @torch.no_grad()
     def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond, steps=None) -> torch.Tensor:
-        """The distribution-matching gradient on the student's samples x at noise levels sigma."""
+        """The distribution-matching gradient on the student's samples x at noise levels sigma. With len(sigma) a
+        multiple d of len(x), each sample is noised d times (the i-th draw at sigma[i*n:(i+1)*n]) and its d
+        gradients averaged: less noise in the student's update for d-1 more forward passes of teacher and critic,
+        no more backward passes."""
+        n = len(x)
+        d = len(sigma) // n
+        x = x.detach()
+        if d > 1:
+            x = x.repeat((d,) + (1,) * (x.ndim - 1))
+            cond = cond.repeat(d) if cond is not None else None
+            steps = steps.repeat(d) if steps is not None else None
         with self.ctx.autocast():
-            x_t = noised(x.detach(), sigma)
-            return dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0])
+            x_t = noised(x, sigma)
+            g = dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0])
+        return g.view((d, n) + g.shape[1:]).mean(0) if d > 1 else g
 
     def update_critic(self, loss: torch.Tensor) -> None:
         self.opt_c.zero_grad(set_to_none=True)

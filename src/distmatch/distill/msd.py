@@ -30,7 +30,7 @@ from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
 from .common import (Critic, FewStepStudent, RealScore, check_dm_range, draw_labels, init_copy, noised,
-                     refuse_student_options)
+                     refuse_student_options, student_network_config)
 from .losses import critic_loss, dm_gradient, dm_loss
 
 # Students own few classes each and get train.iters / K iterations: Adam's beta1 0.9 beat the vector default 0
@@ -160,6 +160,7 @@ class MSD(Method):
         self.real = RealScore(self.teacher, opts.guidance, self.num_classes)
         self.prestage = opts.prestage_iters if opts.small else 0
         self.net_cfgs, self.gens, self.critics, self.emas, self.opt_g, self.opt_c = [], [], [], [], [], []
+        self.student_cfg = cfg.student
         for _ in range(opts.students):
             self.add_student(teacher)
         if self.prestage:
@@ -172,10 +173,11 @@ class MSD(Method):
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts
         if opts.small:  # random init; teacher score matching gives it a start
-            net_cfg = small_network(teacher.config["network"], opts)
+            net_cfg = student_network_config(small_network(teacher.config["network"], opts), self.student_cfg)
             gen = build_denoiser(net_cfg, teacher.spec.shape, self.num_classes, self.sigma_data).to(ctx.device)
         else:
-            net_cfg, gen = teacher.config["network"], init_copy(teacher.init_net, ctx.device)
+            net_cfg = student_network_config(teacher.config["network"], self.student_cfg)
+            gen = init_copy(teacher.init_net, ctx.device, self.student_cfg.fourier_cap)
         self.net_cfgs.append(net_cfg)
         self.emas.append(ema_copy(gen))
         self.gens.append(ctx.prepare(gen))

@@ -15,6 +15,7 @@ class NetworkConfig:
     depth: int = 3
     fourier: int = 64
     fourier_scale: float = 16.0
+    noise_fourier_cap: float = 0.0  # pure-noise inputs (σ >= 10) see only Fourier features of scale <= this (0 = all)
     # unet
     channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     blocks: int = 1
@@ -43,7 +44,8 @@ def build_backbone(cfg: dict, shape, num_classes: int):
     if kind == "mlp":
         from .mlp import MLPBackbone
 
-        return MLPBackbone(shape[0], cfg["width"], cfg["depth"], cfg["fourier"], cfg["fourier_scale"], num_classes)
+        return MLPBackbone(shape[0], cfg["width"], cfg["depth"], cfg["fourier"], cfg["fourier_scale"], num_classes,
+                           cfg.get("noise_fourier_cap", 0.0))
     from .unet import UNetBackbone
 
     return UNetBackbone(shape[0], tuple(shape[1:]), cfg["channels"], cfg["blocks"], cfg["attention"],

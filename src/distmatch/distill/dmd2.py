@@ -15,8 +15,9 @@ from .losses import dm_loss, gan_generator_loss
 
 
 # In 2-D/low-D the GAN made students worse and halved iterations/s (bench/RESULTS.md): off for vectors by default.
-# Four noise draws per sample for the DM gradient: SWD 8-25% lower in 5 of 5 paired 2-D runs for ~25% more time,
-# a better use of the time than more iterations (bench/RESULTS.md, third round).
+# Four noise draws per sample for the DM gradient: 1-step SWD 8-25% lower on mixtures, the swiss roll and the
+# checkerboard (14-20% higher on moons) for ~25% more time, a better use of it than more iterations
+# (bench/RESULTS.md, third round).
 DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4}}}
 
 

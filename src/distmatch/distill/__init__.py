@@ -115,7 +115,8 @@ def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", 
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()
         model_cfg = {"kind": "student", "method": method, "spec": teacher.spec.to_dict(),
-                     "network": student_network_config(teacher.config["network"], cfg.student), "num_classes": teacher.num_classes,
+                     "network": student_network_config(teacher.config["network"], cfg.student),
+                     "num_classes": teacher.num_classes,
                      "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
                      "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": str(Path(teacher_dir).resolve()),
                      "teacher_nfe": teacher.nfe()}

@@ -45,7 +45,8 @@ class FourierFeatures(nn.Module):
         z = 2 * math.pi * x @ self.basis
         f = torch.cat([z.sin(), z.cos()], dim=1)
         if self.noise_cap > 0 and is_noise is not None:
-            f = f * torch.where(is_noise[:, None], self.noise_keep.to(f.dtype), torch.ones_like(self.noise_keep, dtype=f.dtype))
+            keep = self.noise_keep.to(f.dtype)
+            f = f * torch.where(is_noise[:, None], keep, torch.ones_like(keep))
         return torch.cat([x, f], dim=1)
 
 

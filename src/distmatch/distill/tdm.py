@@ -28,7 +28,7 @@ import torch
 from ..errors import UserError
 from ..schedules import karras_grid_1000
 from ..training.method import Batch
-from .common import StudentCriticMethod, full, noised, refuse_student_options
+from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_student_options
 from .losses import critic_loss, pseudo_huber
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
@@ -102,7 +102,10 @@ class TDM(StudentCriticMethod):
         refuse_student_options(cfg, "tdm")
         self.opts, self.sigmas = cfg.tdm, list(sigmas)
         self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
-        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic)
+        # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as
+        # the student is saved with it
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
+                   student=StudentConfig(fourier_cap=cfg.student.fourier_cap))
         self.shape = tuple(teacher.spec.shape)
 
     def step_levels(self, k: torch.Tensor) -> torch.Tensor:

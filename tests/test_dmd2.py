@@ -32,6 +32,19 @@ def test_dm_gradient_moves_gaussian_student_to_gaussian_teacher():
     assert torch.allclose(std, torch.tensor([0.3, 0.3]), atol=0.1), std
 
 
+def test_batch_normaliser_keeps_each_samples_push_in_proportion():
+    """normaliser='batch': one scale for the whole batch, so a sample twice as far off is pushed twice as hard;
+    the per-sample normaliser gives both a push of the same size."""
+    x = torch.zeros(2, 2)
+    real = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    fake = torch.zeros(2, 2)
+    per_sample = dm_gradient(x, real, fake)
+    batch = dm_gradient(x, real, fake, normaliser="batch")
+    assert torch.allclose(per_sample[0], per_sample[1])
+    assert torch.allclose(batch[1], 2 * batch[0])
+    assert torch.allclose(batch, -real / 1.5)
+
+
 def test_dm_gradient_is_zero_when_student_matches():
     teacher = gaussian([0.0, 0.0], 0.5)
     x = torch.randn(100, 2)

@@ -167,3 +167,32 @@ def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_
                 overrides=distill_args(["train.iters=8", "student.first_only=0.5"]))
     half = len(seen) // 2  # the same number of draws (critic + student turns) in each half of the run
     assert max(seen[:half]) == 0 and max(seen[half:]) == 1, seen
+
+
+def test_cooldown_lowers_the_rate_linearly_to_zero_over_the_last_fraction():
+    from distmatch.training.trainer import TrainConfig, lr_factor
+
+    cfg = TrainConfig(iters=100, cooldown=0.25)
+    assert [lr_factor(it, cfg) for it in (0, 50, 75)] == [1.0, 1.0, 1.0]
+    assert lr_factor(80, cfg) == pytest.approx(0.8)
+    assert lr_factor(99, cfg) == pytest.approx(0.04)
+    assert lr_factor(120, cfg) == 0.0
+    assert lr_factor(99, TrainConfig(iters=100)) == 1.0
+    with pytest.raises(UserError, match="train.cooldown"):
+        TrainConfig(cooldown=1.5).validate()
+
+
+def test_ema_warmup_follows_early_weights_then_keeps_its_horizon():
+    from distmatch.training.ema import ema_copy, ema_decay, ema_update
+
+    assert ema_decay(0.995, 0, True) == pytest.approx(0.1)
+    assert ema_decay(0.995, 10_000, True) == 0.995
+    assert ema_decay(0.995, 0, False) == 0.995
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = ema_copy(net)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for n in range(20):  # without warm-up the average would still sit at 1 - 0.995**20 = 0.095
+        ema_update(ema, net, ema_decay(0.995, n, True))
+    assert ema.weight.item() > 0.9

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..networks.heads import build_head
 from ..parameterization import append_dims
 from ..schedules import SIGMA_MAX, karras_grid_1000, student_sigmas
-from ..training.ema import ema_copy, ema_update
+from ..training.ema import ema_copy, ema_decay, ema_update
 from ..training.method import Method
 from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 
@@ -23,7 +23,7 @@ class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
-    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
+    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.05)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (vectors: on)
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
@@ -303,7 +303,8 @@ class StudentCriticMethod(Method):
             steps = steps.repeat(d) if steps is not None else None
         with self.ctx.autocast():
             x_t = noised(x, sigma)
-            g = dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0])
+            g = dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0],
+                            normaliser=getattr(self.opts, "normaliser", "sample"))
         return g.view((d, n) + g.shape[1:]).mean(0) if d > 1 else g
 
     def update_critic(self, loss: torch.Tensor) -> None:
@@ -325,7 +326,9 @@ class StudentCriticMethod(Method):
         self.opt_g.step()
         self.opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
         critic.requires_grad_(True)
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.train.ema)
+        t = self.ctx.train
+        ema_update(self.ema, self.ctx.unwrap(self.gen),
+                   ema_decay(t.ema, self.ctx.it // getattr(self.opts, "critic_ratio", 1), t.ema_warmup))
 
 
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:

@@ -26,6 +26,7 @@ class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule)
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM noise levels: fractions of the Karras grid
     dm_draws: int = 1                  # noise draws per student sample for the DM gradient, averaged (vectors: 4)
+    normaliser: str = "sample"         # DM gradient normaliser: per sample (DMD2) or one for the batch
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     gan: bool = True                   # GAN loss on real data vs student samples
@@ -41,6 +42,8 @@ class Options:
         if self.dm_draws < 1:
             raise UserError(f"dmd2.dm_draws must be >= 1, got {self.dm_draws}")
         check_dm_range("dmd2", self.dm_range)
+        if self.normaliser not in ("sample", "batch"):
+            raise UserError(f"dmd2.normaliser must be sample or batch, got {self.normaliser!r}")
         if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
             raise UserError("dmd2.guidance and the GAN weights must be >= 0")
 

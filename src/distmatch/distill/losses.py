@@ -9,11 +9,14 @@ from torch.nn import functional as F
 from ..parameterization import append_dims, edm_loss_weight
 
 
-def dm_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def dm_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, eps: float = 1e-6,
+                normaliser: str = "sample") -> torch.Tensor:
     """DMD's distribution-matching gradient (Yin et al. 2023, eq. 7 with DMD2's normaliser), in fp32:
-    g = (x̂_fake - x̂_real) / mean_dims |x - x̂_real|, the per-sample normaliser making its scale data-independent."""
+    g = (x̂_fake - x̂_real) / mean_dims |x - x̂_real|, the per-sample normaliser making its scale data-independent.
+    normaliser='batch': one normaliser, the mean over the batch too, so a sample's push keeps its size (far-off
+    samples are pushed harder than near ones)."""
     x, real, fake = x.float(), x0_real.float(), x0_fake.float()
-    dims = tuple(range(1, x.ndim))
+    dims = tuple(range(1, x.ndim)) if normaliser == "sample" else tuple(range(x.ndim))
     w = (x - real).abs().mean(dim=dims, keepdim=True)
     return torch.nan_to_num((fake - real) / (w + eps))
 

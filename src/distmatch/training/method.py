@@ -27,6 +27,7 @@ class Context:
     accelerator: Any
     device: torch.device
     train: Any                       # the TrainConfig
+    it: int = 0                      # the iteration being run (set by the trainer before each step)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)

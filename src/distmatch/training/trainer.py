@@ -34,8 +34,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 0
     lr_decay: str = "none"        # none | cosine (to 0 at train.iters)
+    cooldown: float = 0.0         # last fraction of train.iters over which the rate falls linearly to 0
     grad_clip: float = 10.0
     ema: float = 0.999
+    ema_warmup: bool = False      # decay min(ema, (1 + n) / (10 + n)) after n updates: a long horizon without
+                                  # dragging the initial weights along
     precision: str = "fp32"
     seed: int = 0
     ckpt_every: int = 500
@@ -56,6 +59,8 @@ class TrainConfig:
             raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), got {self.betas}")
         if self.lr_decay not in ("none", "cosine"):
             raise UserError(f"config key 'train.lr_decay' must be none or cosine, got {self.lr_decay!r}")
+        if not 0 <= self.cooldown <= 1:
+            raise UserError(f"config key 'train.cooldown' must be in [0, 1], got {self.cooldown}")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise UserError("config keys 'train.ckpt_every' and 'train.log_every' must be >= 1")
 
@@ -137,10 +142,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then constant or cosine decay; a pure function of the iteration, so resuming needs no state."""
+    """Linear warm-up, then constant or cosine decay, then an optional linear cool-down; a pure function of the
+    iteration, so resuming needs no state."""
     factor = min(1.0, (it + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
     if cfg.lr_decay == "cosine":
         factor *= 0.5 * (1 + math.cos(math.pi * min(it, cfg.iters) / cfg.iters))
+    if cfg.cooldown > 0:
+        factor *= min(1.0, max(0.0, cfg.iters - it) / (cfg.cooldown * cfg.iters))
     return factor
 
 
@@ -189,6 +197,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
     with stop.installed():
         while it < cfg.iters and not stop.requested:
             _set_lr(method.optimizers(), it, cfg)
+            ctx.it = it
             logs = method.step(data.next(), it)
             _check_finite(logs, it, out)
             it += 1

@@ -119,7 +119,8 @@ def test_dm_gradient_averaged_over_noise_draws_has_less_variance():
     from distmatch.distill.common import StudentCriticMethod
 
     teacher, fake = gaussian([1.0, -0.5], 0.3), gaussian([-1.0, 1.0], 0.8)
-    host = SimpleNamespace(ctx=SimpleNamespace(autocast=contextlib.nullcontext), real=teacher)
+    host = SimpleNamespace(ctx=SimpleNamespace(autocast=contextlib.nullcontext), real=teacher,
+                           opts=SimpleNamespace(normaliser="sample"))
     critic = lambda x_t, sigma, cond, steps: (fake(x_t, sigma, cond), None)  # noqa: E731
     torch.manual_seed(0)
     x = torch.randn(32, 2, dtype=torch.float64)

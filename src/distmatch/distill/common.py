@@ -23,7 +23,7 @@ class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
-    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.05)
+    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (vectors: on)
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step

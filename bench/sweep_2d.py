@@ -71,6 +71,29 @@ RUNS = {
     # the first step sees only low-frequency Fourier features of its noise (fewer islands in noise space)
     "8g-cap1": ("8gaussians", 1, ["student.fourier_cap=1", "dmd2.dm_draws=1"]),
     "swiss-cap1": ("swissroll", 1, ["student.fourier_cap=1", "dmd2.dm_draws=1"]),
+    # fourth round, on dm_draws 4, levers that cost nothing per iteration: less noise in the final weights (a linear
+    # cool-down of the rates; a longer EMA horizon with warm-up), milder Fourier caps, one DM normaliser per batch
+    "8g-cool30": ("8gaussians", 1, ["train.cooldown=0.3"]),
+    "8g-emaw995": ("8gaussians", 1, ["train.ema=0.995", "train.ema_warmup=true"]),
+    "8g-cap4": ("8gaussians", 1, ["student.fourier_cap=4"]),
+    "8g-cap2": ("8gaussians", 1, ["student.fourier_cap=2"]),
+    "8g-norm-batch": ("8gaussians", 1, ["dmd2.normaliser=batch"]),
+    "25g-norm-batch": ("25gaussians", 1, ["dmd2.normaliser=batch"]),
+    # 4-step students: the last levels hurt on the trained teachers (swiss roll, moons: 2 steps better than 4);
+    # sigma_last pinned in each run (the default stayed 0.15: the second training seeds reversed the gains)
+    "swiss-k4-last0.05": ("swissroll", 4, ["student.sigma_last=0.05"]),
+    "moons-k4-last0.05": ("moons", 4, ["student.sigma_last=0.05"]),
+    "8g-k4-last0.05": ("8gaussians", 4, ["student.sigma_last=0.05"]),
+    "8g-k4-last0.02": ("8gaussians", 4, ["student.sigma_last=0.02"]),
+    "swiss-k4-last0.02": ("swissroll", 4, ["student.sigma_last=0.02"]),
+    "moons-k4-last0.02": ("moons", 4, ["student.sigma_last=0.02"]),
+    "25g-k4-last0.02": ("25gaussians", 4, ["student.sigma_last=0.02"]),
+    "25g-k4-last0.05": ("25gaussians", 4, ["student.sigma_last=0.05"]),
+    "checker-k4-last0.05": ("checkerboard", 4, ["student.sigma_last=0.05"]),
+    "moons-seed1-k4-last0.15": ("moons", 4, ["student.sigma_last=0.15", "train.seed=1"]),
+    "moons-seed1-k4-last0.05": ("moons", 4, ["student.sigma_last=0.05", "train.seed=1"]),
+    "25g-seed1-k4-last0.15": ("25gaussians", 4, ["student.sigma_last=0.15", "train.seed=1"]),
+    "25g-seed1-k4-last0.05": ("25gaussians", 4, ["student.sigma_last=0.05", "train.seed=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

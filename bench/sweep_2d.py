@@ -94,6 +94,9 @@ RUNS = {
     "moons-seed1-k4-last0.05": ("moons", 4, ["student.sigma_last=0.05", "train.seed=1"]),
     "25g-seed1-k4-last0.15": ("25gaussians", 4, ["student.sigma_last=0.15", "train.seed=1"]),
     "25g-seed1-k4-last0.05": ("25gaussians", 4, ["student.sigma_last=0.05", "train.seed=1"]),
+    # 2-step students at the defaults (levels 80 / 0.15)
+    "8g-k2-r4": ("8gaussians", 2, []),
+    "moons-k2-r4": ("moons", 2, []),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

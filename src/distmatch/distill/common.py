@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..networks.heads import build_head
 from ..parameterization import append_dims
 from ..schedules import SIGMA_MAX, karras_grid_1000, student_sigmas
-from ..training.ema import ema_copy, ema_decay, ema_update
+from ..training.ema import ema_copy, ema_update
 from ..training.method import Method
 from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 
@@ -326,9 +326,8 @@ class StudentCriticMethod(Method):
         self.opt_g.step()
         self.opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
         critic.requires_grad_(True)
-        t = self.ctx.train
         ema_update(self.ema, self.ctx.unwrap(self.gen),
-                   ema_decay(t.ema, self.ctx.it // getattr(self.opts, "critic_ratio", 1), t.ema_warmup))
+                   self.ctx.ema_decay(self.ctx.it // getattr(self.opts, "critic_ratio", 1)))
 
 
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:

@@ -26,7 +26,7 @@ from ..data import load_data
 from ..errors import UserError
 from ..networks import build_denoiser
 from ..schedules import karras_grid_1000, sample_grid_sigmas, sample_lognormal_sigmas
-from ..training.ema import ema_copy, ema_decay, ema_update
+from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
 from .common import (Critic, FewStepStudent, RealScore, check_dm_range, draw_labels, init_copy, noised,
@@ -234,7 +234,7 @@ class MSD(Method):
         for gen in self.gens:
             self.ctx.clip(gen)
         self.opt_pre.step()
-        decay = ema_decay(self.ctx.train.ema, self.ctx.it, self.ctx.train.ema_warmup)
+        decay = self.ctx.ema_decay(self.ctx.it)
         for gen, ema in zip(self.gens, self.emas):
             ema_update(ema, self.ctx.unwrap(gen), decay)
         return {"loss_tsm": total.item() / len(self.gens)}
@@ -274,8 +274,7 @@ class MSD(Method):
         self.opt_c[i].zero_grad(set_to_none=True)
         critic.requires_grad_(True)
         # warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
-        ema_update(self.emas[i], self.ctx.unwrap(gen),
-                   ema_decay(self.ctx.train.ema, self.ctx.it // self.opts.critic_ratio, self.ctx.train.ema_warmup))
+        ema_update(self.emas[i], self.ctx.unwrap(gen), self.ctx.ema_decay(self.ctx.it // self.opts.critic_ratio))
         return {"loss_dm": loss.item(), "dm_grad": g.abs().mean().item()}
 
     def export(self):

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .ema import ema_decay
+
 
 @dataclass
 class Batch:
@@ -31,6 +33,10 @@ class Context:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
+
+    def ema_decay(self, updates: int) -> float:
+        """train.ema for the next EMA update after `updates` earlier ones (with train.ema_warmup, warmed up)."""
+        return ema_decay(self.train.ema, updates, self.train.ema_warmup)
 
     def autocast(self):
         return self.accelerator.autocast()

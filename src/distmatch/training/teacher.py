@@ -11,7 +11,7 @@ import torch
 
 from ..parameterization import append_dims, edm_loss_weight
 from ..schedules import sample_lognormal_sigmas
-from .ema import ema_copy, ema_decay, ema_update
+from .ema import ema_copy, ema_update
 from .method import Batch, Context, Method
 
 
@@ -63,7 +63,7 @@ class TeacherTraining(Method):
         self.ctx.backward(loss)
         grad_norm = self.ctx.clip(self.net)
         self.opt.step()
-        ema_update(self.ema, self.ctx.unwrap(self.net), ema_decay(self.ctx.train.ema, it, self.ctx.train.ema_warmup))
+        ema_update(self.ema, self.ctx.unwrap(self.net), self.ctx.ema_decay(it))
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
     @torch.no_grad()

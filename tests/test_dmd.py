@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
 from distmatch.cli import main
-from distmatch.distill import dmd, run_distill
+from distmatch.distill import pairs, run_distill
 from distmatch.errors import UserError
 from distmatch.models import load_model
 from distmatch.samplers import ode_sample
@@ -34,7 +34,7 @@ def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkey
     args = QUIET + ["train.batch_size=32", "train.ckpt_every=7", "dmd.critic_ratio=2", "dmd.pairs=256"]
     run_distill(tiny_teacher, tmp_path / "full", method="dmd", steps=2, overrides=args + ["train.iters=20"])
     run_distill(tiny_teacher, tmp_path / "half", method="dmd", steps=2, overrides=args + ["train.iters=10"])
-    cache = tmp_path / "half" / dmd.PAIRS_FILE
+    cache = tmp_path / "half" / pairs.PAIRS_FILE
     before, meta = ckpt.load_tensors(cache)
     assert before["noise"].shape == before["sample"].shape == (256, 2) and meta["pairs"] == 256
 
@@ -42,13 +42,13 @@ def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkey
         raise AssertionError("the pairs were made again")
 
     with monkeypatch.context() as m:
-        m.setattr(dmd, "make_pairs", no_regeneration)
+        m.setattr(pairs, "make_pairs", no_regeneration)
         run_distill(tiny_teacher, tmp_path / "half", method="dmd", steps=2, overrides=args + ["train.iters=20"])
     after, _ = ckpt.load_tensors(cache)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     full, half = weights(tmp_path / "full"), weights(tmp_path / "half")
     assert full.keys() == half.keys() and all(torch.equal(full[k], half[k]) for k in full)
-    full_pairs, _ = ckpt.load_tensors(tmp_path / "full" / dmd.PAIRS_FILE)
+    full_pairs, _ = ckpt.load_tensors(tmp_path / "full" / pairs.PAIRS_FILE)
     assert all(torch.equal(before[k], full_pairs[k]) for k in before)  # same seed, same pairs
     teacher = load_model(tiny_teacher)
     y = ode_sample(teacher.denoiser, before["noise"][:16], teacher.default_steps, teacher.config["solver"])
@@ -56,7 +56,7 @@ def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkey
 
 
 def test_pairs_made_by_another_teacher_are_not_reused(tiny_teacher, tmp_path):
-    cache = tmp_path / "s" / dmd.PAIRS_FILE
+    cache = tmp_path / "s" / pairs.PAIRS_FILE
     ckpt.save_tensors(cache, {"noise": torch.zeros(8, 2), "sample": torch.zeros(8, 2)}, {"pairs": 8})
     run_distill(tiny_teacher, tmp_path / "s", method="dmd",
                 overrides=QUIET + ["train.batch_size=16", "train.iters=2", "dmd.pairs=8"])
@@ -68,13 +68,13 @@ def test_pairs_of_a_conditional_teacher_carry_labels_with_the_class_weights():
     def denoiser(x, sigma, cond):  # a stand-in teacher that denoises to its class index
         return cond[:, None].float().expand_as(x)
 
-    pairs = dmd.make_pairs(denoiser, 4000, (3,), steps=4, solver="heun", sigma_max=80.0, class_weights=[0.8, 0.2],
-                           seed=3, device="cpu", chunk=1000)
-    share = pairs["labels"].float().mean().item()
+    made = pairs.make_pairs(denoiser, 4000, (3,), steps=4, solver="heun", sigma_max=80.0, class_weights=[0.8, 0.2],
+                            seed=3, device="cpu", chunk=1000)
+    share = made["labels"].float().mean().item()
     assert abs(share - 0.2) < 0.03, share
-    assert torch.allclose(pairs["sample"], pairs["labels"][:, None].float().expand(-1, 3), atol=1e-4)
-    again = dmd.make_pairs(denoiser, 4000, (3,), 4, "heun", 80.0, [0.8, 0.2], seed=3, device="cpu")
-    assert all(torch.equal(pairs[k], again[k]) for k in pairs)  # every process makes the same pairs
+    assert torch.allclose(made["sample"], made["labels"][:, None].float().expand(-1, 3), atol=1e-4)
+    again = pairs.make_pairs(denoiser, 4000, (3,), 4, "heun", 80.0, [0.8, 0.2], seed=3, device="cpu")
+    assert all(torch.equal(made[k], again[k]) for k in made)  # every process makes the same pairs
 
 
 def test_lpips_is_refused_in_one_line(tiny_teacher, tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_short_dmd_run_matches_the_mixture(short_mixture_run):
     """Exact 8-Gaussian teacher, small networks, data-free: the 1-step student lands on every mode, far better than
     the teacher's own 1-step output."""
     r = short_mixture_run("dmd", ["train.iters=2500", "train.batch_size=128", "dmd.pairs=2048"])
-    assert (r.dir / dmd.PAIRS_FILE).is_file()
+    assert (r.dir / pairs.PAIRS_FILE).is_file()
     swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
     assert stats["modes_covered"] == 1.0, stats
     assert swd_student < 0.15 * swd_one, (swd_student, swd_one)

@@ -45,13 +45,47 @@ def assert_same_weights(a, b):
 @pytest.mark.parametrize("extra", [[], ["student.critic_per_step=true", "dmd2.gan=true"]], ids=["one", "per-step"])
 def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
     """A 2-step student (two optimizers, EMA, data stream, shared step draws; one critic, or one per step with GAN
-    heads) resumed halfway."""
+    heads) resumed halfway. Halfway is simulated by a run of 10 iterations extended to 20, which would move the
+    end of the ODE warm-up (a share of train.iters), so it is off here (see the next test for resuming inside it)."""
+    extra = ["dmd2.ode_init=0", *extra]
     run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=distill_args(["train.iters=20", *extra]))
     run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=10", *extra]))
     run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20", *extra]))
     assert_same_weights(tmp_path / "full", tmp_path / "half")
     its = [json.loads(line)["it"] for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
     assert its == sorted(set(its))  # the log reads as one run, no repeated iterations
+
+
+def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, monkeypatch):
+    """dmd2.ode_init = 0.6 of 20 iterations: stopped at iteration 10 (as by Ctrl-C), inside the regression on the
+    teacher's ODE pairs, and re-run, it ends where an uninterrupted run ends, with the cached pairs."""
+    from distmatch.training import trainer
+    from distmatch.training.trainer import Interrupted
+
+    args = distill_args(["train.iters=20", "dmd2.ode_init=0.6", "dmd2.ode_pairs=64"])
+    run_distill(tiny_teacher, tmp_path / "full", overrides=args)
+
+    class StopAtTen(trainer.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):  # the loop asks once before each step: the 11th time is before iteration 10
+            StopAtTen.checks += 1
+            return StopAtTen.checks > 10
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", StopAtTen)
+        with pytest.raises(Interrupted):
+            run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    assert read_checkpoint_iteration(tmp_path / "half") == 10
+    run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    assert_same_weights(tmp_path / "full", tmp_path / "half")
+    logs = [json.loads(line) for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
+    assert "loss_reg" in logs[0] and "loss_critic" not in logs[0] and "loss_critic" in logs[-1]
 
 
 def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
@@ -146,7 +180,7 @@ def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "critic_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(UserError, match=r"diverged at iteration 1 \(loss_critic = nan\)"):
-        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=5"]))
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=5", "dmd2.ode_init=0"]))
     with pytest.raises(UserError, match="train.lr"):
         run_distill(tiny_teacher, tmp_path / "s2", overrides=distill_args(["train.lr=nan"]))
 
@@ -164,7 +198,7 @@ def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_
 
     monkeypatch.setattr(FewStepStudent, "pick_step", spy)
     run_distill(tiny_teacher, tmp_path / "s", steps=2,
-                overrides=distill_args(["train.iters=8", "student.first_only=0.5"]))
+                overrides=distill_args(["train.iters=8", "student.first_only=0.5", "dmd2.ode_init=0"]))
     half = len(seen) // 2  # the same number of draws (critic + student turns) in each half of the run
     assert max(seen[:half]) == 0 and max(seen[half:]) == 1, seen
 

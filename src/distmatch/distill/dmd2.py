@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
 from .losses import dm_loss, gan_generator_loss
+from .pairs import OdePairs, check_ode_init
 
 
 # In 2-D/low-D the GAN made students worse and halved iterations/s (bench/RESULTS.md): off for vectors by default.
@@ -35,6 +36,10 @@ class Options:
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
     gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as in DMD2's code
                                        # (3e-3 there); true: one weight serves 2-D points and images of any size
+    ode_init: float = 0.0              # share of the iterations at the start in which the student (its first
+                                       # step) only regresses on the teacher's ODE noise->sample pairs, as DMD2's
+                                       # 1-step SDXL start; 0 = off
+    ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
 
     def validate(self):
         if self.critic_ratio < 1:
@@ -46,9 +51,10 @@ class Options:
             raise UserError(f"dmd2.normaliser must be sample or batch, got {self.normaliser!r}")
         if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
             raise UserError("dmd2.guidance and the GAN weights must be >= 0")
+        check_ode_init("dmd2", self.ode_init, self.ode_pairs)
 
 
-class DMD2(StudentCriticMethod):
+class DMD2(OdePairs, StudentCriticMethod):
     name = "dmd2"
 
     @classmethod
@@ -56,8 +62,12 @@ class DMD2(StudentCriticMethod):
         return cfg.dmd2.gan
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
-        self.opts = cfg.dmd2
+        self.opts, self.teacher = cfg.dmd2, teacher
         self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic, cfg.student)
+
+    def step(self, batch: Batch, it: int) -> dict[str, float]:
+        o = self.opts
+        return self.ode_warmup(it, self.teacher, o.ode_init, o.ode_pairs, o.guidance) or super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
 from .losses import F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss
+from .pairs import OdePairs, check_ode_init
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Options:
     ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
     bins: int = 10                     # noise-level bins of r's running mean
     bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)
+    ode_init: float = 0.0              # share of the iterations spent first regressing the student on the
+                                       # teacher's ODE pairs, as dmd2.ode_init; 0 = off
+    ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
 
     def validate(self):
         if self.divergence not in F_DIVERGENCES:
@@ -52,6 +56,7 @@ class Options:
             raise UserError(f"fdistill.ratio_range must be two numbers 0 < lo < hi, got {self.ratio_range}")
         if not 1 <= self.bins <= 1000 or not 0 <= self.bin_momentum < 1 or self.guidance < 0:
             raise UserError("fdistill.bins must be in 1..1000, fdistill.bin_momentum in [0, 1), fdistill.guidance >= 0")
+        check_ode_init("fdistill", self.ode_init, self.ode_pairs)
 
 
 class RatioBins(nn.Module):
@@ -92,7 +97,7 @@ def f_weight(r: torch.Tensor, divergence: str, all_reduce=None) -> torch.Tensor:
     return h / (total / count + 1e-6)
 
 
-class FDistill(StudentCriticMethod):
+class FDistill(OdePairs, StudentCriticMethod):
     name = "fdistill"
 
     @classmethod
@@ -101,6 +106,7 @@ class FDistill(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
+        self.teacher = teacher
         self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic, student=cfg.student)
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
 
@@ -110,6 +116,10 @@ class FDistill(StudentCriticMethod):
     def all_reduce(self):
         acc = self.ctx.accelerator
         return (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
+
+    def step(self, batch: Batch, it: int) -> dict[str, float]:
+        o = self.opts
+        return self.ode_warmup(it, self.teacher, o.ode_init, o.ode_pairs, o.guidance) or super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

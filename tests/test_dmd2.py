@@ -186,3 +186,18 @@ def test_ode_init_must_be_a_share():
     with pytest.raises(UserError, match="ode_pairs"):
         Options(ode_pairs=0).validate()
 
+
+def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
+    import json
+
+    from distmatch.distill import run_distill
+    from distmatch.teachers.train import train_teacher
+
+    quiet = ["train.progress=false", "train.iters=2", "train.batch_size=16", "dmd2.ode_pairs=32"]
+    teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=2",
+                                                                     "network.width=16", "network.depth=1"])
+    for steps, share in ((1, 0.25), (2, 0.0)):
+        run = run_distill(teacher, tmp_path / f"s{steps}", steps=steps, overrides=quiet)
+        assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == share
+    run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5"])
+    assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == 0.5

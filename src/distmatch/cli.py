@@ -51,8 +51,9 @@ def _distill_epilog() -> str:
         return [(key, typ, dv, di) for (key, typ, dv), (_, _, di) in zip(vec, img)]
 
     reference = {r[0]: r for r in rows("dmd2")}
-    lines = ["methods and their options (--set KEY=VALUE), defaults for vectors [for images where different];",
-             "train.* and student.* are shown under dmd2 and, for other methods, where their defaults differ:"]
+    lines = ["methods and their options (--set KEY=VALUE), defaults for 1-step students on vectors [for images where",
+             "different]; train.* and student.* are shown under dmd2 and, for other methods, where their defaults",
+             "differ; K-step students on vectors (--steps 2..4) start without the ODE warm-up (ode_init = 0):"]
     for name, (_, text) in METHODS.items():
         lines.append(f"\n  {name}: {text}")
         for key, typ, dv, di in rows(name):

@@ -61,12 +61,15 @@ def config_class(name: str):
     ])
 
 
-def defaults_for(name: str, kind: str) -> dict:
+def defaults_for(name: str, kind: str, steps: int = 1) -> dict:
+    """The defaults of a method for a data kind: the kind's, the method's for the kind (its DEFAULTS[kind]), and
+    the method's for K-step students of the kind (DEFAULTS[f"{kind}:{K}"])."""
     base = VECTOR_DEFAULTS if kind == "vector" else IMAGE_DEFAULTS
-    extra = getattr(method_module(name), "DEFAULTS", {}).get(kind, {})
+    own = getattr(method_module(name), "DEFAULTS", {})
     merged = {k: dict(v) for k, v in base.items()}
-    for section, values in extra.items():
-        merged.setdefault(section, {}).update(values)
+    for extra in (own.get(kind, {}), own.get(f"{kind}:{steps}", {})):
+        for section, values in extra.items():
+            merged.setdefault(section, {}).update(values)
     return merged
 
 
@@ -103,7 +106,9 @@ def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", 
     overrides = list(overrides or [])
     if steps is not None:
         overrides.append(f"student.steps={steps}")
-    cfg = config_mod.resolve(config_class(method), config_file, overrides, base=defaults_for(method, teacher.spec.kind))
+    cls, kind = config_class(method), teacher.spec.kind
+    steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
+    cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg))
     sigmas = cfg.student.resolved_sigmas()
     run_config = {"command": "distill", "method": method, "teacher": str(Path(teacher_dir).resolve()),

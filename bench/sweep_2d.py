@@ -96,6 +96,39 @@ RUNS = {
     "25g-seed1-k4-last0.05": ("25gaussians", 4, ["student.sigma_last=0.05", "train.seed=1"]),
     # 2-step students at the defaults (levels 80 / 0.15)
     "8g-k2-r4": ("8gaussians", 2, []),
+    # fifth round (defaults as of the fourth): DMD2's 1-step SDXL start, the student first regressed on the
+    # teacher's ODE pairs for the first `ode_init` share of the 4000 iterations (0.25: 1000, 0.5: 2000)
+    "8g-ode1000": ("8gaussians", 1, ["dmd2.ode_init=0.25"]),
+    "25g-ode1000": ("25gaussians", 1, ["dmd2.ode_init=0.25"]),
+    "moons-ode1000": ("moons", 1, ["dmd2.ode_init=0.25"]),
+    "swiss-ode1000": ("swissroll", 1, ["dmd2.ode_init=0.25"]),
+    "checker-ode1000": ("checkerboard", 1, ["dmd2.ode_init=0.25"]),
+    "25g-ode2000": ("25gaussians", 1, ["dmd2.ode_init=0.5"]),
+    "8g-ode2000": ("8gaussians", 1, ["dmd2.ode_init=0.5"]),
+    "8g-seed1-ode1000": ("8gaussians", 1, ["dmd2.ode_init=0.25", "train.seed=1"]),
+    "25g-seed1-ode1000": ("25gaussians", 1, ["dmd2.ode_init=0.25", "train.seed=1"]),
+    "swiss-ode2000": ("swissroll", 1, ["dmd2.ode_init=0.5"]),
+    "25g-k4-ode1000": ("25gaussians", 4, ["dmd2.ode_init=0.25"]),
+    "moons-k4-ode1000": ("moons", 4, ["dmd2.ode_init=0.25"]),
+    "swiss-k4-ode1000": ("swissroll", 4, ["dmd2.ode_init=0.25"]),
+    "8g-k4-ode1000": ("8gaussians", 4, ["dmd2.ode_init=0.25"]),
+    "checker-k4-ode1000": ("checkerboard", 4, ["dmd2.ode_init=0.25"]),
+    # the other 1-step methods at their defaults and 4000 iterations; fdistill with and without the ODE start
+    "8g-fdistill-ode": ("8gaussians", 1, ["@method:fdistill", "fdistill.ode_init=0.25"]),
+    "8g-fdistill": ("8gaussians", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
+    "8g-dmd": ("8gaussians", 1, ["@method:dmd"]),
+    "25g-fdistill-ode": ("25gaussians", 1, ["@method:fdistill", "fdistill.ode_init=0.25"]),
+    "25g-fdistill": ("25gaussians", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
+    "25g-dmd": ("25gaussians", 1, ["@method:dmd"]),
+    "moons-fdistill-ode": ("moons", 1, ["@method:fdistill", "fdistill.ode_init=0.25"]),
+    "moons-fdistill": ("moons", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
+    "moons-dmd": ("moons", 1, ["@method:dmd"]),
+    "checker-fdistill-ode": ("checkerboard", 1, ["@method:fdistill", "fdistill.ode_init=0.25"]),
+    "checker-fdistill": ("checkerboard", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
+    "checker-dmd": ("checkerboard", 1, ["@method:dmd"]),
+    "swiss-fdistill-ode": ("swissroll", 1, ["@method:fdistill", "fdistill.ode_init=0.25"]),
+    "swiss-fdistill": ("swissroll", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
+    "swiss-dmd": ("swissroll", 1, ["@method:dmd"]),
     "moons-k2-r4": ("moons", 2, []),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
@@ -140,7 +173,8 @@ def one_run(name: str, root: str, deadline: float, milestones: list[int]) -> dic
 
     preset, steps, overrides = RUNS[name]
     t_extra = [o.split(":", 1)[1] for o in overrides if o.startswith("@teacher:")]
-    d_extra = [o for o in overrides if not o.startswith("@teacher:")]
+    method = ([o.split(":", 1)[1] for o in overrides if o.startswith("@method:")] or ["dmd2"])[0]
+    d_extra = [o for o in overrides if not o.startswith("@")]
     root = Path(root)
     teacher = teacher_for(preset, t_extra, root)
     result = {"name": name, "preset": preset, "steps": steps, "overrides": overrides, "curve": []}
@@ -148,7 +182,8 @@ def one_run(name: str, root: str, deadline: float, milestones: list[int]) -> dic
     for m in milestones:
         if time.time() > deadline:
             break
-        run_distill(teacher, root / "runs" / name, steps=steps, overrides=BASE + d_extra + [f"train.iters={m}"])
+        run_distill(teacher, root / "runs" / name, method=method, steps=steps,
+                    overrides=BASE + d_extra + [f"train.iters={m}"])
         point = {"iters": m, "seconds": round(time.time() - start, 1)}
         point.update(evaluate(root / "runs" / name, steps))
         result["curve"].append(point)

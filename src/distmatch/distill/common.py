@@ -319,15 +319,18 @@ class StudentCriticMethod(Method):
         critic.requires_grad_(False)
         return critic
 
-    def update_generator(self, loss: torch.Tensor, critic: nn.Module) -> None:
+    def step_generator(self, loss: torch.Tensor, ema_updates: int) -> None:
+        """One optimizer step of the generator on `loss`, then its EMA (after `ema_updates` earlier updates)."""
         self.opt_g.zero_grad(set_to_none=True)
         self.ctx.backward(loss)
         self.ctx.clip(self.gen)
         self.opt_g.step()
+        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.ema_decay(ema_updates))
+
+    def update_generator(self, loss: torch.Tensor, critic: nn.Module) -> None:
+        self.step_generator(loss, self.ctx.it // getattr(self.opts, "critic_ratio", 1))
         self.opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
         critic.requires_grad_(True)
-        ema_update(self.ema, self.ctx.unwrap(self.gen),
-                   self.ctx.ema_decay(self.ctx.it // getattr(self.opts, "critic_ratio", 1)))
 
 
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:

@@ -13,7 +13,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import UserError
 from ..samplers import ode_sample
-from ..training.ema import ema_update
+from .common import full
 
 PAIRS_FILE = "dmd_pairs.safetensors"
 
@@ -66,7 +66,7 @@ def check_ode_init(section: str, share: float, count: int) -> None:
 
 
 class OdePairs:
-    """For a StudentCriticMethod (it provides ctx, real, student, gen, ema, opt_g, class_weights): the pairs,
+    """For a StudentCriticMethod (it provides ctx, real, student, step_generator, class_weights): the pairs,
     batches of them, and the regression warm-up of the student on them (`ode_init`)."""
 
     pairs: dict[str, torch.Tensor] | None = None
@@ -82,13 +82,9 @@ class OdePairs:
         z, y, c = self.pair_batch(self.ctx.train.batch_size)
         s0 = self.student.sigmas[0]
         with self.ctx.autocast():
-            x = self.gen(z * s0, torch.full((len(z),), float(s0), device=z.device), c).float()
+            x = self.gen(z * s0, full(z, s0), c).float()
         loss = regression_loss(x, y)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.gen)
-        self.opt_g.step()
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.ema_decay(it))
+        self.step_generator(loss, it)
         return {"loss_reg": loss.item()}
 
     def pairs_meta(self, teacher, count: int, guidance: float) -> dict:

@@ -130,6 +130,29 @@ RUNS = {
     "swiss-fdistill": ("swissroll", 1, ["@method:fdistill", "fdistill.ode_init=0"]),
     "swiss-dmd": ("swissroll", 1, ["@method:dmd"]),
     "moons-k2-r4": ("moons", 2, []),
+    # sixth round: tdm (4-step, data-free) at 4000 iterations, at its defaults and with the levers of dmd2's
+    # K-step students (its learning rate, the vector levels 2.0 ... 0.15)
+    "8g-tdm-def": ("8gaussians", 4, ["@method:tdm"]),
+    "8g-tdm-lr2e-4": ("8gaussians", 4, ["@method:tdm", "train.lr=2e-4"]),
+    "8g-tdm-vlev": ("8gaussians", 4, ["@method:tdm", "student.sigma_top=2.0", "student.sigma_last=0.15"]),
+    "25g-tdm-def": ("25gaussians", 4, ["@method:tdm"]),
+    "8g-tdm-vlev2": ("8gaussians", 4, ["@method:tdm", "train.lr=2e-4", "student.sigma_top=2.0",
+                                        "student.sigma_last=0.15"]),
+    "25g-tdm-vlev2": ("25gaussians", 4, ["@method:tdm", "train.lr=2e-4", "student.sigma_top=2.0",
+                                          "student.sigma_last=0.15"]),
+    "25g-tdm-lr2e-4": ("25gaussians", 4, ["@method:tdm", "train.lr=2e-4"]),
+    "swiss-tdm-def": ("swissroll", 4, ["@method:tdm"]),
+    # 1-step dmd2 (ODE warm-up on): keep regressing on the ODE pairs after the warm-up, with weight 0.25 / 1
+    "25g-odew0.25": ("25gaussians", 1, ["dmd2.ode_weight=0.25"]),
+    "swiss-odew0.25": ("swissroll", 1, ["dmd2.ode_weight=0.25"]),
+    "25g-odew1": ("25gaussians", 1, ["dmd2.ode_weight=1"]),
+    "swiss-odew1": ("swissroll", 1, ["dmd2.ode_weight=1"]),
+    "8g-odew0.25": ("8gaussians", 1, ["dmd2.ode_weight=0.25"]),
+    "moons-odew0.25": ("moons", 1, ["dmd2.ode_weight=0.25"]),
+    "checker-odew0.25": ("checkerboard", 1, ["dmd2.ode_weight=0.25"]),
+    "25g-seed1-odew0.25": ("25gaussians", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
+    "swiss-seed1-odew0.25": ("swissroll", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
+    "8g-seed1-odew0.25": ("8gaussians", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

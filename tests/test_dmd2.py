@@ -201,3 +201,44 @@ def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
         assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == share
     run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5"])
     assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == 0.5
+
+
+@pytest.mark.parametrize("method", ["dmd2", "fdistill"])
+def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
+    """ode_weight > 0 (dmd2, fdistill): after the warm-up the student's update also carries the regression on the ODE pairs,
+    so the student ends nearer the teacher's noise->sample map than one trained by distribution matching alone."""
+    import json
+
+    from distmatch import checkpoint as ckpt
+    from distmatch.distill import pairs, run_distill
+    from distmatch.distill.common import full
+    from distmatch.models import load_model
+    from distmatch.teachers.train import train_teacher
+
+    teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=200",
+                                                                     "network.width=32", "network.depth=1"])
+    quiet = ["train.progress=false", "train.iters=60", "train.batch_size=128", "train.lr=3e-3", "train.ema=0",
+             f"{method}.critic_ratio=1", f"{method}.ode_init=0", f"{method}.ode_pairs=512"]
+    errors = {}
+    for w in (0, 20):
+        run = run_distill(teacher, tmp_path / f"w{w}", method=method, overrides=quiet + [f"{method}.ode_weight={w}"])
+        if w:
+            stored, _ = ckpt.load_tensors(run / pairs.PAIRS_FILE)
+            logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            assert any("loss_reg" in rec for rec in logged)
+        errors[w] = run
+    z, y = stored["noise"], stored["sample"]
+    for w, run in errors.items():
+        student = load_model(run)
+        s0 = student.config["sigmas"][0]
+        with torch.no_grad():
+            errors[w] = pairs.regression_loss(student.denoiser(z * s0, full(z, s0)), y).item()
+    assert errors[20] < 0.5 * errors[0], errors
+
+
+def test_ode_weight_must_not_be_negative():
+    from distmatch.distill import dmd2, fdistill
+
+    for options in (dmd2.Options, fdistill.Options):
+        with pytest.raises(UserError, match="ode_weight"):
+            options(ode_weight=-1).validate()

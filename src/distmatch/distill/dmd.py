@@ -20,9 +20,9 @@ import torch
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, check_dm_range, full
+from .common import StudentCriticMethod, check_dm_range
 from .losses import dm_loss
-from .pairs import OdePairs, regression_loss
+from .pairs import OdePairs
 
 DEFAULTS = {"image": {"dmd": {"pairs": 1024}}}
 
@@ -74,20 +74,17 @@ class DMD(OdePairs, StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)
-        z, y, c = self.pair_batch(n)
-        s0 = self.student.sigmas[0]
-        x_in = self.student.input_at(self.gen, steps, cond)
-        # one generator pass over the DM samples (step k) and the pairs' noises (step 0): DDP allows one forward
-        both_cond = torch.cat([cond, c]) if cond is not None else None
-        with self.ctx.autocast():
-            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([self.student.sigma_of(steps), full(z, s0)]), both_cond).float()
-        x, x_reg = out[:n], out[n:]
+        w = self.opts.regression_weight
+        x, loss_reg = self.sample_and_regress(n, cond, steps, self.teacher, w, self.opts.pairs, self.opts.guidance)
         _, sigma = self.levels(n, *self.opts.dm_range)
         g = self.dm_grad(critic, x, sigma, cond, steps)
-        loss_dm = dm_loss(x, g)
-        loss_reg = regression_loss(x_reg, y)
-        self.update_generator(loss_dm + self.opts.regression_weight * loss_reg, critic)
-        return {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item(), "loss_reg": loss_reg.item()}
+        loss = loss_dm = dm_loss(x, g)
+        logs = {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
+        if loss_reg is not None:
+            loss = loss + w * loss_reg
+            logs["loss_reg"] = loss_reg.item()
+        self.update_generator(loss, critic)
+        return logs
 
 
 Method = DMD

@@ -44,6 +44,8 @@ class Options:
                                        # step) only regresses on the teacher's ODE noise->sample pairs, as DMD2's
                                        # 1-step SDXL start (vectors: 0.25); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
+    ode_weight: float = 0.0            # after the warm-up, keep regressing the first step on the pairs with this
+                                       # weight beside the DM loss (as dmd's regression_weight); 0 = off
 
     def validate(self):
         if self.critic_ratio < 1:
@@ -55,7 +57,7 @@ class Options:
             raise UserError(f"dmd2.normaliser must be sample or batch, got {self.normaliser!r}")
         if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
             raise UserError("dmd2.guidance and the GAN weights must be >= 0")
-        check_ode_init("dmd2", self.ode_init, self.ode_pairs)
+        check_ode_init("dmd2", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
 class DMD2(OdePairs, StudentCriticMethod):
@@ -75,8 +77,8 @@ class DMD2(OdePairs, StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)
-        with self.ctx.autocast():
-            x = self.student.sample(self.gen, cond, steps, grad=True).float()
+        o = self.opts
+        x, loss_reg = self.sample_and_regress(n, cond, steps, self.teacher, o.ode_weight, o.ode_pairs, o.guidance)
         _, sigma = self.levels(n * self.opts.dm_draws, *self.opts.dm_range)
         g = self.dm_grad(critic, x, sigma, cond, steps)
         loss_dm = dm_loss(x, g)
@@ -88,6 +90,9 @@ class DMD2(OdePairs, StudentCriticMethod):
             loss_g = gan_generator_loss(logits)
             loss = loss + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
             logs["loss_gan_g"] = loss_g.item()
+        if loss_reg is not None:
+            loss = loss + o.ode_weight * loss_reg
+            logs["loss_reg"] = loss_reg.item()
         self.update_generator(loss, critic)
         return logs
 

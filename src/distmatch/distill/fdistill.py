@@ -46,6 +46,8 @@ class Options:
                                        # teacher's ODE pairs, as dmd2.ode_init (1-step students on vectors:
                                        # 0.25); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
+    ode_weight: float = 0.0            # after the warm-up, keep regressing the first step on the pairs with this
+                                       # weight beside the DM loss, as dmd2.ode_weight; 0 = off
 
     def validate(self):
         if self.divergence not in F_DIVERGENCES:
@@ -61,7 +63,7 @@ class Options:
             raise UserError(f"fdistill.ratio_range must be two numbers 0 < lo < hi, got {self.ratio_range}")
         if not 1 <= self.bins <= 1000 or not 0 <= self.bin_momentum < 1 or self.guidance < 0:
             raise UserError("fdistill.bins must be in 1..1000, fdistill.bin_momentum in [0, 1), fdistill.guidance >= 0")
-        check_ode_init("fdistill", self.ode_init, self.ode_pairs)
+        check_ode_init("fdistill", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
 class RatioBins(nn.Module):
@@ -128,8 +130,9 @@ class FDistill(OdePairs, StudentCriticMethod):
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)
+        o = self.opts
+        x, loss_reg = self.sample_and_regress(n, cond, steps, self.teacher, o.ode_weight, o.ode_pairs, o.guidance)
         with self.ctx.autocast():
-            x = self.student.sample(self.gen, cond, steps, grad=True).float()
             idx, sigma = self.levels(n, *self.opts.dm_range)
             x_t = noised(x, sigma)  # keeps x's graph for the GAN term
             x0_fake, logits = critic(x_t, sigma, cond, steps)
@@ -140,9 +143,13 @@ class FDistill(OdePairs, StudentCriticMethod):
         loss_dm = dm_loss(x, g, weight=h)
         loss_g = gan_generator_loss(logits)
         loss = loss_dm + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
-        self.update_generator(loss, critic)
-        return {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "dm_grad": g.abs().mean().item(),
+        logs = {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "dm_grad": g.abs().mean().item(),
                 "h_min": h.min().item(), "h_max": h.max().item()}
+        if loss_reg is not None:
+            loss = loss + o.ode_weight * loss_reg
+            logs["loss_reg"] = loss_reg.item()
+        self.update_generator(loss, critic)
+        return logs
 
 
 Method = FDistill

@@ -59,10 +59,12 @@ def teacher_fingerprint(teacher) -> str:
     return h.hexdigest()[:16]
 
 
-def check_ode_init(section: str, share: float, count: int) -> None:
+def check_ode_init(section: str, share: float, count: int, weight: float = 0.0) -> None:
     if not 0.0 <= share <= 1.0 or count < 1:
         raise UserError(f"{section}.ode_init must be a share in [0, 1] and {section}.ode_pairs >= 1, got {share} / "
                         f"{count}")
+    if weight < 0:
+        raise UserError(f"{section}.ode_weight must be >= 0, got {weight}")
 
 
 class OdePairs:
@@ -86,6 +88,23 @@ class OdePairs:
         loss = regression_loss(x, y)
         self.step_generator(loss, it)
         return {"loss_reg": loss.item()}
+
+    def sample_and_regress(self, n: int, cond, steps, teacher, weight: float, count: int, guidance: float):
+        """The student's samples at `steps` (with gradients) and, with `weight` > 0, the regression loss of its
+        first step on a batch of n pairs (else None), in one generator pass (DDP allows one forward per backward)."""
+        if weight <= 0:
+            with self.ctx.autocast():
+                return self.student.sample(self.gen, cond, steps, grad=True).float(), None
+        if self.pairs is None:
+            self.pairs = self.load_or_make_pairs(teacher, count, guidance)
+        z, y, c = self.pair_batch(n)
+        s0 = self.student.sigmas[0]
+        x_in = self.student.input_at(self.gen, steps, cond)
+        both_cond = torch.cat([cond, c]) if cond is not None else None
+        with self.ctx.autocast():
+            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([self.student.sigma_of(steps), full(z, s0)]),
+                           both_cond).float()
+        return out[:n], regression_loss(out[n:], y)
 
     def pairs_meta(self, teacher, count: int, guidance: float) -> dict:
         return {"pairs": count, "seed": self.ctx.train.seed, "steps": teacher.default_steps,

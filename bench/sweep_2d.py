@@ -153,6 +153,12 @@ RUNS = {
     "25g-seed1-odew0.25": ("25gaussians", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
     "swiss-seed1-odew0.25": ("swissroll", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
     "8g-seed1-odew0.25": ("8gaussians", 1, ["dmd2.ode_weight=0.25", "train.seed=1"]),
+    # 4-step dmd2 with the regression on every step (each step from the teacher's ODE state at its own level)
+    "moons-k4-odew0.25": ("moons", 4, ["dmd2.ode_weight=0.25"]),
+    "swiss-k4-odew0.25": ("swissroll", 4, ["dmd2.ode_weight=0.25"]),
+    "25g-k4-odew0.25": ("25gaussians", 4, ["dmd2.ode_weight=0.25"]),
+    "8g-k4-odew0.25": ("8gaussians", 4, ["dmd2.ode_weight=0.25"]),
+    "checker-k4-odew0.25": ("checkerboard", 4, ["dmd2.ode_weight=0.25"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

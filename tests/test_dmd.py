@@ -11,7 +11,7 @@ from distmatch.cli import main
 from distmatch.distill import pairs, run_distill
 from distmatch.errors import UserError
 from distmatch.models import load_model
-from distmatch.samplers import ode_sample
+from distmatch.samplers import ode_trajectory
 from distmatch.teachers.train import train_teacher
 
 QUIET = ["train.progress=false"]
@@ -51,8 +51,12 @@ def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkey
     full_pairs, _ = ckpt.load_tensors(tmp_path / "full" / pairs.PAIRS_FILE)
     assert all(torch.equal(before[k], full_pairs[k]) for k in before)  # same seed, same pairs
     teacher = load_model(tiny_teacher)
-    y = ode_sample(teacher.denoiser, before["noise"][:16], teacher.default_steps, teacher.config["solver"])
+    y, states = ode_trajectory(teacher.denoiser, before["noise"][:16], teacher.default_steps,
+                               teacher.config["solver"], levels=meta["levels"])
     assert torch.allclose(y.float(), before["sample"][:16], atol=1e-5)
+    # a 2-step student: the pairs also hold the ODE's state at its second level, where step 1 is regressed from
+    assert len(meta["levels"]) == 1 and before["states"].shape == (256, 1, 2)
+    assert torch.allclose(states[0].float(), before["states"][:16, 0], atol=1e-5)
 
 
 def test_pairs_made_by_another_teacher_are_not_reused(tiny_teacher, tmp_path):

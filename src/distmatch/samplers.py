@@ -30,10 +30,21 @@ def ode_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str 
 
     Heun uses 2 evaluations per step except the last (to σ = 0), so NFE = 2 * steps - 1; Euler uses `steps`.
     """
+    return ode_trajectory(denoiser, noise, steps, solver, cond, (), sigma_min, sigma_max)[0]
+
+
+@torch.no_grad()
+def ode_trajectory(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str = "heun", cond=None,
+                   levels: Sequence[float] = (), sigma_min: float = SIGMA_MIN,
+                   sigma_max: float = SIGMA_MAX) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """ode_sample, and the ODE's states at `levels` (each in (0, sigma_max)), which join the solver's grid."""
     if solver not in ("euler", "heun"):
         raise ValueError(f"unknown solver {solver!r} (choose euler or heun)")
     sig = teacher_grid(steps, sigma_min, sigma_max)
-    x = noise * sig[0]
+    if levels:
+        sig = sorted(set(sig[:-1]) | {float(v) for v in levels}, reverse=True) + [0.0]
+    keep = {float(v) for v in levels}
+    x, states = noise * sig[0], {}
     for s_cur, s_next in zip(sig[:-1], sig[1:]):
         d = (x - denoiser(x, _full(x, s_cur), cond)) / s_cur
         x_next = x + (s_next - s_cur) * d
@@ -41,7 +52,9 @@ def ode_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str 
             d2 = (x_next - denoiser(x_next, _full(x, s_next), cond)) / s_next
             x_next = x + (s_next - s_cur) * 0.5 * (d + d2)
         x = x_next
-    return x
+        if s_next in keep:
+            states[s_next] = x
+    return x, [states[float(v)] for v in levels]
 
 
 def teacher_nfe(steps: int, solver: str) -> int:

@@ -7,8 +7,9 @@ the teacher's deterministic noise→sample map: `pairs` fixed noises z and the t
 folder (`dmd_pairs.safetensors`, atomic) and reused when the run resumes. The regression anchors the one-step map
 to the teacher's, which keeps the DM gradient's mode-seeking from dropping modes (the paper's reason for it).
 
-K-step students: the regression applies to the first step only, G(σ_0 z, σ_0) vs y, with σ_0 the student's first
-level (the pairs are solved from that same σ_0 z); later steps learn from the DM gradient by backward simulation.
+K-step students: step 0 is regressed as G(σ_0 z, σ_0) vs y, with σ_0 the student's first level (the pairs are
+solved from that same σ_0 z), and step k as G(x_k, σ_k) vs y, with x_k the ODE's state at σ_k on the way from σ_0 z
+to y (pairs.py); every step also learns from the DM gradient by backward simulation.
 Distance: mean squared error (`regression=mse`). The paper uses LPIPS for images, which needs pretrained weights
 that cannot be fetched here, so `regression=lpips` is refused rather than silently replaced.
 """

@@ -40,11 +40,11 @@ class Options:
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
     gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as in DMD2's code
                                        # (3e-3 there); true: one weight serves 2-D points and images of any size
-    ode_init: float = 0.0              # share of the iterations at the start in which the student (its first
-                                       # step) only regresses on the teacher's ODE noise->sample pairs, as DMD2's
+    ode_init: float = 0.0              # share of the iterations at the start in which the student only
+                                       # regresses on the teacher's ODE noise->sample pairs, as DMD2's
                                        # 1-step SDXL start (vectors: 0.25); 0 = off
-    ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
-    ode_weight: float = 0.0            # after the warm-up, keep regressing the first step on the pairs with this
+    ode_pairs: int = 16384             # pairs for ode_init / ode_weight, made once and cached in the run folder
+    ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
                                        # weight beside the DM loss (as dmd's regression_weight); 0 = off
 
     def validate(self):

@@ -46,7 +46,7 @@ class Options:
                                        # teacher's ODE pairs, as dmd2.ode_init (1-step students on vectors:
                                        # 0.25); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
-    ode_weight: float = 0.0            # after the warm-up, keep regressing the first step on the pairs with this
+    ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
                                        # weight beside the DM loss, as dmd2.ode_weight; 0 = off
 
     def validate(self):

@@ -1,6 +1,12 @@
 """The teacher's noise->sample pairs: fixed noises z and the teacher's ODE samples y = ODE(σ_0 z), made once when
 training starts, cached in the run folder (atomic) and reused when the run resumes. DMD regresses its student on
-them throughout; DMD2 can warm its student up on them before distribution matching (`dmd2.ode_init`)."""
+them throughout; DMD2 and f-distill can warm their student up on them before distribution matching (`ode_init`)
+and keep regressing on them beside it (`ode_weight`).
+
+K-step students: the pairs also hold the ODE's states at the student's later levels σ_1..σ_{K-1}. Such a state is
+distributed as the teacher's marginal at σ_k, which is what step k's input (the previous output re-noised to σ_k)
+should be, and the ODE carries it to y; so step k is regressed on (state at σ_k -> y), step 0 on (σ_0 z -> y).
+Every step gets a deterministic anchor on the teacher's map, not only the first."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
-from ..samplers import ode_sample
-from .common import full
+from ..samplers import ode_trajectory
 
 PAIRS_FILE = "dmd_pairs.safetensors"
 
@@ -32,19 +37,25 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: float, class_weights: list[float],
-               seed: int, device, chunk: int = 1024) -> dict[str, torch.Tensor]:
+               seed: int, device, chunk: int = 1024, levels: list[float] = ()) -> dict[str, torch.Tensor]:
     """n fixed noises z, the teacher's ODE samples y = ODE(σ_max z) and their class labels (drawn with the data's
-    class weights; none for unconditional teachers), from a private generator so every process makes the same."""
+    class weights; none for unconditional teachers), from a private generator so every process makes the same;
+    with `levels`, also the ODE's states there ("states", (n, len(levels), ...))."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(shape), generator=g)
     labels = None
     if class_weights:
         labels = torch.multinomial(torch.tensor(class_weights, dtype=torch.float64), n, replacement=True, generator=g)
-    ys = []
+    ys, states = [], []
     for i in range(0, n, chunk):
         c = labels[i:i + chunk].to(device) if labels is not None else None
-        ys.append(ode_sample(denoiser, z[i:i + chunk].to(device), steps, solver, c, sigma_max=sigma_max).float().cpu())
+        y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_max=sigma_max)
+        ys.append(y.float().cpu())
+        if levels:
+            states.append(torch.stack(st, 1).float().cpu())
     out = {"noise": z, "sample": torch.cat(ys)}
+    if levels:
+        out["states"] = torch.cat(states)
     if labels is not None:
         out["labels"] = labels
     return out
@@ -74,35 +85,33 @@ class OdePairs:
     pairs: dict[str, torch.Tensor] | None = None
 
     def ode_warmup(self, it: int, teacher, share: float, count: int, guidance: float) -> dict[str, float] | None:
-        """During the first `share` of the iterations: one regression update of the student's first step on the
-        teacher's ODE pairs (DMD2's start for its 1-step SDXL student), and its logs; after them, None. The
+        """During the first `share` of the iterations: one regression update of the student (every step of a K-step
+        one, pairs.py) on the teacher's ODE pairs (DMD2's start for its 1-step SDXL student), and its logs; after them, None. The
         critic waits: it starts as the teacher, which is what a student that has learnt the teacher's map needs."""
         if it >= int(round(share * self.ctx.train.iters)):
             return None
         if self.pairs is None:
             self.pairs = self.load_or_make_pairs(teacher, count, guidance)
-        z, y, c = self.pair_batch(self.ctx.train.batch_size)
-        s0 = self.student.sigmas[0]
+        x_in, sigma_in, y, c = self.regression_batch(self.ctx.train.batch_size)
         with self.ctx.autocast():
-            x = self.gen(z * s0, full(z, s0), c).float()
+            x = self.gen(x_in, sigma_in, c).float()
         loss = regression_loss(x, y)
         self.step_generator(loss, it)
         return {"loss_reg": loss.item()}
 
     def sample_and_regress(self, n: int, cond, steps, teacher, weight: float, count: int, guidance: float):
         """The student's samples at `steps` (with gradients) and, with `weight` > 0, the regression loss of its
-        first step on a batch of n pairs (else None), in one generator pass (DDP allows one forward per backward)."""
+        steps on a batch of n pairs (else None), in one generator pass (DDP allows one forward per backward)."""
         if weight <= 0:
             with self.ctx.autocast():
                 return self.student.sample(self.gen, cond, steps, grad=True).float(), None
         if self.pairs is None:
             self.pairs = self.load_or_make_pairs(teacher, count, guidance)
-        z, y, c = self.pair_batch(n)
-        s0 = self.student.sigmas[0]
+        r_in, r_sigma, y, c = self.regression_batch(n)
         x_in = self.student.input_at(self.gen, steps, cond)
         both_cond = torch.cat([cond, c]) if cond is not None else None
         with self.ctx.autocast():
-            out = self.gen(torch.cat([x_in, z * s0]), torch.cat([self.student.sigma_of(steps), full(z, s0)]),
+            out = self.gen(torch.cat([x_in, r_in]), torch.cat([self.student.sigma_of(steps), r_sigma]),
                            both_cond).float()
         return out[:n], regression_loss(out[n:], y)
 
@@ -110,7 +119,11 @@ class OdePairs:
         return {"pairs": count, "seed": self.ctx.train.seed, "steps": teacher.default_steps,
                 "solver": teacher.config["solver"], "sigma_max": self.student.sigmas[0], "guidance": guidance,
                 "shape": list(teacher.spec.shape), "class_weights": self.class_weights,
-                "teacher": teacher_fingerprint(teacher)}
+                "teacher": teacher_fingerprint(teacher), **self.pair_levels()}
+
+    def pair_levels(self) -> dict:
+        """The K-step student's later levels, at which the pairs hold the ODE's states (none for 1 step)."""
+        return {"levels": [float(s) for s in self.student.sigmas[1:]]} if len(self.student.sigmas) > 1 else {}
 
     def load_or_make_pairs(self, teacher, count: int, guidance: float) -> dict[str, torch.Tensor]:
         """The cached pairs when the run folder holds ones made with these settings, else new ones (then cached)."""
@@ -122,15 +135,25 @@ class OdePairs:
                 return tensors
             print(f"{path} was made with other settings or another teacher; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
-                           self.class_weights, meta["seed"], self.ctx.device)
+                           self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []))
         if path is not None and self.ctx.accelerator.is_main_process:
             ckpt.save_tensors(path, pairs, meta)  # other processes made the same pairs from the same seed
         return pairs
 
-    def pair_batch(self, n: int):
-        """n pairs drawn with replacement: (noises, the teacher's samples, labels or None), on the device."""
+    def regression_batch(self, n: int):
+        """n pairs as (the student's inputs, their levels, the teacher's samples, labels or None): σ_0 z at σ_0 for
+        a 1-step student; for K steps, each pair assigned a step k (spread evenly) and given the ODE's state at
+        σ_k (σ_0 z for k = 0)."""
         idx = torch.randint(len(self.pairs["noise"]), (n,))
+        sig = self.student.sigmas
+        x_in = self.pairs["noise"][idx] * sig[0]
+        sigma = torch.full((n,), float(sig[0]))
+        if len(sig) > 1:
+            k = (torch.arange(n) % len(sig))[torch.randperm(n)]
+            later = k > 0
+            x_in[later] = self.pairs["states"][idx[later], k[later] - 1]
+            sigma = torch.tensor(sig, dtype=torch.float32)[k]
         labels = self.pairs.get("labels")
         dev = self.ctx.device
-        return (self.pairs["noise"][idx].to(dev), self.pairs["sample"][idx].to(dev),
+        return (x_in.to(dev), sigma.to(dev), self.pairs["sample"][idx].to(dev),
                 labels[idx].to(dev) if labels is not None else None)

@@ -159,6 +159,11 @@ RUNS = {
     "25g-k4-odew0.25": ("25gaussians", 4, ["dmd2.ode_weight=0.25"]),
     "8g-k4-odew0.25": ("8gaussians", 4, ["dmd2.ode_weight=0.25"]),
     "checker-k4-odew0.25": ("checkerboard", 4, ["dmd2.ode_weight=0.25"]),
+    # tdm with the same regression beside its loss; fdistill 1-step with it after its warm-up
+    "8g-tdm-odew0.25": ("8gaussians", 4, ["@method:tdm", "tdm.ode_weight=0.25"]),
+    "25g-tdm-odew0.25": ("25gaussians", 4, ["@method:tdm", "tdm.ode_weight=0.25"]),
+    "swiss-tdm-odew0.25": ("swissroll", 4, ["@method:tdm", "tdm.ode_weight=0.25"]),
+    "25g-fdistill-odew0.25": ("25gaussians", 1, ["@method:fdistill", "fdistill.ode_weight=0.25"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

@@ -203,10 +203,10 @@ def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
     assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == 0.5
 
 
-@pytest.mark.parametrize("method", ["dmd2", "fdistill"])
+@pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm"])
 def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
-    """ode_weight > 0 (dmd2, fdistill): after the warm-up the student's update also carries the regression on the ODE pairs,
-    so the student ends nearer the teacher's noise->sample map than one trained by distribution matching alone."""
+    """ode_weight > 0 (dmd2, fdistill, tdm): after any warm-up the student's update also carries the regression on
+    the ODE pairs, so the student ends nearer the teacher's noise->sample map than one trained without it."""
     import json
 
     from distmatch import checkpoint as ckpt
@@ -218,7 +218,8 @@ def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
     teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=200",
                                                                      "network.width=32", "network.depth=1"])
     quiet = ["train.progress=false", "train.iters=60", "train.batch_size=128", "train.lr=3e-3", "train.ema=0",
-             f"{method}.critic_ratio=1", f"{method}.ode_init=0", f"{method}.ode_pairs=512"]
+             f"{method}.critic_ratio=1", f"{method}.ode_pairs=512"]
+    quiet += [f"{method}.ode_init=0"] if method != "tdm" else []  # tdm has no warm-up
     errors = {}
     for w in (0, 20):
         run = run_distill(teacher, tmp_path / f"w{w}", method=method, overrides=quiet + [f"{method}.ode_weight={w}"])
@@ -237,8 +238,8 @@ def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
 
 
 def test_ode_weight_must_not_be_negative():
-    from distmatch.distill import dmd2, fdistill
+    from distmatch.distill import dmd2, fdistill, tdm
 
-    for options in (dmd2.Options, fdistill.Options):
+    for options in (dmd2.Options, fdistill.Options, tdm.Options):
         with pytest.raises(UserError, match="ode_weight"):
             options(ode_weight=-1).validate()

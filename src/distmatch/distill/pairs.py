@@ -86,8 +86,9 @@ class OdePairs:
 
     def ode_warmup(self, it: int, teacher, share: float, count: int, guidance: float) -> dict[str, float] | None:
         """During the first `share` of the iterations: one regression update of the student (every step of a K-step
-        one, pairs.py) on the teacher's ODE pairs (DMD2's start for its 1-step SDXL student), and its logs; after them, None. The
-        critic waits: it starts as the teacher, which is what a student that has learnt the teacher's map needs."""
+        one) on the teacher's ODE pairs (DMD2's start for its 1-step SDXL student), and its logs; after them, None.
+        The critic waits: it starts as the teacher, which is what a student that has learnt the teacher's map
+        needs."""
         if it >= int(round(share * self.ctx.train.iters)):
             return None
         if self.pairs is None:

@@ -30,6 +30,7 @@ from ..schedules import karras_grid_1000
 from ..training.method import Batch
 from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_student_options
 from .losses import critic_loss, pseudo_huber
+from .pairs import OdePairs, check_ode_init, regression_loss
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
 # Vectors keep the rate TDM was measured at (the 2e-4 of the other vector methods was tuned on DMD2 only).
@@ -49,6 +50,9 @@ class Options:
     huber_c: float = 1e-3              # pseudo-Huber constant of the student's loss
     floor: float = 0.02                # lowest level of the last step's interval, as a fraction of the Karras grid
     margin: int = 10                   # Karras-grid indices kept free just below each step's own level σ_k
+    ode_weight: float = 0.0            # beside TDM's loss, regress every step on the teacher's ODE trajectory
+                                       # (step k from the ODE's state at σ_k to its end, pairs.py); 0 = off
+    ode_pairs: int = 16384             # pairs for ode_weight, made once and cached in the run folder
 
     def validate(self):
         if self.critic_ratio < 1:
@@ -57,6 +61,7 @@ class Options:
             raise UserError("tdm.floor must be a fraction in [0, 1) and tdm.margin >= 0")
         if self.guidance < 0 or self.huber_c <= 0:
             raise UserError("tdm.guidance must be >= 0 and tdm.huber_c > 0")
+        check_ode_init("tdm", 0.0, self.ode_pairs, self.ode_weight)
 
 
 def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10) -> list[tuple[int, int]]:
@@ -91,7 +96,7 @@ def tdm_generator_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.T
     return torch.nan_to_num(pseudo_huber(x0, target, c) / (w + eps)).mean()
 
 
-class TDM(StudentCriticMethod):
+class TDM(OdePairs, StudentCriticMethod):
     name = "tdm"
 
     @classmethod
@@ -100,7 +105,7 @@ class TDM(StudentCriticMethod):
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         refuse_student_options(cfg, "tdm")
-        self.opts, self.sigmas = cfg.tdm, list(sigmas)
+        self.opts, self.sigmas, self.teacher = cfg.tdm, list(sigmas), teacher
         self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
         # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as
         # the student is saved with it
@@ -152,15 +157,28 @@ class TDM(StudentCriticMethod):
     def generator_step(self, x_in: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
         sigma_in = torch.tensor(self.sigmas, device=k.device)[k]
         critic = self.frozen_critic()
+        o, n = self.opts, len(x_in)
+        if o.ode_weight > 0:  # one generator pass over TDM's inputs and the regression's (DDP: one forward)
+            if self.pairs is None:
+                self.pairs = self.load_or_make_pairs(self.teacher, o.ode_pairs, o.guidance)
+            r_in, r_sigma, y, c = self.regression_batch(n)
+            x_in, sigma_in = torch.cat([x_in, r_in]), torch.cat([sigma_in, r_sigma])
+            cond = torch.cat([cond, c]) if cond is not None else None
         with self.ctx.autocast():
-            x0 = self.gen(x_in, sigma_in, cond).float()
+            out = self.gen(x_in, sigma_in, cond).float()
+        x0, cond = out[:n], cond[:n] if cond is not None else None
         s = self.step_levels(k)
         with torch.no_grad(), self.ctx.autocast():
             x_s = noised(x0.detach(), s)
             x0_fake, _ = critic(x_s, s, cond)
             x0_real = self.real(x_s, s, cond)
         loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c)
+        logs = {"loss_tdm": loss.item(), "real_fake_gap": (x0_real - x0_fake.float()).abs().mean().item()}
+        if o.ode_weight > 0:
+            loss_reg = regression_loss(out[n:], y)
+            loss = loss + o.ode_weight * loss_reg
+            logs["loss_reg"] = loss_reg.item()
         self.update_generator(loss, critic)
-        return {"loss_tdm": loss.item(), "real_fake_gap": (x0_real - x0_fake.float()).abs().mean().item()}
+        return logs
 
 Method = TDM

@@ -198,7 +198,8 @@ def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
                                                                      "network.width=16", "network.depth=1"])
     for steps, share in ((1, 0.25), (2, 0.0)):
         run = run_distill(teacher, tmp_path / f"s{steps}", steps=steps, overrides=quiet)
-        assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == share
+        cfg = json.loads((run / "run.json").read_text())["config"]["dmd2"]
+        assert cfg["ode_init"] == share and cfg["ode_weight"] == 0.25  # the regression stays on for every K
     run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5"])
     assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == 0.5
 

@@ -19,11 +19,14 @@ from .pairs import OdePairs, check_ode_init
 # Four noise draws per sample for the DM gradient: 1-step SWD 8-25% lower on mixtures, the swiss roll and the
 # checkerboard (14-20% higher on moons) for ~25% more time, a better use of it than more iterations
 # (bench/RESULTS.md, third round).
-# 1-step students spend the first quarter of the iterations regressing on the teacher's ODE pairs: SWD 8 Gaussians
-# 1.41x -> 1.10x the teacher, 25 Gaussians 2.45x -> 1.33x, moons 1.35x -> 1.13x, checkerboard and swiss roll level,
-# a user's 8-D mixture 6% worse; 4-step students gained on the two mixtures and lost elsewhere, on 8-D most (1.74x
-# -> 2.11x), so they start from the teacher as before (bench/RESULTS.md, fifth round).
-DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4}}, "vector:1": {"dmd2": {"ode_init": 0.25}}}
+# 1-step students spend the first quarter of the iterations regressing on the teacher's ODE pairs (4-step students
+# gained on the mixtures and lost elsewhere, so they start from the teacher as before; fifth round), and every
+# student keeps that regression at weight 0.25 beside the DM loss afterwards (each step of a K-step student from the
+# ODE's state at its own level): 1-step SWD as a multiple of the teacher's 1.00-1.10x on the five 2-D presets
+# (25 Gaussians was 1.33x, the swiss roll 1.36x) and 1.20x on a user's 8-D mixture (2.15x); 4-step moons 1.33x ->
+# 1.10x, swiss roll 1.57x -> 1.22x, 25 Gaussians 1.82x -> 1.08x (bench/RESULTS.md, sixth round).
+DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4, "ode_weight": 0.25}},
+            "vector:1": {"dmd2": {"ode_init": 0.25}}}
 
 
 @dataclass
@@ -45,7 +48,8 @@ class Options:
                                        # 1-step SDXL start (vectors: 0.25); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init / ode_weight, made once and cached in the run folder
     ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
-                                       # weight beside the DM loss (as dmd's regression_weight); 0 = off
+                                       # weight beside the DM loss, as dmd's regression_weight (vectors: 0.25);
+                                       # 0 = off
 
     def validate(self):
         if self.critic_ratio < 1:

@@ -23,8 +23,9 @@ from .pairs import OdePairs, check_ode_init
 # gained on the mixtures and lost elsewhere, so they start from the teacher as before; fifth round), and every
 # student keeps that regression at weight 0.25 beside the DM loss afterwards (each step of a K-step student from the
 # ODE's state at its own level): 1-step SWD as a multiple of the teacher's 1.00-1.10x on the five 2-D presets
-# (25 Gaussians was 1.33x, the swiss roll 1.36x) and 1.20x on a user's 8-D mixture (2.15x); 4-step moons 1.33x ->
-# 1.10x, swiss roll 1.57x -> 1.22x, 25 Gaussians 1.82x -> 1.08x (bench/RESULTS.md, sixth round).
+# (25 Gaussians was 1.33x, the swiss roll 1.36x) and 1.20x on a user's 8-D mixture (2.15x); 4-step students
+# 1.00-1.10x on four presets (swiss roll 1.57x -> 1.22x; checkerboard 0.79x -> 1.06x) and 1.03x on the 8-D mixture
+# (1.74x) (bench/RESULTS.md, sixth round).
 DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4, "ode_weight": 0.25}},
             "vector:1": {"dmd2": {"ode_init": 0.25}}}
 

@@ -164,6 +164,9 @@ RUNS = {
     "25g-tdm-odew0.25": ("25gaussians", 4, ["@method:tdm", "tdm.ode_weight=0.25"]),
     "swiss-tdm-odew0.25": ("swissroll", 4, ["@method:tdm", "tdm.ode_weight=0.25"]),
     "25g-fdistill-odew0.25": ("25gaussians", 1, ["@method:fdistill", "fdistill.ode_weight=0.25"]),
+    # the swiss roll's 4-step student, the one preset left above 1.1x: a second seed, and a heavier regression
+    "swiss-seed1-k4-odew0.25": ("swissroll", 4, ["dmd2.ode_weight=0.25", "train.seed=1"]),
+    "swiss-k4-odew1": ("swissroll", 4, ["dmd2.ode_weight=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

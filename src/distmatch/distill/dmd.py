@@ -69,8 +69,7 @@ class DMD(OdePairs, StudentCriticMethod):
     # --- training --------------------------------------------------------------------------------------------
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
-        if self.pairs is None:
-            self.pairs = self.load_or_make_pairs(self.teacher, self.opts.pairs, self.opts.guidance)
+        self.load_pairs(self.teacher, self.opts.pairs, self.opts.guidance)
         return super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:

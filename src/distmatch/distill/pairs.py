@@ -91,8 +91,7 @@ class OdePairs:
         needs."""
         if it >= int(round(share * self.ctx.train.iters)):
             return None
-        if self.pairs is None:
-            self.pairs = self.load_or_make_pairs(teacher, count, guidance)
+        self.load_pairs(teacher, count, guidance)
         x_in, sigma_in, y, c = self.regression_batch(self.ctx.train.batch_size)
         with self.ctx.autocast():
             x = self.gen(x_in, sigma_in, c).float()
@@ -106,8 +105,7 @@ class OdePairs:
         if weight <= 0:
             with self.ctx.autocast():
                 return self.student.sample(self.gen, cond, steps, grad=True).float(), None
-        if self.pairs is None:
-            self.pairs = self.load_or_make_pairs(teacher, count, guidance)
+        self.load_pairs(teacher, count, guidance)
         r_in, r_sigma, y, c = self.regression_batch(n)
         x_in = self.student.input_at(self.gen, steps, cond)
         both_cond = torch.cat([cond, c]) if cond is not None else None
@@ -126,8 +124,14 @@ class OdePairs:
         """The K-step student's later levels, at which the pairs hold the ODE's states (none for 1 step)."""
         return {"levels": [float(s) for s in self.student.sigmas[1:]]} if len(self.student.sigmas) > 1 else {}
 
-    def load_or_make_pairs(self, teacher, count: int, guidance: float) -> dict[str, torch.Tensor]:
-        """The cached pairs when the run folder holds ones made with these settings, else new ones (then cached)."""
+    def load_pairs(self, teacher, count: int, guidance: float) -> dict[str, torch.Tensor]:
+        """The run's pairs, held from the first call on: the cached ones when the run folder holds ones made with
+        these settings, else new ones (then cached)."""
+        if self.pairs is None:
+            self.pairs = self._load_or_make_pairs(teacher, count, guidance)
+        return self.pairs
+
+    def _load_or_make_pairs(self, teacher, count: int, guidance: float) -> dict[str, torch.Tensor]:
         out_dir, meta = getattr(self.ctx, "out_dir", None), self.pairs_meta(teacher, count, guidance)
         path = Path(out_dir) / PAIRS_FILE if out_dir is not None else None
         if path is not None and path.is_file():

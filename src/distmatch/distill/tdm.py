@@ -159,8 +159,7 @@ class TDM(OdePairs, StudentCriticMethod):
         critic = self.frozen_critic()
         o, n = self.opts, len(x_in)
         if o.ode_weight > 0:  # one generator pass over TDM's inputs and the regression's (DDP: one forward)
-            if self.pairs is None:
-                self.pairs = self.load_or_make_pairs(self.teacher, o.ode_pairs, o.guidance)
+            self.load_pairs(self.teacher, o.ode_pairs, o.guidance)
             r_in, r_sigma, y, c = self.regression_batch(n)
             x_in, sigma_in = torch.cat([x_in, r_in]), torch.cat([sigma_in, r_sigma])
             cond = torch.cat([cond, c]) if cond is not None else None

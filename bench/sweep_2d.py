@@ -181,6 +181,10 @@ RUNS = {
     # regression); fdistill at its defaults (ode_init and ode_weight 0.25) on the presets not yet measured so
     "swiss-k4-odew1-last0.05": ("swissroll", 4, ["dmd2.ode_weight=1", "student.sigma_last=0.05"]),
     "swiss-k4-odew4": ("swissroll", 4, ["dmd2.ode_weight=4"]),
+    "8g-k4-odew1-last0.05": ("8gaussians", 4, ["dmd2.ode_weight=1", "student.sigma_last=0.05"]),
+    "25g-k4-odew1-last0.05": ("25gaussians", 4, ["dmd2.ode_weight=1", "student.sigma_last=0.05"]),
+    "moons-k4-odew1-last0.05": ("moons", 4, ["dmd2.ode_weight=1", "student.sigma_last=0.05"]),
+    "checker-k4-odew1-last0.05": ("checkerboard", 4, ["dmd2.ode_weight=1", "student.sigma_last=0.05"]),
     "8g-fdistill-def": ("8gaussians", 1, ["@method:fdistill"]),
     "moons-fdistill-def": ("moons", 1, ["@method:fdistill"]),
     "checker-fdistill-def": ("checkerboard", 1, ["@method:fdistill"]),

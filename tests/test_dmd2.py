@@ -187,7 +187,9 @@ def test_ode_init_must_be_a_share():
         Options(ode_pairs=0).validate()
 
 
-def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
+def test_vector_defaults_by_step_count(tmp_path):
+    """1 step: the ODE warm-up, regression weight 0.25; K > 1 (the `vector:K` defaults): no warm-up, weight 1,
+    last level 0.05; a user's --set beats either."""
     import json
 
     from distmatch.distill import run_distill
@@ -196,12 +198,18 @@ def test_ode_warmup_is_the_vector_default_for_1_step_students_only(tmp_path):
     quiet = ["train.progress=false", "train.iters=2", "train.batch_size=16", "dmd2.ode_pairs=32"]
     teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=2",
                                                                      "network.width=16", "network.depth=1"])
-    for steps, share in ((1, 0.25), (2, 0.0)):
+    for steps, share, weight, last in ((1, 0.25, 0.25, 0.15), (2, 0.0, 1.0, 0.05), (4, 0.0, 1.0, 0.05)):
         run = run_distill(teacher, tmp_path / f"s{steps}", steps=steps, overrides=quiet)
-        cfg = json.loads((run / "run.json").read_text())["config"]["dmd2"]
-        assert cfg["ode_init"] == share and cfg["ode_weight"] == 0.25  # the regression stays on for every K
-    run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5"])
-    assert json.loads((run / "run.json").read_text())["config"]["dmd2"]["ode_init"] == 0.5
+        stored = json.loads((run / "run.json").read_text())
+        cfg = stored["config"]["dmd2"]
+        assert cfg["ode_init"] == share and cfg["ode_weight"] == weight  # the regression stays on for every K
+        assert stored["config"]["student"]["sigma_last"] == last
+        if steps > 1:
+            assert stored["levels"][-1] == pytest.approx(last)
+    run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5",
+                                                                                "student.sigma_last=0.15"])
+    stored = json.loads((run / "run.json").read_text())
+    assert stored["config"]["dmd2"]["ode_init"] == 0.5 and stored["levels"][-1] == pytest.approx(0.15)
 
 
 @pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm"])

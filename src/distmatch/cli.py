@@ -53,7 +53,8 @@ def _distill_epilog() -> str:
     reference = {r[0]: r for r in rows("dmd2")}
     lines = ["methods and their options (--set KEY=VALUE), defaults for 1-step students on vectors [for images where",
              "different]; train.* and student.* are shown under dmd2 and, for other methods, where their defaults",
-             "differ; K-step students on vectors (--steps 2..4) start without the ODE warm-up (ode_init = 0):"]
+             "differ; K-step students on vectors (--steps 2..4) start without the ODE warm-up (ode_init = 0), and",
+             "dmd2's regress at ode_weight 1 down to student.sigma_last 0.05:"]
     for name, (_, text) in METHODS.items():
         lines.append(f"\n  {name}: {text}")
         for key, typ, dv, di in rows(name):

@@ -62,12 +62,13 @@ def config_class(name: str):
 
 
 def defaults_for(name: str, kind: str, steps: int = 1) -> dict:
-    """The defaults of a method for a data kind: the kind's, the method's for the kind (its DEFAULTS[kind]), and
-    the method's for K-step students of the kind (DEFAULTS[f"{kind}:{K}"])."""
+    """The defaults of a method for a data kind: the kind's, the method's for the kind (its DEFAULTS[kind]), the
+    method's for every few-step student of the kind (DEFAULTS[f"{kind}:K"], K > 1) and for K-step students of the
+    kind (DEFAULTS[f"{kind}:{K}"]), each over the ones before."""
     base = VECTOR_DEFAULTS if kind == "vector" else IMAGE_DEFAULTS
     own = getattr(method_module(name), "DEFAULTS", {})
     merged = {k: dict(v) for k, v in base.items()}
-    for extra in (own.get(kind, {}), own.get(f"{kind}:{steps}", {})):
+    for extra in (own.get(kind, {}), own.get(f"{kind}:K", {}) if steps > 1 else {}, own.get(f"{kind}:{steps}", {})):
         for section, values in extra.items():
             merged.setdefault(section, {}).update(values)
     return merged

@@ -26,8 +26,12 @@ from .pairs import OdePairs, check_ode_init
 # (25 Gaussians was 1.33x, the swiss roll 1.36x) and 1.20x on a user's 8-D mixture (2.15x); 4-step students
 # 1.00-1.10x on four presets (swiss roll 1.57x -> 1.22x; checkerboard 0.79x -> 1.06x) and 1.03x on the 8-D mixture
 # (1.74x) (bench/RESULTS.md, sixth round).
+# Few-step students (K > 1) on vectors regress at weight 1 (a step of a K-step student sees about 1/K of the
+# pairs) and end at the lower last level 0.05: 4-step SWD on the swiss roll 1.22x -> 1.07x, 25 Gaussians 1.08x ->
+# 0.89x, moons 1.10x -> 0.96x (bench/RESULTS.md, seventh round).
 DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4, "ode_weight": 0.25}},
-            "vector:1": {"dmd2": {"ode_init": 0.25}}}
+            "vector:1": {"dmd2": {"ode_init": 0.25}},
+            "vector:K": {"dmd2": {"ode_weight": 1.0}, "student": {"sigma_last": 0.05}}}
 
 
 @dataclass

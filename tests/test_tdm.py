@@ -1,4 +1,5 @@
 """TDM: each step's own noise-level interval, the student loss, a short run on the exact mixture, and resuming."""
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,6 +65,30 @@ def test_short_tdm_run_beats_the_teacher_at_four_steps(short_mixture_run):
     assert swd_student < 0.05 * swd_same, (swd_student, swd_same)
     assert swd_student < 2.5 * swd_teacher, (swd_student, swd_teacher)
     assert stats["off_mode"] < 0.25, stats
+
+
+def test_rollout_runs_each_row_only_as_far_as_it_is_read():
+    """A row that stops after step `last` costs no later passes, and every input and output it reads is the one
+    the whole roll-out gives with the same draws."""
+    calls = []
+
+    def gen(x, sigma, cond):
+        calls.append(len(x))
+        return torch.tanh(x) + 0.1 * sigma[:, None]
+
+    owner = SimpleNamespace(shape=(2,), sigmas=[80.0, 2.5, 0.9, 0.35], gen=gen,
+                            ctx=SimpleNamespace(device="cpu", autocast=contextlib.nullcontext))
+    torch.manual_seed(1)
+    full_in, full_out = TDM.rollout(owner, 64, None)
+    last = torch.arange(64) % 4
+    calls.clear()
+    torch.manual_seed(1)
+    inputs, outputs = TDM.rollout(owner, 64, None, last)
+    assert calls == [64, 48, 32, 16]
+    for k in range(4):
+        assert torch.allclose(outputs[k][last >= k], full_out[k][last >= k])
+        assert torch.allclose(inputs[k][last >= k - 1], full_in[k][last >= k - 1])
+    assert not torch.allclose(outputs[3], full_out[3])  # the rows that stopped earlier were not run
 
 
 def test_tdm_resumed_run_equals_uninterrupted(tmp_path):

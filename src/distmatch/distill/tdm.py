@@ -13,11 +13,12 @@ The authors' code draws t ~ U[max(20, t_{k+1}), t_k - 10] in SD's 1000 timesteps
 library's 1000-point Karras grid (the one DMD2's ranges index): s is uniform by grid index in
 [max(floor, i(σ_{k+1})), i(σ_k) - margin], with floor = 20 (σ ≈ 0.003) as DMD2's dm_range lower end.
 
-Per iteration: one no-grad roll-out of the whole batch through all K steps; the critic learns, with the
-min(SNR, 5)-weighted x̂_0 loss, each sample's detached output of one step (steps spread evenly over the batch) at
-a level in that step's interval; then the student runs one step per sample (drawn again) with gradients and is
-regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term via the guided real score) with a pseudo-Huber distance
-(per sample, losses.pseudo_huber; the demo applies it per element) divided by mean |x̂_0 - x̂_real|.
+Per iteration: one no-grad roll-out of the batch, each row only as far as the steps drawn for it need; the critic
+learns, with the min(SNR, 5)-weighted x̂_0 loss, each sample's detached output of one step (steps spread evenly
+over the batch) at a level in that step's interval; then the student runs one step per sample (drawn again) with
+gradients and is regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term via the guided real score) with a
+pseudo-Huber distance (per sample, losses.pseudo_huber; the demo applies it per element) divided by
+mean |x̂_0 - x̂_real|.
 
 The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (kept for images) the
 distance is |x̂_fake - x̂_real| wherever the gap exceeds c, so every sample is pushed by a unit direction over
@@ -133,13 +134,22 @@ class TDM(OdePairs, StudentCriticMethod):
         return self.grid.to(k.device)[idx]
 
     @torch.no_grad()
-    def rollout(self, n: int, cond) -> tuple[torch.Tensor, torch.Tensor]:
-        """The student's K-step chain: every step's input x_k (K, n, ...) and output x̂_0^k (K, n, ...)."""
+    def rollout(self, n: int, cond, last: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's K-step chain: every step's input x_k (K, n, ...) and output x̂_0^k (K, n, ...). With
+        `last` (n,), row i stops after step last[i]: its later inputs are then those of a chain that stopped there
+        and its later outputs zero, neither to be read."""
         x = torch.randn((n,) + self.shape, device=self.ctx.device) * self.sigmas[0]
         inputs, outputs = [], []
         with self.ctx.autocast():
             for k, sigma in enumerate(self.sigmas):
-                x0 = self.gen(x, full(x, sigma), cond).float()
+                live = None if last is None else (last >= k).nonzero().squeeze(1)
+                if live is None or len(live) == n:
+                    x0 = self.gen(x, full(x, sigma), cond).float()
+                else:
+                    x0 = torch.zeros_like(x, dtype=torch.float32)
+                    if len(live):
+                        x0[live] = self.gen(x[live], full(x[live], sigma), cond[live] if cond is not None else None
+                                            ).float()
                 inputs.append(x)
                 outputs.append(x0)
                 if k + 1 < len(self.sigmas):
@@ -148,13 +158,15 @@ class TDM(OdePairs, StudentCriticMethod):
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
         n, cond = self.batch_and_labels(batch)
-        inputs, outputs = self.rollout(n, cond)
         rows = torch.arange(n, device=self.ctx.device)
         k = rows % len(self.sigmas)  # every step equally represented in each batch
+        # the generator's rows draw their steps independently of the critic's (as the authors' code does), and
+        # each row of the roll-out runs only as far as either needs: 2.75 of 4 passes for 4 steps, not 4
+        k_gen = k[torch.randperm(n, device=self.ctx.device)] if it % self.opts.critic_ratio == 0 else None
+        inputs, outputs = self.rollout(n, cond, k if k_gen is None else torch.maximum(k, k_gen - 1))
         logs = self.critic_step(outputs[k, rows], k, cond)
-        if it % self.opts.critic_ratio == 0:
-            k = k[torch.randperm(n, device=self.ctx.device)]
-            logs.update(self.generator_step(inputs[k, rows], k, cond))
+        if k_gen is not None:
+            logs.update(self.generator_step(inputs[k_gen, rows], k_gen, cond))
         return logs
 
     def critic_step(self, x0: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:

@@ -3,6 +3,9 @@ feature network on scikit-learn digits, speed helpers, and the honest "no Incept
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from distmatch.eval import features as features_mod
 from distmatch.eval.features import FeatureNet, get_feature_net, random_shift, train_feature_net
 from distmatch.eval.images import (class_coverage, frechet_distance, image_metrics, inception_fid, kid, prdc,
                                    tf1_resize)
-from distmatch.eval.speed import measure_throughput, peak_memory_mb
+from distmatch.eval.speed import measure_throughput, peak_memory_mb, peak_rss_mb
 from distmatch.eval.vectors import energy_distance, mmd_rbf, mode_stats, sliced_wasserstein, vector_metrics
 from distmatch.teachers.gmm import GaussianMixture
 
@@ -283,3 +286,19 @@ def test_throughput_and_memory():
     assert out["samples_per_s"] > 0 and out["seconds_per_batch"] > 0
     assert out["batch"] == 32 and out["repeats"] == 3 and out["n"] == 128 and out["threads"] >= 1
     assert peak_memory_mb() > 0
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A small child of a large parent: Linux's ru_maxrss would give the parent's size (kept across exec), the
+    child's own peak is what compare reports."""
+    if peak_rss_mb() is None:
+        pytest.skip("this system has no /proc/<pid>/status")
+    ballast = torch.ones(400 * 2**20 // 4)  # 400 MiB written in this process
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    try:
+        time.sleep(0.7)
+        own = peak_rss_mb(child.pid)
+    finally:
+        child.wait()
+    assert own is not None and own < 100, own
+    assert peak_memory_mb() >= 400 and ballast.sum() > 0

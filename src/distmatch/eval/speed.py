@@ -50,9 +50,27 @@ def measure_throughput(sample_fn, n: int, batch: int, repeats: int = 3, warmup: 
     }
 
 
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """A live process's own peak resident set size in MiB (Linux's VmHWM), or None where /proc does not say.
+
+    Not getrusage's ru_maxrss: on Linux that starts from the RSS of the process that spawned it (the kernel keeps
+    the larger of the two across exec), so a small child of a large parent reports the parent's size."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_memory_mb() -> float:
     """Peak memory in MiB: CUDA allocator peak when CUDA is in use, else this process's peak resident set size."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
+    own = peak_rss_mb()
+    if own is not None:
+        return own
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux

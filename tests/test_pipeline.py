@@ -74,6 +74,7 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     students = [r for r in rows if r["kind"] == "student"]
     assert all(r["distill_s"] > 0 and r["peak_mb"] > 50 and r["nfe"] == r["steps"] for r in students)
     assert all(r["parallel_jobs"] == 2 for r in students)  # both distillations ran at once, each timed alone
+    assert not list(out.glob(".*.threads"))  # the thread budgets handed to the runs are cleaned up
     html = (out / "report.html").read_text()
     assert "dmd2 1-step" in html and html.count("data:image/png;base64,") >= 4
 

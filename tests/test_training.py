@@ -15,7 +15,7 @@ from distmatch import checkpoint as ckpt
 from distmatch.distill import run_distill
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
-from distmatch.training.trainer import read_checkpoint_iteration
+from distmatch.training.trainer import THREADS_FILE_ENV, follow_thread_budget, read_checkpoint_iteration
 
 TINY_NET = ["network.width=32", "network.depth=1", "network.fourier=8"]
 QUIET = ["train.progress=false"]
@@ -230,3 +230,21 @@ def test_ema_warmup_follows_early_weights_then_keeps_its_horizon():
     for n in range(20):  # without warm-up the average would still sit at 1 - 0.995**20 = 0.095
         ema_update(ema, net, ema_decay(0.995, n, True))
     assert ema.weight.item() > 0.9
+
+
+def test_a_run_takes_the_threads_its_launcher_hands_it(tmp_path, monkeypatch):
+    """compare hands a run the threads of runs that finished; a missing or garbled file changes nothing."""
+    before = torch.get_num_threads()
+    budget = tmp_path / "threads"
+    monkeypatch.setenv(THREADS_FILE_ENV, str(budget))
+    try:
+        follow_thread_budget()  # no file yet
+        assert torch.get_num_threads() == before
+        budget.write_text("not a number")
+        follow_thread_budget()
+        assert torch.get_num_threads() == before
+        budget.write_text(str(before + 1))
+        follow_thread_budget()
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

@@ -77,16 +77,19 @@ def expected_cost(method: str, k: int) -> float:
 
 def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int) -> list[dict]:
     """Each distillation in a child process, up to `jobs` at once (the threads this process may use, shared
-    evenly between them), the costliest first; returns each one's wall-clock and peak resident memory (its own,
-    read from /proc while it runs; None where /proc does not say), in the order given."""
+    evenly between them), the costliest first; once none is left to start, the runs still going share the threads
+    of those that finished (trainer.follow_thread_budget). Returns each one's wall-clock and peak resident memory
+    (its own, read from /proc while it runs; None where /proc does not say), in the order given."""
     import torch
 
     from ..eval.speed import peak_rss_mb
+    from ..training.trainer import THREADS_FILE_ENV
 
-    threads = max(1, min(os.cpu_count() or 1, torch.get_num_threads()) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    total = max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+    threads = max(1, total // jobs)
     pending = sorted(enumerate(jobs_list), key=lambda item: -expected_cost(item[1][1], item[1][2]))
     running, costs, peaks = {}, [None] * len(jobs_list), [None] * len(jobs_list)
+    budget_files = [out.with_name(f".{out.name}.threads") for out, *_ in jobs_list]
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -95,6 +98,9 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
                        str(out), "--method", method, "--steps", str(k)]
                 for item in overrides:
                     cmd += ["--set", item]
+                budget_files[i].parent.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_write_bytes(budget_files[i], str(threads).encode())
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), THREADS_FILE_ENV: str(budget_files[i])}
                 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
                 running[proc.pid] = (i, method, proc, time.perf_counter())
             pid, status, _ = os.wait4(-1, os.WNOHANG)
@@ -111,10 +117,15 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
                 raise UserError(f"distilling with {method} failed (exit {proc.returncode}); see the message above")
             costs[i] = {"distill_s": round(time.perf_counter() - t0, 1),
                         "peak_mb": round(peaks[i], 1) if peaks[i] else None, "parallel_jobs": jobs}
+            if not pending and running:  # a core fell idle with nothing left to start: the others may use it
+                for j, *_ in running.values():
+                    ckpt.atomic_write_bytes(budget_files[j], str(max(1, total // len(running))).encode())
     finally:
         for _, _, proc, _ in running.values():  # a failure or Ctrl-C: the others stop too (each can resume)
             proc.terminate()
             proc.wait()
+        for path in budget_files:
+            path.unlink(missing_ok=True)
     return costs
 
 

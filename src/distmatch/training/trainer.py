@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -204,6 +205,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
             logger.add(logs)
             bar.update(1)
             if it % cfg.log_every == 0 or it == cfg.iters:
+                follow_thread_budget()
                 rec = logger.flush(it, time.time() - t0)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
@@ -215,6 +217,23 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
     if stop.requested and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
                           "Re-run the same command to resume.")
+
+
+THREADS_FILE_ENV = "DISTMATCH_THREADS_FILE"
+
+
+def follow_thread_budget() -> None:
+    """A launcher running several runs side by side (`distmatch compare`) may hand a run more CPU threads once
+    others finish: the file named by $DISTMATCH_THREADS_FILE holds the number, read at every log step."""
+    path = os.environ.get(THREADS_FILE_ENV)
+    if not path:
+        return
+    try:
+        n = int(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    if n >= 1 and n != torch.get_num_threads():
+        torch.set_num_threads(n)
 
 
 def _check_finite(logs: dict, it: int, out: Path) -> None:

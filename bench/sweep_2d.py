@@ -195,6 +195,15 @@ RUNS = {
     "moons-dmd-r7": ("moons", 1, ["@method:dmd"]),
     "checker-dmd-r7": ("checkerboard", 1, ["@method:dmd"]),
     "swiss-dmd-r7": ("swissroll", 1, ["@method:dmd"]),
+    # eighth round: tdm's swiss roll (1.32x at c = 1 and ode_weight 0.25), with dmd2's K-step levers: the heavier
+    # regression, and the lower last level
+    "swiss-tdm-odew1": ("swissroll", 4, ["@method:tdm", "tdm.ode_weight=1"]),
+    "swiss-tdm-odew1-last0.1": ("swissroll", 4, ["@method:tdm", "tdm.ode_weight=1", "student.sigma_last=0.1"]),
+    # ode_weight 1 took the swiss roll from 1.32x to 1.12x (the lower last level hurt: 1.44x); the other presets
+    "8g-tdm-odew1": ("8gaussians", 4, ["@method:tdm", "tdm.ode_weight=1"]),
+    "25g-tdm-odew1": ("25gaussians", 4, ["@method:tdm", "tdm.ode_weight=1"]),
+    "moons-tdm-odew1": ("moons", 4, ["@method:tdm", "tdm.ode_weight=1"]),
+    "checker-tdm-odew1": ("checkerboard", 4, ["@method:tdm", "tdm.ode_weight=1"]),
 }
 MILESTONES = [2500, 5000, 10000, 20000, 40000, 80000]
 

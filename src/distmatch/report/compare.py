@@ -65,9 +65,9 @@ def default_jobs(n_methods: int) -> int:
     return 1 if torch.cuda.is_available() else max(1, min(n_methods, os.cpu_count() or 1))
 
 
-# The relative cost of one iteration at compare's settings (8 Gaussians, batch 1024, two runs at once: dmd2 and dmd
-# 180 s, fdistill 258 s, tdm 4-step 470 s for 2000 iterations), times 1 + (K-1)/4 for a K-step student; used only
-# to start the longest runs first, so the last to finish is a short one.
+# The relative cost of one iteration at compare's settings (8 Gaussians, batch 1024, two runs at once, one thread
+# each, 2000 iterations: dmd2 and dmd 180 s, fdistill 256 s, tdm 4-step 419 s), times 1 + (K-1)/4 for a K-step
+# student; used only to start the longest runs first, so the last to finish is a short one.
 RELATIVE_COST = {"dmd2": 1.0, "dmd": 1.0, "msd": 1.0, "fdistill": 1.4, "tdm": 1.4}
 
 

@@ -51,10 +51,12 @@ def _distill_epilog() -> str:
         return [(key, typ, dv, di) for (key, typ, dv), (_, _, di) in zip(vec, img)]
 
     reference = {r[0]: r for r in rows("dmd2")}
+    few_step = defaults_for("dmd2", "vector", steps=2)  # what a K > 1 student changes, read from the defaults
     lines = ["methods and their options (--set KEY=VALUE), defaults for 1-step students on vectors [for images where",
              "different]; train.* and student.* are shown under dmd2 and, for other methods, where their defaults",
              "differ; K-step students on vectors (--steps 2..4) start without the ODE warm-up (ode_init = 0), and",
-             "dmd2's regress at ode_weight 1 down to student.sigma_last 0.05:"]
+             f"dmd2's regress at ode_weight {few_step['dmd2']['ode_weight']:g} down to student.sigma_last "
+             f"{few_step['student']['sigma_last']:g}:"]
     for name, (_, text) in METHODS.items():
         lines.append(f"\n  {name}: {text}")
         for key, typ, dv, di in rows(name):

@@ -187,9 +187,10 @@ def test_ode_init_must_be_a_share():
         Options(ode_pairs=0).validate()
 
 
-def test_vector_defaults_by_step_count(tmp_path):
-    """1 step: the ODE warm-up, regression weight 0.25; K > 1 (the `vector:K` defaults): no warm-up, weight 1,
-    last level 0.05; a user's --set beats either."""
+def test_published_defaults_hold_no_regression_and_the_recipe_adds_it(tmp_path):
+    """`--method dmd2` on vectors is DMD2 as published (GAN on, no regression, no warm-up, one critic) for every K;
+    `--recipe dmd2+ode` lays its levers over it by step count (warm-up for 1 step; weight 1, last level 0.05 and
+    per-step critics for K > 1), and a user's --set beats either."""
     import json
 
     from distmatch.distill import run_distill
@@ -198,18 +199,35 @@ def test_vector_defaults_by_step_count(tmp_path):
     quiet = ["train.progress=false", "train.iters=2", "train.batch_size=16", "dmd2.ode_pairs=32"]
     teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=2",
                                                                      "network.width=16", "network.depth=1"])
-    for steps, share, weight, last in ((1, 0.25, 0.25, 0.15), (2, 0.0, 1.0, 0.05), (4, 0.0, 1.0, 0.05)):
-        run = run_distill(teacher, tmp_path / f"s{steps}", steps=steps, overrides=quiet)
-        stored = json.loads((run / "run.json").read_text())
-        cfg = stored["config"]["dmd2"]
-        assert cfg["ode_init"] == share and cfg["ode_weight"] == weight  # the regression stays on for every K
-        assert stored["config"]["student"]["sigma_last"] == last
-        if steps > 1:
-            assert stored["levels"][-1] == pytest.approx(last)
-    run = run_distill(teacher, tmp_path / "s2-set", steps=2, overrides=quiet + ["dmd2.ode_init=0.5",
-                                                                                "student.sigma_last=0.15"])
-    stored = json.loads((run / "run.json").read_text())
-    assert stored["config"]["dmd2"]["ode_init"] == 0.5 and stored["levels"][-1] == pytest.approx(0.15)
+
+    def stored(run):
+        return json.loads((run / "run.json").read_text())
+
+    for steps in (1, 4):
+        cfg = stored(run_distill(teacher, tmp_path / f"p{steps}", steps=steps, overrides=quiet))["config"]
+        assert cfg["dmd2"]["ode_init"] == 0 and cfg["dmd2"]["ode_weight"] == 0 and cfg["dmd2"]["gan"]
+        assert not cfg["student"]["critic_per_step"] and cfg["student"]["sigma_last"] == 0.15
+    for steps, share, weight, last, per_step in ((1, 0.25, 0.25, 0.15, False), (2, 0.0, 1.0, 0.05, True),
+                                                 (4, 0.0, 1.0, 0.05, True)):
+        run = stored(run_distill(teacher, tmp_path / f"r{steps}", steps=steps, overrides=quiet, recipe="dmd2+ode"))
+        cfg = run["config"]
+        assert run["recipe"] == "dmd2+ode" and run["method"] == "dmd2"
+        assert cfg["dmd2"]["ode_init"] == share and cfg["dmd2"]["ode_weight"] == weight and not cfg["dmd2"]["gan"]
+        assert cfg["student"]["sigma_last"] == last and cfg["student"]["critic_per_step"] == per_step
+    run = stored(run_distill(teacher, tmp_path / "r2-set", steps=2, recipe="dmd2+ode",
+                             overrides=quiet + ["dmd2.ode_init=0.5", "student.sigma_last=0.15"]))
+    assert run["config"]["dmd2"]["ode_init"] == 0.5 and run["levels"][-1] == pytest.approx(0.15)
+    with pytest.raises(UserError, match="recipe 'tdm\\+ode' is a recipe of tdm, not of dmd2"):
+        run_distill(teacher, tmp_path / "bad", method="dmd2", recipe="tdm+ode", overrides=quiet)
+    with pytest.raises(UserError, match="unknown recipe"):
+        run_distill(teacher, tmp_path / "bad", recipe="dmd2+magic", overrides=quiet)
+
+
+def test_a_vector_recipe_is_refused_on_images():
+    from distmatch.distill import defaults_for
+
+    with pytest.raises(UserError, match="recipe 'dmd2\\+ode' is defined for vector data only"):
+        defaults_for("dmd2", "image", 1, "dmd2+ode")
 
 
 @pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm"])

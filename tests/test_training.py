@@ -105,7 +105,7 @@ def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, t
                     overrides=distill_args(["train.iters=6", "student.sigma_last=0.5"]))
     with pytest.raises(UserError, match="different settings.*k_step.critic_per_step"):
         run_distill(tiny_teacher, tmp_path / "two", steps=2,
-                    overrides=distill_args(["train.iters=6", "student.critic_per_step=false"]))
+                    overrides=distill_args(["train.iters=6", "student.critic_per_step=true"]))
 
 
 def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):

@@ -40,9 +40,11 @@ def _config_args(p):
 
 
 def _distill_epilog() -> str:
-    """Every method's options with their defaults (for vector data / for images where they differ)."""
+    """Every method's options with their defaults (for vector data / for images where they differ), then the
+    recipes with what they add."""
     from .config import describe_fields, resolve
     from .distill import METHODS, config_class, defaults_for
+    from .distill.recipes import RECIPES
 
     def rows(name):
         cls = config_class(name)
@@ -51,18 +53,18 @@ def _distill_epilog() -> str:
         return [(key, typ, dv, di) for (key, typ, dv), (_, _, di) in zip(vec, img)]
 
     reference = {r[0]: r for r in rows("dmd2")}
-    few_step = defaults_for("dmd2", "vector", steps=2)  # what a K > 1 student changes, read from the defaults
-    lines = ["methods and their options (--set KEY=VALUE), defaults for 1-step students on vectors [for images where",
-             "different]; train.* and student.* are shown under dmd2 and, for other methods, where their defaults",
-             "differ; K-step students on vectors (--steps 2..4) start without the ODE warm-up (ode_init = 0), and",
-             f"dmd2's regress at ode_weight {few_step['dmd2']['ode_weight']:g} down to student.sigma_last "
-             f"{few_step['student']['sigma_last']:g}:"]
+    lines = ["methods, each run as published, and their options (--set KEY=VALUE), defaults for 1-step students on",
+             "vectors [for images where different]; train.* and student.* are shown under dmd2 and, for other",
+             "methods, where their defaults differ:"]
     for name, (_, text) in METHODS.items():
         lines.append(f"\n  {name}: {text}")
         for key, typ, dv, di in rows(name):
             if name != "dmd2" and not key.startswith(name + ".") and reference.get(key) == (key, typ, dv, di):
                 continue
             lines.append(f"    {key} = {dv}" + (f" [{di}]" if di != dv else "") + f"  ({typ})")
+    lines.append("\nrecipes (--recipe NAME: a method plus levers measured to help it; bench/RESULTS.md has the figures):")
+    for name, recipe in RECIPES.items():
+        lines.append(f"  {name} ({', '.join(recipe.kinds())} data): {recipe.about}")
     return "\n".join(lines)
 
 
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="a teacher run folder")
     p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
-    p.add_argument("--method", default="dmd2", help="dmd2 (default), dmd, fdistill, tdm, msd")
+    p.add_argument("--method", default=None, help="dmd2 (default), dmd, fdistill, tdm, msd: each as published")
+    p.add_argument("--recipe", default=None, help="a named recipe (a method plus measured levers; listed below)")
     p.add_argument("--steps", type=_positive_int, default=None, help="the student's sampling steps K (default 1)")
     p.add_argument("--data", default=None, help="training data (default: the teacher's)")
     _config_args(p)

@@ -23,7 +23,8 @@ def teacher(args) -> int:
 def distill(args) -> int:
     from .distill import run_distill
 
-    out = run_distill(args.teacher, args.out, args.method, args.steps, args.config, args.overrides, args.data)
+    out = run_distill(args.teacher, args.out, args.method, args.steps, args.config, args.overrides, args.data,
+                      recipe=args.recipe)
     print(f"student ready in {out}")
     return 0
 

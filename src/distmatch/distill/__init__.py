@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..models import LoadedModel, load_model
 from ..training.trainer import TrainConfig, train
 from .common import StudentConfig, student_network_config
+from .recipes import get_recipe, recipe_settings
 
 # name -> (module, one-line description)
 METHODS = {
@@ -27,20 +28,11 @@ METHODS = {
     "msd": ("msd", "several students, each owning a partition of the classes, behind a router"),
 }
 
-# Vector defaults from bench/sweep_2d.py (bench/RESULTS.md): batch 1024 gave the best students per iteration,
-# EMA 0.999 lagged far behind 0.99, beta1 0 beat 0.9 up to 5000 iterations. lr 2e-4 for student and critic
-# (3e-4 was worse on 25 Gaussians; a faster student alone was worse on 8 Gaussians): 1-step SWD at 4000 iterations
-# on the swiss roll 0.0358 -> 0.0208 and on a user's 8-D mixture -20%; on 8 Gaussians within seed noise,
-# checkerboard and 25 Gaussians slightly worse. A modest net gain, one seed per figure (bench/RESULTS.md).
-# K-step students on vectors re-noise between steps at low levels (geometric 2.0 -> 0.15: K=4 gives 80, 0.84, 0.36,
-# 0.15): on 8 Gaussians the 4-step SWD fell from 0.0251 (levels 2.58/0.95/0.35) to 0.0161, on moons from 0.104 to
-# 0.049; and they keep one critic per step: 4-step SWD on moons 0.047 -> 0.020, on 25 Gaussians 0.093 (28% of the
-# modes lost) -> 0.022 (all modes), on 8 Gaussians 0.0166 -> 0.0186 (bench/RESULTS.md). Images keep DMD2's higher
-# levels and one critic (digits: 4-step FD 0.89x the teacher's; K critics would cost K U-Nets of memory).
+# Training settings per kind of data (bench/RESULTS.md, "How the vector defaults were chosen"): every method runs as
+# published; these choose batch, rate, EMA and a K-step student's noise levels, not the losses.
 VECTOR_DEFAULTS = {"train": {"iters": 4000, "batch_size": 1024, "lr": 2e-4, "betas": [0.0, 0.999], "ema": 0.99,
                              "ckpt_every": 500},
-                   "student": {"sigma_top": 2.0, "sigma_last": 0.15, "critic_per_step": True}}
-# Image defaults checked on digits (bench/RESULTS.md): 2000 iterations at lr 1e-4 reach ~1.05x the teacher's FD.
+                   "student": {"sigma_top": 2.0, "sigma_last": 0.15}}
 IMAGE_DEFAULTS = {"train": {"iters": 2000, "batch_size": 64, "lr": 1e-4, "betas": [0.9, 0.999], "ema": 0.99,
                             "ckpt_every": 500}}
 
@@ -61,17 +53,30 @@ def config_class(name: str):
     ])
 
 
-def defaults_for(name: str, kind: str, steps: int = 1) -> dict:
+def defaults_for(name: str, kind: str, steps: int = 1, recipe: str | None = None) -> dict:
     """The defaults of a method for a data kind: the kind's, the method's for the kind (its DEFAULTS[kind]), the
     method's for every few-step student of the kind (DEFAULTS[f"{kind}:K"], K > 1) and for K-step students of the
-    kind (DEFAULTS[f"{kind}:{K}"]), each over the ones before."""
+    kind (DEFAULTS[f"{kind}:{K}"]), each over the ones before; then a recipe's settings, in the same order."""
     base = VECTOR_DEFAULTS if kind == "vector" else IMAGE_DEFAULTS
     own = getattr(method_module(name), "DEFAULTS", {})
+    layers = [own.get(kind, {}), own.get(f"{kind}:K", {}) if steps > 1 else {}, own.get(f"{kind}:{steps}", {})]
+    if recipe is not None:
+        layers += recipe_settings(recipe, kind, steps)
     merged = {k: dict(v) for k, v in base.items()}
-    for extra in (own.get(kind, {}), own.get(f"{kind}:K", {}) if steps > 1 else {}, own.get(f"{kind}:{steps}", {})):
+    for extra in layers:
         for section, values in extra.items():
             merged.setdefault(section, {}).update(values)
     return merged
+
+
+def method_and_recipe(method: str | None, recipe: str | None) -> tuple[str, str | None]:
+    """--method and --recipe together: a recipe names its method; a different --method beside it is refused."""
+    if recipe is None:
+        return method or "dmd2", None
+    own = get_recipe(recipe).method
+    if method is not None and method != own:
+        raise UserError(f"recipe '{recipe}' is a recipe of {own}, not of {method}; drop --method or pick another")
+    return own, recipe
 
 
 def load_teacher(teacher_dir: str | Path) -> LoadedModel:
@@ -98,10 +103,11 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
-def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", steps: int | None = None,
+def run_distill(teacher_dir: str | Path, out: str | Path, method: str | None = None, steps: int | None = None,
                 config_file: str | None = None, overrides: list[str] | None = None,
-                data_source: str | None = None) -> Path:
+                data_source: str | None = None, recipe: str | None = None) -> Path:
     out = Path(out)
+    method, recipe = method_and_recipe(method, recipe)
     module = method_module(method)
     teacher = load_teacher(teacher_dir)
     overrides = list(overrides or [])
@@ -109,10 +115,10 @@ def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", 
         overrides.append(f"student.steps={steps}")
     cls, kind = config_class(method), teacher.spec.kind
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
-    cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps))
+    cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg))
     sigmas = cfg.student.resolved_sigmas()
-    run_config = {"command": "distill", "method": method, "teacher": str(Path(teacher_dir).resolve()),
+    run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": str(Path(teacher_dir).resolve()),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}
@@ -120,7 +126,7 @@ def run_distill(teacher_dir: str | Path, out: str | Path, method: str = "dmd2", 
                    f"distilling ({method}, {len(sigmas)}-step)")
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()
-        model_cfg = {"kind": "student", "method": method, "spec": teacher.spec.to_dict(),
+        model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": teacher.spec.to_dict(),
                      "network": student_network_config(teacher.config["network"], cfg.student),
                      "num_classes": teacher.num_classes,
                      "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),

@@ -25,12 +25,9 @@ from .common import StudentCriticMethod, check_dm_range
 from .losses import dm_loss
 from .pairs import OdePairs, check_ode_init
 
-# Vectors take the two levers measured on dmd2 (bench/RESULTS.md, third and fifth rounds): four noise draws per
-# sample for the DM gradient and, for 1-step students, a first quarter of regression alone on the pairs. At the
-# paper's setting (one draw, no warm-up, 4096 pairs) the 1-step student on 25 Gaussians was at 1.85x the teacher's
-# SWD with 20% of its samples between the modes (seventh round).
+# Vectors average four noise draws per sample in the DM gradient (the same expected gradient, less variance) and
+# use more pairs, as a 2-D teacher's ODE is cheap to solve.
 DEFAULTS = {"vector": {"dmd": {"dm_draws": 4, "pairs": 16384}},
-            "vector:1": {"dmd": {"ode_init": 0.25}},
             "image": {"dmd": {"pairs": 1024}}}
 
 
@@ -45,7 +42,7 @@ class Options:
     regression_weight: float = 1.0     # λ_reg (the paper's 0.25 is for LPIPS); see regression_loss for the choice
     dm_draws: int = 1                  # noise draws per student sample for the DM gradient, averaged (vectors: 4)
     ode_init: float = 0.0              # share of the iterations at the start spent on the regression alone
-                                       # (vectors, 1 step: 0.25); 0 = off
+                                       # (recipe dmd+warmup); 0 = off
 
     def validate(self):
         if self.critic_ratio < 1:

@@ -15,23 +15,9 @@ from .losses import dm_loss, gan_generator_loss
 from .pairs import OdePairs, check_ode_init
 
 
-# In 2-D/low-D the GAN made students worse and halved iterations/s (bench/RESULTS.md): off for vectors by default.
-# Four noise draws per sample for the DM gradient: 1-step SWD 8-25% lower on mixtures, the swiss roll and the
-# checkerboard (14-20% higher on moons) for ~25% more time, a better use of it than more iterations
-# (bench/RESULTS.md, third round).
-# 1-step students spend the first quarter of the iterations regressing on the teacher's ODE pairs (4-step students
-# gained on the mixtures and lost elsewhere, so they start from the teacher as before; fifth round), and every
-# student keeps that regression at weight 0.25 beside the DM loss afterwards (each step of a K-step student from the
-# ODE's state at its own level): 1-step SWD as a multiple of the teacher's 1.00-1.10x on the five 2-D presets
-# (25 Gaussians was 1.33x, the swiss roll 1.36x) and 1.20x on a user's 8-D mixture (2.15x); 4-step students
-# 1.00-1.10x on four presets (swiss roll 1.57x -> 1.22x; checkerboard 0.79x -> 1.06x) and 1.03x on the 8-D mixture
-# (1.74x) (bench/RESULTS.md, sixth round).
-# Few-step students (K > 1) on vectors regress at weight 1 (a step of a K-step student sees about 1/K of the
-# pairs) and end at the lower last level 0.05: 4-step SWD on the swiss roll 1.22x -> 1.07x, 25 Gaussians 1.08x ->
-# 0.89x, moons 1.10x -> 0.96x (bench/RESULTS.md, seventh round).
-DEFAULTS = {"vector": {"dmd2": {"gan": False, "dm_draws": 4, "ode_weight": 0.25}},
-            "vector:1": {"dmd2": {"ode_init": 0.25}},
-            "vector:K": {"dmd2": {"ode_weight": 1.0}, "student": {"sigma_last": 0.05}}}
+# DMD2 as published on every kind of data: DM gradient, two time-scale critic, GAN on real data, no regression.
+# Vectors average four noise draws per sample in the DM gradient: the same expected gradient with less variance.
+DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}}
 
 
 @dataclass
@@ -50,11 +36,11 @@ class Options:
                                        # (3e-3 there); true: one weight serves 2-D points and images of any size
     ode_init: float = 0.0              # share of the iterations at the start in which the student only
                                        # regresses on the teacher's ODE noise->sample pairs, as DMD2's
-                                       # 1-step SDXL start (vectors: 0.25); 0 = off
+                                       # 1-step SDXL start (recipe dmd2+ode); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init / ode_weight, made once and cached in the run folder
     ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
-                                       # weight beside the DM loss, as dmd's regression_weight (vectors: 0.25);
-                                       # 0 = off
+                                       # weight beside the DM loss, as dmd's regression_weight (not DMD2: recipe
+                                       # dmd2+ode); 0 = off
 
     def validate(self):
         if self.critic_ratio < 1:

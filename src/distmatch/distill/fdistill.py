@@ -23,11 +23,6 @@ from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
 from .losses import F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss
 from .pairs import OdePairs, check_ode_init
 
-# 1-step students on vectors start with dmd2's ODE warm-up: 8 Gaussians at 4000 iterations 2.76x -> 1.13x the
-# teacher's SWD (bench/RESULTS.md, fifth round); and on vectors the regression stays on beside the f-weighted DM
-# loss, as dmd2's: 25 Gaussians 2.19x -> 1.09x (sixth round).
-DEFAULTS = {"vector": {"fdistill": {"ode_weight": 0.25}}, "vector:1": {"fdistill": {"ode_init": 0.25}}}
-
 
 @dataclass
 class Options:
@@ -44,11 +39,11 @@ class Options:
     bins: int = 10                     # noise-level bins of r's running mean
     bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)
     ode_init: float = 0.0              # share of the iterations spent first regressing the student on the
-                                       # teacher's ODE pairs, as dmd2.ode_init (1-step students on vectors:
-                                       # 0.25); 0 = off
+                                       # teacher's ODE pairs, as dmd2.ode_init (recipe fdistill+ode); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
     ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
-                                       # weight beside the DM loss, as dmd2.ode_weight (vectors: 0.25); 0 = off
+                                       # weight beside the DM loss, as dmd2.ode_weight (recipe fdistill+ode);
+                                       # 0 = off
 
     def validate(self):
         if self.divergence not in F_DIVERGENCES:

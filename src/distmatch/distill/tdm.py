@@ -20,13 +20,10 @@ gradients and is regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term vi
 pseudo-Huber distance (per sample, losses.pseudo_huber; the demo applies it per element) divided by
 mean |x̂_0 - x̂_real|.
 
-The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (kept for images) the
-distance is |x̂_fake - x̂_real| wherever the gap exceeds c, so every sample is pushed by a unit direction over
-mean |x̂_0 - x̂_real|, however small its real-fake gap: on 2-D data, where the critic's error is a large part of that
-gap, noise moves the student as hard as signal does, and a regression beside it is drowned (25 Gaussians, 4 steps:
-5.6x the teacher's SWD, a third of the modes lost, with ode_weight 0.25). Vectors use c = 1: quadratic below a
-data unit, the gradient is (x̂_fake - x̂_real) / mean |x̂_0 - x̂_real| as in DMD, and the same run reaches 1.27x at
-half the iterations (bench/RESULTS.md, seventh round).
+The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (the default) the distance
+is |x̂_fake - x̂_real| wherever the gap exceeds c, so every sample gets a push of unit size over
+mean |x̂_0 - x̂_real| however small its real-fake gap; c = 1 (recipe tdm+ode) makes it quadratic below one data unit,
+DMD's push.
 """
 from __future__ import annotations
 
@@ -42,16 +39,9 @@ from .losses import critic_loss, pseudo_huber
 from .pairs import OdePairs, check_ode_init, regression_loss
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
-# Vectors keep the rate TDM was measured at (the 2e-4 of the other vector methods was tuned on DMD2 only).
-_VECTOR_TRAIN = {**_TRAIN, "lr": 1e-4}
-# TDM was measured with the higher levels on vectors too (25 Gaussians 4-step at 4000 iterations: 1.33x at dmd2's
-# lower levels and lr 2e-4, against 1.20x), so it keeps them. Its critic is weighted per step interval
-# already (one critic, `critic_per_step` does not apply). Vectors: the quadratic-below-one pseudo-Huber (c = 1, see
-# above) with the ODE regression beside it at weight 1, as dmd2's K-step students (4-step, 4000 iterations: swiss
-# roll 1.32x at 0.25, 1.12x at 1; a last level of 0.1 instead of 0.35 made it 1.44x).
-DEFAULTS = {"vector": {"train": _VECTOR_TRAIN,
-                       "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "critic_per_step": False},
-                       "tdm": {"huber_c": 1.0, "ode_weight": 1.0}},
+# TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
+DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
+                       "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35}},
             "image": {"train": _TRAIN, "student": {"steps": 4}}}
 
 
@@ -60,12 +50,13 @@ class Options:
     critic_ratio: int = 1              # critic updates per student update (TDM: 1:1)
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
-    huber_c: float = 1e-3              # pseudo-Huber constant of the student's loss (vectors: 1, see above)
+    huber_c: float = 1e-3              # pseudo-Huber constant of the student's loss (the authors'; recipe
+                                       # tdm+ode: 1)
     floor: float = 0.02                # lowest level of the last step's interval, as a fraction of the Karras grid
     margin: int = 10                   # Karras-grid indices kept free just below each step's own level σ_k
     ode_weight: float = 0.0            # beside TDM's loss, regress every step on the teacher's ODE trajectory
-                                       # (step k from the ODE's state at σ_k to its end, pairs.py); vectors:
-                                       # 1; 0 = off
+                                       # (step k from the ODE's state at σ_k to its end, pairs.py; recipe
+                                       # tdm+ode: 1); 0 = off
     ode_pairs: int = 16384             # pairs for ode_weight, made once and cached in the run folder
 
     def validate(self):

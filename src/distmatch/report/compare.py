@@ -23,15 +23,17 @@ DEFAULT_STEPS = {"tdm": 4}
 
 
 def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
+    """(name, K) per entry of --methods; a name is a method (run as published) or a recipe."""
     from ..distill import METHODS
+    from ..distill.recipes import RECIPES
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS and m not in RECIPES]
     if not names or unknown:
-        raise UserError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r} "
-                        f"(choose from {', '.join(METHODS)})")
+        raise UserError(f"--methods: unknown method or recipe {unknown[0] if unknown else '(none given)'!r} "
+                        f"(methods: {', '.join(METHODS)}; recipes: {', '.join(RECIPES)})")
     if steps is None:
-        return [(m, DEFAULT_STEPS.get(m, 1)) for m in names]
+        return [(m, DEFAULT_STEPS.get(method_of(m), 1)) for m in names]
     ks = [s.strip() for s in steps.split(",")]
     if len(ks) == 1:
         ks = ks * len(names)
@@ -40,15 +42,25 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
     return list(zip(names, map(int, ks)))
 
 
+def method_of(name: str) -> str:
+    """The method a --methods entry runs: itself, or the method of a recipe."""
+    from ..distill.recipes import RECIPES
+
+    return RECIPES[name].method if name in RECIPES else name
+
+
 def route_overrides(overrides: list[str], methods: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """teacher.KEY -> the teacher; METHOD.KEY -> that method only; train.* / student.* -> every method."""
+    """teacher.KEY -> the teacher; METHOD.KEY -> that method's entries (recipes of it too); train.* / student.* ->
+    every entry."""
     teacher, per_method = [], {m: [] for m in methods}
     for item in overrides:
         head, _, rest = item.partition(".")
         if head == "teacher" and rest:
             teacher.append(rest)
-        elif head in per_method:
-            per_method[head].append(item)
+        elif head in map(method_of, per_method):
+            for m in per_method:
+                if method_of(m) == head:
+                    per_method[m].append(item)
         elif head in ("train", "student"):
             for m in per_method:
                 per_method[m].append(item)
@@ -87,15 +99,16 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
 
     total = max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
     threads = max(1, total // jobs)
-    pending = sorted(enumerate(jobs_list), key=lambda item: -expected_cost(item[1][1], item[1][2]))
+    pending = sorted(enumerate(jobs_list), key=lambda item: -expected_cost(method_of(item[1][1]), item[1][2]))
     running, costs, peaks = {}, [None] * len(jobs_list), [None] * len(jobs_list)
     budget_files = [out.with_name(f".{out.name}.threads") for out, *_ in jobs_list]
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 i, (out, method, k, overrides) = pending.pop(0)
+                which = ["--recipe" if method != method_of(method) else "--method", method]
                 cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(teacher_dir), "--out",
-                       str(out), "--method", method, "--steps", str(k)]
+                       str(out), *which, "--steps", str(k)]
                 for item in overrides:
                     cmd += ["--set", item]
                 budget_files[i].parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +156,7 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     teacher_dir = train_teacher(data, out / "teacher", None, t_over)
     teacher = load_model(teacher_dir)
     teacher_s = round(time.perf_counter() - t0, 1)
-    if any(m == "msd" for m, _ in plan) and not teacher.num_classes:
+    if any(method_of(m) == "msd" for m, _ in plan) and not teacher.num_classes:
         raise UserError("msd needs class labels; compare it on labelled data (e.g. 8gaussians-labeled, digits)")
     kind = teacher.spec.kind
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)

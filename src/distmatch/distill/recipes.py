@@ -1,0 +1,65 @@
+"""Named recipes: a published method plus levers measured to help it on some kind of data.
+
+`--method NAME` always runs the method as published; `--recipe NAME` runs the method a recipe names with the
+recipe's settings laid over the method's defaults (a user's --config and --set still win). Settings are keyed like
+a method's DEFAULTS: by kind of data ("vector", "image"), for every K > 1 ("vector:K") and for one K ("vector:1").
+A recipe that has no settings for a kind of data is refused there rather than silently run as the plain method.
+The measured effect of each recipe is in bench/RESULTS.md ("Published methods and recipes").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: str
+    about: str           # what it adds to the method, one line
+    settings: dict       # {kind or kind:K: {section: {key: value}}}
+
+    def kinds(self) -> list[str]:
+        return sorted({k.split(":")[0] for k in self.settings})
+
+
+# The regression on the teacher's ODE noise->sample pairs beside the DM loss (DMD's, dropped by DMD2), with the
+# 1-step ODE warm-up DMD2 used for its 1-step SDXL student, and one critic per step of a K-step student.
+_PER_STEP_CRITICS = {"student": {"critic_per_step": True}}
+
+RECIPES = {
+    "dmd2+ode": Recipe(
+        "dmd2", "dmd2 without GAN, plus the ODE regression (weight 0.25; 1 and last level 0.05 for K > 1), the 1-step "
+        "ODE warm-up (first 25%) and one critic per step",
+        {"vector": {"dmd2": {"gan": False, "ode_weight": 0.25}},
+         "vector:1": {"dmd2": {"ode_init": 0.25}},
+         "vector:K": {"dmd2": {"ode_weight": 1.0}, "student": {"critic_per_step": True, "sigma_last": 0.05}}}),
+    "dmd+warmup": Recipe(
+        "dmd", "dmd plus the 1-step ODE warm-up (first 25%) and one critic per step",
+        {"vector:1": {"dmd": {"ode_init": 0.25}}, "vector:K": _PER_STEP_CRITICS}),
+    "fdistill+ode": Recipe(
+        "fdistill", "fdistill plus the ODE regression (weight 0.25), the 1-step ODE warm-up (first 25%) and one "
+        "critic per step",
+        {"vector": {"fdistill": {"ode_weight": 0.25}},
+         "vector:1": {"fdistill": {"ode_init": 0.25}},
+         "vector:K": _PER_STEP_CRITICS}),
+    "tdm+ode": Recipe(
+        "tdm", "tdm with pseudo-Huber c = 1 (DMD's push below one data unit) plus the ODE regression at weight 1",
+        {"vector": {"tdm": {"huber_c": 1.0, "ode_weight": 1.0}}}),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}' (choose one of {', '.join(RECIPES)})")
+    return RECIPES[name]
+
+
+def recipe_settings(name: str, kind: str, steps: int) -> list[dict]:
+    """The recipe's settings that apply to a K-step student on this kind of data, in the order they are laid."""
+    recipe = get_recipe(name)
+    if kind not in recipe.kinds():
+        raise UserError(f"recipe '{name}' is defined for {' and '.join(recipe.kinds())} data only (it was measured "
+                        f"there); use --method {recipe.method} for {kind} data")
+    s = recipe.settings
+    return [s.get(kind, {}), s.get(f"{kind}:K", {}) if steps > 1 else {}, s.get(f"{kind}:{steps}", {})]

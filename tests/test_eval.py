@@ -89,7 +89,7 @@ def test_mode_stats_on_ring():
     assert origin["off_mode"] > 0.99 and origin["modes_covered"] == 0.0
 
 
-def test_vector_metrics_keys():
+def test_vector_metrics_keys_and_values():
     mix = ring()
     x, _ = mix.sample(500, gen(9))
     ref, _ = mix.sample(600, gen(10))
@@ -97,6 +97,10 @@ def test_vector_metrics_keys():
     assert set(out) == {"swd", "mmd", "energy", "modes_covered", "off_mode"}
     assert all(isinstance(v, float) for v in out.values())
     assert set(vector_metrics(x, ref)) == {"swd", "mmd", "energy"}
+    # the ring shrunk to half its radius: every point 10 std off its mode; every distance must grow
+    bad = vector_metrics(x * 0.5, ref, mix)
+    assert 0 <= out["swd"] < 0.5 * bad["swd"] and out["mmd"] < bad["mmd"] and out["energy"] < bad["energy"]
+    assert out["modes_covered"] == 1.0 and out["off_mode"] < 0.05 and bad["off_mode"] > 0.95
 
 
 # ------------------------------------------------------------------------------------------ image metrics
@@ -145,7 +149,7 @@ def test_prdc_values_and_reference_implementation():
     collapsed = centres[torch.arange(800) % 3] + 0.01 * torch.randn(800, 8, generator=gen(14))
     bad = prdc(real, collapsed)
     assert bad["recall"] < 0.05 and bad["coverage"] < 0.1
-    ref = pytest.importorskip("prdc")
+    import prdc as ref  # the reference implementation (Naeem et al.), in the `test` extra: must not be skipped
     fake = torch.randn(600, 8, generator=gen(15)) * 1.2 + 0.3
     expected = ref.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)
     got = prdc(real, fake, k=5)
@@ -281,11 +285,33 @@ def test_inception_plumbing_with_stand_in_network(tmp_path):
     assert torch.allclose(tf1_resize(img, 10)[..., ::2, ::2], img, atol=1e-6)  # 2x: even pixels are the input
 
 
+def _proc_kib(path: str, key: str) -> float | None:
+    """A "key: N kB" line of a /proc file, in KiB (None where /proc does not say)."""
+    try:
+        with open(path) as f:
+            return next(float(line.split()[1]) for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
 def test_throughput_and_memory():
-    out = measure_throughput(lambda b: torch.randn(b, 16) @ torch.randn(16, 16), n=100, batch=32, repeats=3)
-    assert out["samples_per_s"] > 0 and out["seconds_per_batch"] > 0
-    assert out["batch"] == 32 and out["repeats"] == 3 and out["n"] == 128 and out["threads"] >= 1
-    assert peak_memory_mb() > 0
+    calls = []
+
+    def sample_fn(b):  # at least 5 ms a batch
+        calls.append(b)
+        time.sleep(0.005)
+        return torch.randn(b, 16) @ torch.randn(16, 16)
+
+    out = measure_throughput(sample_fn, n=100, batch=32, repeats=3)
+    assert calls == [32] * (2 + 3 * 4)  # 2 warm-up calls, then 3 repeats of ceil(100 / 32) = 4 batches
+    assert 0.005 <= out["seconds_per_batch"] < 0.1, out
+    assert out["samples_per_s"] == pytest.approx(32 / out["seconds_per_batch"], rel=1e-6)
+    assert out["batch"] == 32 and out["repeats"] == 3 and out["n"] == 128
+    assert out["threads"] == torch.get_num_threads()
+    rss, total = _proc_kib("/proc/self/status", "VmRSS"), _proc_kib("/proc/meminfo", "MemTotal")
+    if rss is None or total is None or (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        pytest.skip("this system has no /proc, or the peak is CUDA's")
+    assert rss / 2**10 <= peak_memory_mb() <= total / 2**10  # MiB: at least what is resident now, at most the RAM
 
 
 def test_peak_rss_is_the_process_own_not_its_parents():
@@ -301,4 +327,5 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     finally:
         child.wait()
     assert own is not None and own < 100, own
-    assert peak_memory_mb() >= 400 and ballast.sum() > 0
+    assert 400 <= peak_memory_mb() <= _proc_kib("/proc/meminfo", "MemTotal") / 2**10  # MiB: the ballast, < the RAM
+    del ballast

@@ -54,7 +54,7 @@ def run_compare_all(out: Path, only: list[str]) -> None:
 
 def run_fdiv(out: Path, iters: int) -> None:
     from distmatch.data import load_data
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.eval.vectors import mode_stats, sliced_wasserstein
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher
@@ -81,7 +81,7 @@ def run_fdiv(out: Path, iters: int) -> None:
 
 def run_msd(out: Path) -> None:
     from distmatch.data import load_data
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.eval.evaluate import evaluate_model
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher
@@ -116,7 +116,7 @@ def run_msd2d(out: Path, only: list[str]) -> None:
     """MSD (4 students) and one DMD2 student, both 1-step at their defaults, against the class-conditional exact
     teacher of each labelled 2-D preset: SWD against the held-out split (5000 samples, mean of 3 seeds)."""
     from distmatch.data import load_data
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.eval.evaluate import evaluate_model
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher

@@ -42,7 +42,7 @@ def quality(model, reference, steps, kind, train) -> dict:
 
 def bench_one(name: str, root: Path, iters: int | None) -> dict:
     from distmatch.data import load_data
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher
 

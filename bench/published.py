@@ -96,8 +96,8 @@ def one_job(job: str, root: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from distmatch.distill import run_distill
-    from distmatch.distill.recipes import RECIPES
+    from distmatch.methods import run_distill
+    from distmatch.methods.recipes import RECIPES
     from distmatch.models import load_model
 
     data, entry, k = job.split(":")

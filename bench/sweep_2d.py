@@ -243,7 +243,7 @@ def one_run(name: str, root: str, deadline: float, milestones: list[int]) -> dic
     import torch
 
     torch.set_num_threads(1)
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
 
     preset, steps, overrides = RUNS[name]
     t_extra = [o.split(":", 1)[1] for o in overrides if o.startswith("@teacher:")]

@@ -22,7 +22,7 @@ def short_mixture_run(tmp_path):
     from types import SimpleNamespace
 
     from distmatch.data import load_data
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.eval.vectors import mode_stats, sliced_wasserstein
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from distmatch.distill import run_distill
+from distmatch.methods import run_distill
 from distmatch.models import load_model
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
 from distmatch.cli import main
-from distmatch.distill import pairs, run_distill
+from distmatch.methods import pairs, run_distill
 from distmatch.errors import UserError
 from distmatch.models import load_model
 from distmatch.samplers import ode_trajectory

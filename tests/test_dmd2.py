@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from distmatch.distill.losses import dm_gradient, dm_loss
+from distmatch.methods.losses import dm_gradient, dm_loss
 from distmatch.errors import UserError
 from distmatch.teachers.gmm import GaussianMixture
 
@@ -69,7 +69,7 @@ def test_short_dmd2_run_matches_the_mixture(short_mixture_run):
 def test_backward_simulation_draws_only_the_active_steps():
     """Spread draws give every active step an equal share of the batch; while only the first step is trained
     (student.first_only), every sample is drawn at step 0 and starts from pure noise at σ_0."""
-    from distmatch.distill.common import FewStepStudent
+    from distmatch.methods.common import FewStepStudent
 
     student = FewStepStudent([80.0, 0.8, 0.35, 0.15], (2,), "cpu", spread=True)
     g = torch.Generator().manual_seed(0)
@@ -85,7 +85,7 @@ def test_backward_simulation_draws_only_the_active_steps():
 def test_first_only_must_be_a_share():
     import pytest
 
-    from distmatch.distill.common import StudentConfig
+    from distmatch.methods.common import StudentConfig
     from distmatch.errors import UserError
 
     with pytest.raises(UserError, match="first_only"):
@@ -93,7 +93,7 @@ def test_first_only_must_be_a_share():
 
 
 def test_step_critics_score_each_sample_with_its_own_step_critic():
-    from distmatch.distill.common import Critic, StepCritics
+    from distmatch.methods.common import Critic, StepCritics
     from dataclasses import asdict
 
     from distmatch.networks import NetworkConfig, build_denoiser
@@ -118,7 +118,7 @@ def test_dm_gradient_averaged_over_noise_draws_has_less_variance():
     import contextlib
     from types import SimpleNamespace
 
-    from distmatch.distill.common import StudentCriticMethod
+    from distmatch.methods.common import StudentCriticMethod
 
     teacher, fake = gaussian([1.0, -0.5], 0.3), gaussian([-1.0, 1.0], 0.8)
     host = SimpleNamespace(ctx=SimpleNamespace(autocast=contextlib.nullcontext), real=teacher,
@@ -141,7 +141,7 @@ def test_fourier_cap_limits_only_pure_noise_inputs_and_survives_saving():
     inputs that carry data are untouched, and the saved config rebuilds the same network."""
     from dataclasses import asdict
 
-    from distmatch.distill.common import StudentConfig, init_copy, student_network_config
+    from distmatch.methods.common import StudentConfig, init_copy, student_network_config
     from distmatch.networks import NetworkConfig, build_denoiser
 
     torch.manual_seed(0)
@@ -165,7 +165,7 @@ def test_ode_init_regresses_the_student_onto_the_teachers_map(short_mixture_run)
     """dmd2.ode_init = 1: regression on the teacher's ODE pairs alone already gives a 1-step student on every
     mode, near the teacher (measured 2.0x its SWD, off-mode 0.24), and the pairs are cached in the run."""
     from distmatch import checkpoint as ckpt
-    from distmatch.distill import pairs
+    from distmatch.methods import pairs
 
     r = short_mixture_run("dmd2", ["train.iters=600", "dmd2.ode_init=1", "train.batch_size=256",
                                    "dmd2.ode_pairs=4096"])
@@ -178,7 +178,7 @@ def test_ode_init_regresses_the_student_onto_the_teachers_map(short_mixture_run)
 
 
 def test_ode_init_must_be_a_share():
-    from distmatch.distill.dmd2 import Options
+    from distmatch.methods.dmd2 import Options
 
     for bad in (-0.1, 1.5):
         with pytest.raises(UserError, match="ode_init"):
@@ -193,7 +193,7 @@ def test_published_defaults_hold_no_regression_and_the_recipe_adds_it(tmp_path):
     per-step critics for K > 1), and a user's --set beats either."""
     import json
 
-    from distmatch.distill import run_distill
+    from distmatch.methods import run_distill
     from distmatch.teachers.train import train_teacher
 
     quiet = ["train.progress=false", "train.iters=2", "train.batch_size=16", "dmd2.ode_pairs=32"]
@@ -224,7 +224,7 @@ def test_published_defaults_hold_no_regression_and_the_recipe_adds_it(tmp_path):
 
 
 def test_a_vector_recipe_is_refused_on_images():
-    from distmatch.distill import defaults_for
+    from distmatch.methods import defaults_for
 
     with pytest.raises(UserError, match="recipe 'dmd2\\+ode' is defined for vector data only"):
         defaults_for("dmd2", "image", 1, "dmd2+ode")
@@ -237,8 +237,8 @@ def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
     import json
 
     from distmatch import checkpoint as ckpt
-    from distmatch.distill import pairs, run_distill
-    from distmatch.distill.common import full
+    from distmatch.methods import pairs, run_distill
+    from distmatch.methods.common import full
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher
 
@@ -265,7 +265,7 @@ def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
 
 
 def test_ode_weight_must_not_be_negative():
-    from distmatch.distill import dmd2, fdistill, tdm
+    from distmatch.methods import dmd2, fdistill, tdm
 
     for options in (dmd2.Options, fdistill.Options, tdm.Options):
         with pytest.raises(UserError, match="ode_weight"):

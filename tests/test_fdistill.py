@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.distill import run_distill
-from distmatch.distill.fdistill import RatioBins, f_weight
-from distmatch.distill.losses import F_DIVERGENCES, f_divergence_weight
+from distmatch.methods import run_distill
+from distmatch.methods.fdistill import RatioBins, f_weight
+from distmatch.methods.losses import F_DIVERGENCES, f_divergence_weight
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
 
@@ -75,7 +75,7 @@ def test_ratio_bins_track_each_bins_mean_and_survive_save_load(tmp_path):
 
 
 def test_options_are_checked():
-    from distmatch.distill.fdistill import Options
+    from distmatch.methods.fdistill import Options
 
     with pytest.raises(UserError, match="divergence"):
         Options(divergence="tv").validate()

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
 from distmatch.data import load_data
-from distmatch.distill import run_distill
-from distmatch.distill.msd import contiguous_partition, kmeans_partition
+from distmatch.methods import run_distill
+from distmatch.methods.msd import contiguous_partition, kmeans_partition
 from distmatch.errors import UserError
 from distmatch.eval.vectors import mode_stats, sliced_wasserstein
 from distmatch.models import load_model
@@ -154,3 +154,18 @@ def test_msd_refuses_unconditional_teachers_and_too_many_students(labelled_teach
         run_distill(plain, tmp_path / "a", method="msd", overrides=QUIET)
     with pytest.raises(UserError, match="only 8 classes"):
         run_distill(labelled_teacher, tmp_path / "b", method="msd", overrides=QUIET + ["msd.students=9"])
+
+
+def test_router_refuses_labels_no_student_owns(tmp_path):
+    """The teacher's null label serves guidance during training; a trained multi-student model refuses it."""
+    teacher = train_teacher("8gaussians-labeled", tmp_path / "t", overrides=TINY + QUIET)
+    out = run_distill(teacher, tmp_path / "s", method="msd", overrides=QUIET + [
+        "msd.students=2", "msd.guidance=2.0", "msd.critic_ratio=1", "train.iters=4", "train.batch_size=32"])
+    model = load_model(out)
+    x, _ = model.sample(4, cond=7)
+    assert torch.isfinite(x).all()
+    with pytest.raises(UserError, match=r"no student for label 8 \(the null label of classifier-free guidance\); "
+                                        r"give a class label in 0\.\.7"):
+        model.sample(4, cond=8)
+    with pytest.raises(UserError, match="no student for label -1; give a class label in 0..7"):
+        model.sample(4, cond=torch.tensor([0, -1, 3, 5]))

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.distill import run_distill
-from distmatch.distill.tdm import TDM, step_intervals, tdm_generator_loss
+from distmatch.methods import run_distill
+from distmatch.methods.tdm import TDM, step_intervals, tdm_generator_loss
 from distmatch.errors import UserError
 from distmatch.schedules import karras_grid_1000, student_sigmas
 from distmatch.teachers.train import train_teacher
@@ -112,4 +112,13 @@ def test_tdm_refuses_options_it_does_not_use(tmp_path):
         "network.width=16", "network.depth=1", "network.fourier=4", "train.iters=2", "train.batch_size=32"])
     with pytest.raises(UserError, match="tdm does not use student.critic_per_step"):
         run_distill(teacher_dir, tmp_path / "s", method="tdm", overrides=QUIET + ["student.critic_per_step=true"])
+    assert not (tmp_path / "s" / "model.safetensors").exists()
+
+
+def test_tdm_refuses_backsim_it_does_not_use(tmp_path):
+    """tdm rolls out every step itself, so a non-default student.backsim would be ignored: refused instead."""
+    teacher_dir = train_teacher("8gaussians", tmp_path / "t", overrides=QUIET + [
+        "network.width=16", "network.depth=1", "network.fourier=4", "train.iters=2", "train.batch_size=32"])
+    with pytest.raises(UserError, match="tdm does not use student.backsim"):
+        run_distill(teacher_dir, tmp_path / "s", method="tdm", overrides=QUIET + ["student.backsim=shared"])
     assert not (tmp_path / "s" / "model.safetensors").exists()

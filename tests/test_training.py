@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.distill import run_distill
+from distmatch.methods import run_distill
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
 from distmatch.training.trainer import THREADS_FILE_ENV, follow_thread_budget, read_checkpoint_iteration
@@ -176,7 +176,7 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path):
 
 def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
     """A NaN loss is never logged away silently: the run stops, naming the iteration and the loss."""
-    import distmatch.distill.common as common
+    import distmatch.methods.common as common
 
     monkeypatch.setattr(common, "critic_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(UserError, match=r"diverged at iteration 1 \(loss_critic = nan\)"):
@@ -186,7 +186,7 @@ def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
 
 
 def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_path, monkeypatch):
-    from distmatch.distill.common import FewStepStudent
+    from distmatch.methods.common import FewStepStudent
 
     seen = []
     original = FewStepStudent.pick_step

@@ -43,8 +43,8 @@ def _distill_epilog() -> str:
     """Every method's options with their defaults (for vector data / for images where they differ), then the
     recipes with what they add."""
     from .config import describe_fields, resolve
-    from .distill import METHODS, config_class, defaults_for
-    from .distill.recipes import RECIPES
+    from .methods import METHODS, config_class, defaults_for
+    from .methods.recipes import RECIPES
 
     def rows(name):
         cls = config_class(name)

@@ -21,7 +21,7 @@ def teacher(args) -> int:
 
 
 def distill(args) -> int:
-    from .distill import run_distill
+    from .methods import run_distill
 
     out = run_distill(args.teacher, args.out, args.method, args.steps, args.config, args.overrides, args.data,
                       recipe=args.recipe)
@@ -56,18 +56,12 @@ def sample(args) -> int:
 
 
 def evaluate(args) -> int:
-    from .data import is_preset, load_data
-    from .eval.evaluate import evaluate_model
-    from .models import load_model
+    from .api import evaluate as evaluate_model
 
     out = Path(args.out)
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
-    model = load_model(args.model)
-    split = "test" if is_preset(args.data) else "train"
-    reference = load_data(args.data, split=split, spec=model.spec)
-    result = evaluate_model(model, reference, n=args.n, steps=args.steps, seed=args.seed)
-    result.update({"model": str(Path(args.model).resolve()), "data": args.data, "split": split})
+    result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed)
     ckpt.atomic_write_json(out, result)
     json.dump({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, sys.stdout, indent=1)
     print()

@@ -26,6 +26,7 @@ class LoadedModel:
     denoiser: torch.nn.Module     # teacher: D(x, σ, c); student: the generator G(x, σ, c) (or a router of them)
     init_net: torch.nn.Module | None = None   # teacher: the network students start from
     class_weights: list[float] = field(default_factory=list)
+    path: Path | None = None      # the run folder it was loaded from (None: built in memory)
 
     @property
     def num_classes(self) -> int:
@@ -111,7 +112,9 @@ def _strip(weights: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def load_model(run_dir: str | Path, device="cpu") -> LoadedModel:
+def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | None = None) -> LoadedModel:
+    """A run folder's teacher or student; `network`: an instance of the user's own network class, for a student
+    distilled from a network given in Python."""
     run_dir = Path(run_dir)
     cfg = ckpt.read_model_config(run_dir)
     kind = cfg.get("kind")
@@ -121,17 +124,18 @@ def load_model(run_dir: str | Path, device="cpu") -> LoadedModel:
     weights = _load_weights(run_dir)
     shape, k, sd = tuple(spec.shape), int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
     if kind == "student":
-        from .distill.router import build_student_generator
+        from .methods.router import build_student_generator
 
-        gen = build_student_generator(cfg, shape, weights).to(device).eval()
-        return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []))
+        gen = build_student_generator(cfg, shape, weights, network).to(device).eval()
+        return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []), path=run_dir)
     net = build_denoiser(cfg["network"], shape, k, sd)
     net.load_state_dict(_strip(weights, "net."))
     net = net.to(device).eval().requires_grad_(False)
     denoiser = net
     if cfg.get("teacher") == "gmm":
         denoiser = GaussianMixture.from_config(cfg["mixture"]).to(device)
-    return LoadedModel(kind, cfg, spec, denoiser, init_net=net, class_weights=cfg.get("class_weights", []))
+    return LoadedModel(kind, cfg, spec, denoiser, init_net=net, class_weights=cfg.get("class_weights", []),
+                       path=run_dir)
 
 
 def is_model_dir(path: str | Path) -> bool:

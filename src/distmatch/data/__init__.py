@@ -14,11 +14,11 @@ import torch
 
 from ..errors import UserError
 from ..teachers.gmm import GaussianMixture
-from .arrays import RawData, read_data
+from .arrays import RawData, check_array, check_labels, infer_layout, read_data
 from .presets import PRESETS, SPLIT_SEEDS, list_presets, load_preset, preset_mixture
 from .spec import DataSpec, normalised_sample_shape
 
-__all__ = ["Dataset", "DataSpec", "load_data", "is_preset", "list_presets"]
+__all__ = ["Dataset", "DataSpec", "load_data", "from_arrays", "is_preset", "list_presets"]
 
 _CLASS_PREVIEW = 10
 
@@ -44,13 +44,31 @@ def load_data(source: str, split: str = "train", spec: DataSpec | None = None, l
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split '{split}': choose train or test")
     raw, origin = _read_source(str(source), split, layout)
+    return _dataset(raw, origin, spec, preset_mixture(source) if is_preset(source) else None)
+
+
+def from_arrays(x, labels=None, spec: DataSpec | None = None, name: str = "in-memory data") -> Dataset:
+    """An in-memory array (numpy or torch, any documented layout) and optional labels, checked and normalised
+    exactly like a file holding them."""
+    x, labels = _numpy(x), (_numpy(labels) if labels is not None else None)
+    array = check_array(x, name)
+    labels = check_labels(labels, len(array), name)
+    return _dataset(RawData(array, labels, infer_layout(array.shape, "auto", name)), name, spec, None)
+
+
+def _numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _dataset(raw: RawData, origin: str, spec: DataSpec | None, mixture) -> Dataset:
     if spec is None:
         spec = DataSpec.fit(raw.array, raw.labels, _class_names(raw), origin, raw.layout)
     else:
         _check_compatible(raw, spec, origin)
     labels = _label_indices(raw.labels, spec.class_names, origin)
     x = spec.normalise(raw.array, layout=raw.layout)
-    mixture = preset_mixture(source) if is_preset(source) else None
     if mixture is not None:
         mixture = mixture.affine(torch.tensor(spec.shift), torch.tensor(spec.scale))
     return Dataset(x, labels, spec, mixture)

@@ -14,15 +14,15 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
 
 FEATURE_DIM = 128
@@ -157,19 +157,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DISTMATCH_CACHE") or Path.home() / ".cache" / "distmatch")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load(weights: Path, meta: Path, expect: dict) -> FeatureNet | None:
     """The cached network, or None if absent or built for differently shaped data."""
     if not (weights.exists() and meta.exists()):
@@ -210,9 +197,9 @@ def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, s
     cache.mkdir(parents=True, exist_ok=True)
     # JSON first, weights last: the weights file existing means the pair is complete.
     text = json.dumps({"config": net.config, "info": net.info}, indent=1)
-    _atomic_write(meta, lambda p: Path(p).write_text(text))
+    atomic_write_bytes(meta, text.encode())
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(weights, lambda p: save_file(state, p, metadata={"kind": kind, "fingerprint": str(fingerprint)}))
+    atomic_write_bytes(weights, save(state, metadata={"kind": kind, "fingerprint": str(fingerprint)}))
     return net
 
 

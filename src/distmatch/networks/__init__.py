@@ -11,16 +11,16 @@ from ..teachers.edm import EDMDenoiser
 class NetworkConfig:
     kind: str = "auto"            # auto (mlp for vectors, unet for images) | mlp | unet
     # mlp
-    width: int = 256
-    depth: int = 3
-    fourier: int = 64
-    fourier_scale: float = 16.0
+    width: int = 256              # MLP: hidden width
+    depth: int = 3                # MLP: residual blocks
+    fourier: int = 64             # MLP: random Fourier features of the input (0 = raw coordinates)
+    fourier_scale: float = 16.0   # MLP: highest frequency scale of those features
     noise_fourier_cap: float = 0.0  # pure-noise inputs (σ >= 10) see only Fourier features of scale <= this (0 = all)
     # unet
-    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    blocks: int = 1
-    attention: bool = False
-    dropout: float = 0.0
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # U-Net: channels per resolution
+    blocks: int = 1               # U-Net: residual blocks per resolution
+    attention: bool = False       # U-Net: self-attention at the lowest resolution
+    dropout: float = 0.0          # U-Net: dropout in residual blocks
 
     def validate(self):
         if self.kind not in ("auto", "mlp", "unet"):

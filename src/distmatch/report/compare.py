@@ -24,8 +24,8 @@ DEFAULT_STEPS = {"tdm": 4}
 
 def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
     """(name, K) per entry of --methods; a name is a method (run as published) or a recipe."""
-    from ..distill import METHODS
-    from ..distill.recipes import RECIPES
+    from ..methods import METHODS
+    from ..methods.recipes import RECIPES
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS and m not in RECIPES]
@@ -44,7 +44,7 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
 
 def method_of(name: str) -> str:
     """The method a --methods entry runs: itself, or the method of a recipe."""
-    from ..distill.recipes import RECIPES
+    from ..methods.recipes import RECIPES
 
     return RECIPES[name].method if name in RECIPES else name
 

@@ -108,7 +108,7 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
 
 def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None = None,
              overrides: list[str] | None = None, n_eval: int = 4000) -> Path:
-    from ..distill import run_distill
+    from ..methods import run_distill
     from ..teachers.train import train_teacher
 
     if config_file:

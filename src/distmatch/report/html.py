@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from distmatch import __version__
+from distmatch.checkpoint import atomic_write_bytes
 
 _SECTION_KEYS = ("heading", "text", "table", "images", "pre")
 _MIME = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
@@ -119,17 +118,6 @@ def render_report(title: str, sections: list[dict]) -> str:
 def write_report(path, title: str, sections: list[dict]) -> Path:
     """Write the report atomically: a reader (or a crash mid-write) never sees a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(title, sections)  # render first: a bad section raises before any file is touched
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # Mode "x" creates the file with the umask's usual permissions (a tempfile would be 0600).
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path

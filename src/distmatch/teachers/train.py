@@ -23,9 +23,9 @@ from ..training.trainer import TrainConfig, train
 class TeacherConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sigma_data: float = 0.5
-    p_mean: float = -1.2               # log-normal training noise levels (EDM)
-    p_std: float = 1.2
+    sigma_data: float = 0.5            # EDM's σ_data: the data's std after normalisation
+    p_mean: float = -1.2               # log-normal training noise levels (EDM): mean of ln σ ...
+    p_std: float = 1.2                 # ... and its std
     conditional: str = "auto"          # auto: class-conditional when the data have labels | yes | no
     label_dropout: float = 0.1         # share of labels replaced by "no class" (classifier-free guidance)
     solver: str = "heun"               # heun | euler

@@ -28,23 +28,23 @@ from .method import Batch, Context, Method
 
 @dataclass
 class TrainConfig:
-    iters: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    warmup: int = 0
+    iters: int = 2000             # training iterations (for distillation: critic updates)
+    batch_size: int = 256         # samples per iteration (per process under accelerate)
+    lr: float = 1e-4              # AdamW learning rate (student and critic unless the method sets its own)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    weight_decay: float = 0.0     # AdamW weight decay
+    warmup: int = 0               # iterations over which the rate rises linearly from 0
     lr_decay: str = "none"        # none | cosine (to 0 at train.iters)
     cooldown: float = 0.0         # last fraction of train.iters over which the rate falls linearly to 0
-    grad_clip: float = 10.0
-    ema: float = 0.999
+    grad_clip: float = 10.0       # gradient-norm clip per network (0 = off)
+    ema: float = 0.999            # decay of the exponential moving average of weights (what is saved and sampled)
     ema_warmup: bool = False      # decay min(ema, (1 + n) / (10 + n)) after n updates: a long horizon without
                                   # dragging the initial weights along
-    precision: str = "fp32"
-    seed: int = 0
-    ckpt_every: int = 500
-    log_every: int = 25
-    progress: bool = True
+    precision: str = "fp32"       # fp32 | bf16 (mixed precision through accelerate)
+    seed: int = 0                 # seed of noise, data order and pairs
+    ckpt_every: int = 500         # iterations between checkpoints (also on Ctrl-C and at the end)
+    log_every: int = 25           # iterations between log lines (log.jsonl, TensorBoard)
+    progress: bool = True         # show a progress bar
 
     def validate(self):
         for key in ("iters", "batch_size"):

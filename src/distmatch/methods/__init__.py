@@ -91,10 +91,20 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
     return model
 
 
-def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool) -> Dataset | None:
+def teacher_id(teacher: LoadedModel) -> str:
+    """How a run names its teacher: its folder, or for a teacher built in Python a fingerprint of its weights."""
+    from .pairs import teacher_fingerprint
+
+    return str(teacher.path.resolve()) if teacher.path is not None else f"in-memory:{teacher_fingerprint(teacher)}"
+
+
+def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool, method: str) -> Dataset | None:
     source = data_source or teacher.spec.source
     if not needs_data and data_source is None:
         return None
+    if not source:
+        raise UserError(f"{method} with these settings trains on real data (its GAN or its critic's first stage) "
+                        "and this teacher carries none: give the data (--data / data=)")
     data = load_data(source, spec=teacher.spec)
     if teacher.num_classes and data.labels is None:
         raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
@@ -103,22 +113,23 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
-def run_distill(teacher_dir: str | Path, out: str | Path, method: str | None = None, steps: int | None = None,
-                config_file: str | None = None, overrides: list[str] | None = None,
+def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str | None = None,
+                steps: int | None = None, config_file: str | None = None, overrides: list[str] | None = None,
                 data_source: str | None = None, recipe: str | None = None) -> Path:
+    """Distil `teacher` (a run folder, or a teacher built in Python) into a student in the run folder `out`."""
     out = Path(out)
     method, recipe = method_and_recipe(method, recipe)
     module = method_module(method)
-    teacher = load_teacher(teacher_dir)
+    teacher = teacher if isinstance(teacher, LoadedModel) else load_teacher(teacher)
     overrides = list(overrides or [])
     if steps is not None:
         overrides.append(f"student.steps={steps}")
     cls, kind = config_class(method), teacher.spec.kind
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
-    data = distill_data(teacher, data_source, module.Method.needs_data(cfg))
+    data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
     sigmas = cfg.student.resolved_sigmas()
-    run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": str(Path(teacher_dir).resolve()),
+    run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}
@@ -130,7 +141,7 @@ def run_distill(teacher_dir: str | Path, out: str | Path, method: str | None = N
                      "network": student_network_config(teacher.config["network"], cfg.student),
                      "num_classes": teacher.num_classes,
                      "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
-                     "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": str(Path(teacher_dir).resolve()),
+                     "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": teacher_id(teacher),
                      "teacher_nfe": teacher.nfe()}
         model_cfg.update(extra)
         ckpt.save_model(out, weights, model_cfg)

@@ -109,7 +109,7 @@ class TDM(OdePairs, StudentCriticMethod):
         return False
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
-        refuse_student_options(cfg, "tdm")
+        refuse_student_options(cfg, "tdm", backsim=False)
         self.opts, self.sigmas, self.teacher = cfg.tdm, list(sigmas), teacher
         self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
         # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as

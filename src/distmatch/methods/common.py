@@ -72,7 +72,12 @@ class Critic(nn.Module):
     def __init__(self, denoiser: nn.Module, gan: bool):
         super().__init__()
         self.denoiser = denoiser
-        self.head = build_head(denoiser.backbone) if gan else None
+        source = getattr(denoiser, "backbone", denoiser)  # distmatch's networks, or an adapter of a user's
+        if gan and not getattr(source, "feature_dim", 0):
+            raise UserError("the GAN head needs the critic's features, and this teacher's network names none: wrap "
+                            "it with wrap_teacher(..., features='<bottleneck sub-module>') or turn the GAN off "
+                            "(e.g. --set dmd2.gan=false)")
+        self.head = build_head(source) if gan else None
 
     def forward(self, x, sigma, cond=None, step=None):
         if self.head is None:
@@ -191,17 +196,104 @@ def check_dm_range(section: str, dm_range: list[float]) -> None:
         raise UserError(f"{section}.dm_range must be two fractions 0 <= lo < hi <= 1, got {dm_range}")
 
 
-def refuse_student_options(cfg, method: str) -> None:
-    """For methods with their own critic and step scheme: say so rather than ignore a K-step student option."""
-    if cfg.student.steps > 1 and (cfg.student.critic_per_step or cfg.student.first_only):
+def refuse_student_options(cfg, method: str, backsim: bool = True) -> None:
+    """For methods with their own critic and step scheme: say so rather than ignore a K-step student option.
+    `backsim`: whether the method draws its steps as student.backsim says (msd does, tdm has its own roll-out)."""
+    student = cfg.student
+    if student.steps > 1 and (student.critic_per_step or student.first_only):
         raise UserError(f"{method} does not use student.critic_per_step or student.first_only; set them to "
                         "false / 0 (they are options of dmd2, dmd and fdistill)")
+    if student.steps > 1 and not backsim and student.backsim != StudentConfig.backsim:
+        raise UserError(f"{method} does not use student.backsim (it trains every step on its own roll-out); leave "
+                        f"it at {StudentConfig.backsim} (it is an option of dmd2, dmd, fdistill and msd)")
 
 
-class StudentCriticMethod(Method):
+class DistributionMatching:
+    """The critic update and the generator's distribution-matching update, on the networks, optimizers and EMA
+    they are given: one implementation for a single student (StudentCriticMethod) and for several (msd).
+    The host provides ctx, opts, real (RealScore), student (FewStepStudent), grid and sigma_data."""
+
+    def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid indices uniform in [lo, hi] (fractions of the 1000-point Karras grid) and their σ."""
+        idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
+        return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
+
+    def fit_critic(self, gen, critic, opt_c, n: int, cond, real_x=None, gan_weight_d: float = 0.0
+                   ) -> dict[str, float]:
+        """One update of `critic`: the fake score on noisy (detached) samples of `gen` over the whole grid; with a
+        GAN head, also the discriminator on noisy real (`real_x`) vs noisy student samples, in the same pass (DMD2)."""
+        steps = self.student.pick_step(self.ctx.shared_generator, n)
+        with torch.no_grad(), self.ctx.autocast():
+            fake = self.student.sample(gen, cond, steps, grad=False).float()
+        _, sigma = self.levels(n)
+        logs = {}
+        with self.ctx.autocast():
+            if self.ctx.unwrap(critic).head is not None:
+                _, sigma_r = self.levels(n)
+                both = torch.cat([noised(fake, sigma), noised(real_x, sigma_r)])
+                cond2 = torch.cat([cond, cond]) if cond is not None else None
+                x0, logits = critic(both, torch.cat([sigma, sigma_r]), cond2, torch.cat([steps, steps]))
+                loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
+                loss_d = gan_discriminator_loss(logits[:n], logits[n:])
+                loss = loss_fake + gan_weight_d * loss_d
+                logs["loss_gan_d"] = loss_d.item()
+            else:
+                x0, _ = critic(noised(fake, sigma), sigma, cond, steps)
+                loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
+        self.optimizer_step(critic, opt_c, loss)
+        logs["loss_critic"] = loss_fake.item()
+        return logs
+
+    @torch.no_grad()
+    def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond, steps=None) -> torch.Tensor:
+        """The distribution-matching gradient on the student's samples x at noise levels sigma. With len(sigma) a
+        multiple d of len(x), each sample is noised d times (the i-th draw at sigma[i*n:(i+1)*n]) and its d
+        gradients averaged: less noise in the student's update for d-1 more forward passes of teacher and critic,
+        no more backward passes."""
+        n = len(x)
+        d = len(sigma) // n
+        x = x.detach()
+        if d > 1:
+            x = x.repeat((d,) + (1,) * (x.ndim - 1))
+            cond = cond.repeat(d) if cond is not None else None
+            steps = steps.repeat(d) if steps is not None else None
+        with self.ctx.autocast():
+            x_t = noised(x, sigma)
+            g = dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0],
+                            normaliser=getattr(self.opts, "normaliser", "sample"))
+        return g.view((d, n) + g.shape[1:]).mean(0) if d > 1 else g
+
+    def optimizer_step(self, module: nn.Module, opt, loss: torch.Tensor) -> None:
+        """One step of `opt` on `loss`, with `module`'s gradients clipped."""
+        opt.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        self.ctx.clip(module)
+        opt.step()
+
+    def freeze(self, critic: nn.Module) -> nn.Module:
+        """The critic for the student's turn: unwrapped and frozen, so gradients flow to the samples only."""
+        critic = self.ctx.unwrap(critic)
+        critic.requires_grad_(False)
+        return critic
+
+    def train_generator(self, gen, opt_g, ema, loss: torch.Tensor, ema_updates: int) -> None:
+        """One optimizer step of `gen` on `loss`, then its EMA (after `ema_updates` earlier updates)."""
+        self.optimizer_step(gen, opt_g, loss)
+        ema_update(ema, self.ctx.unwrap(gen), self.ctx.ema_decay(ema_updates))
+
+    def end_student_turn(self, gen, opt_g, ema, critic: nn.Module, opt_c, loss: torch.Tensor) -> None:
+        """The generator's update on `loss` (EMA warm-up counted in student turns), then its frozen critic
+        trainable again."""
+        self.train_generator(gen, opt_g, ema, loss, self.ctx.it // getattr(self.opts, "critic_ratio", 1))
+        opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
+        critic.requires_grad_(True)
+
+
+class StudentCriticMethod(DistributionMatching, Method):
     """The state and updates shared by the single-student methods (dmd2, dmd, fdistill, tdm): the teacher's real
     score, a generator started from the teacher with its EMA, a critic (optionally with a GAN head), their
-    optimizers, the student's noise levels, and the critic / generator update steps. Not a method on its own."""
+    optimizers, the student's noise levels, and the two time-scale step over the updates of DistributionMatching.
+    Not a method on its own."""
 
     def setup(self, ctx, teacher, sigmas, guidance: float, gan: bool, lr_critic: float,
               student: StudentConfig | None = None) -> None:
@@ -243,11 +335,6 @@ class StudentCriticMethod(Method):
             return n, batch.labels
         return n, draw_labels(self.class_weights, n, self.ctx.device)
 
-    def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grid indices uniform in [lo, hi] (fractions of the 1000-point Karras grid) and their σ."""
-        idx = torch.randint(int(round(lo * 1000)), min(int(round(hi * 1000)), 999) + 1, (n,))
-        return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)
-
     def step(self, batch, it: int) -> dict[str, float]:
         """The two time-scale rule: the critic every iteration, the student every `opts.critic_ratio`-th."""
         self.student.active = 1 if it < self.first_only_iters else len(self.student.sigmas)
@@ -262,75 +349,22 @@ class StudentCriticMethod(Method):
         steps = self.student.pick_step(self.ctx.shared_generator, n)
         return n, cond, steps, self.frozen_critic()
 
+    # the single student's updates: DistributionMatching's, on this method's networks and optimizers
     def critic_step(self, batch, gan_weight_d: float = 0.0) -> dict[str, float]:
-        """The fake score on noisy (detached) student samples over the whole grid; with a GAN head, also the
-        discriminator on noisy real vs noisy student samples, in the same pass (DMD2)."""
         n, cond = self.batch_and_labels(batch)
-        steps = self.student.pick_step(self.ctx.shared_generator, n)
-        with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gen, cond, steps, grad=False).float()
-        _, sigma = self.levels(n)
-        logs = {}
-        with self.ctx.autocast():
-            if self.ctx.unwrap(self.critic).head is not None:
-                _, sigma_r = self.levels(n)
-                both = torch.cat([noised(fake, sigma), noised(batch.x, sigma_r)])
-                cond2 = torch.cat([cond, cond]) if cond is not None else None
-                x0, logits = self.critic(both, torch.cat([sigma, sigma_r]), cond2, torch.cat([steps, steps]))
-                loss_fake = critic_loss(x0[:n], fake, sigma, self.sigma_data)
-                loss_d = gan_discriminator_loss(logits[:n], logits[n:])
-                loss = loss_fake + gan_weight_d * loss_d
-                logs["loss_gan_d"] = loss_d.item()
-            else:
-                x0, _ = self.critic(noised(fake, sigma), sigma, cond, steps)
-                loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
-        self.update_critic(loss)
-        logs["loss_critic"] = loss_fake.item()
-        return logs
-
-    @torch.no_grad()
-    def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond, steps=None) -> torch.Tensor:
-        """The distribution-matching gradient on the student's samples x at noise levels sigma. With len(sigma) a
-        multiple d of len(x), each sample is noised d times (the i-th draw at sigma[i*n:(i+1)*n]) and its d
-        gradients averaged: less noise in the student's update for d-1 more forward passes of teacher and critic,
-        no more backward passes."""
-        n = len(x)
-        d = len(sigma) // n
-        x = x.detach()
-        if d > 1:
-            x = x.repeat((d,) + (1,) * (x.ndim - 1))
-            cond = cond.repeat(d) if cond is not None else None
-            steps = steps.repeat(d) if steps is not None else None
-        with self.ctx.autocast():
-            x_t = noised(x, sigma)
-            g = dm_gradient(x, self.real(x_t, sigma, cond), critic(x_t, sigma, cond, steps)[0],
-                            normaliser=getattr(self.opts, "normaliser", "sample"))
-        return g.view((d, n) + g.shape[1:]).mean(0) if d > 1 else g
+        return self.fit_critic(self.gen, self.critic, self.opt_c, n, cond, batch.x, gan_weight_d)
 
     def update_critic(self, loss: torch.Tensor) -> None:
-        self.opt_c.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.critic)
-        self.opt_c.step()
+        self.optimizer_step(self.critic, self.opt_c, loss)
 
     def frozen_critic(self) -> nn.Module:
-        """The critic for the student's turn: unwrapped and frozen, so gradients flow to the samples only."""
-        critic = self.ctx.unwrap(self.critic)
-        critic.requires_grad_(False)
-        return critic
+        return self.freeze(self.critic)
 
     def step_generator(self, loss: torch.Tensor, ema_updates: int) -> None:
-        """One optimizer step of the generator on `loss`, then its EMA (after `ema_updates` earlier updates)."""
-        self.opt_g.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(self.gen)
-        self.opt_g.step()
-        ema_update(self.ema, self.ctx.unwrap(self.gen), self.ctx.ema_decay(ema_updates))
+        self.train_generator(self.gen, self.opt_g, self.ema, loss, ema_updates)
 
     def update_generator(self, loss: torch.Tensor, critic: nn.Module) -> None:
-        self.step_generator(loss, self.ctx.it // getattr(self.opts, "critic_ratio", 1))
-        self.opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
-        critic.requires_grad_(True)
+        self.end_student_turn(self.gen, self.opt_g, self.ema, critic, self.opt_c, loss)
 
 
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:

@@ -25,13 +25,13 @@ import torch
 from ..data import load_data
 from ..errors import UserError
 from ..networks import build_denoiser
-from ..schedules import karras_grid_1000, sample_grid_sigmas, sample_lognormal_sigmas
+from ..schedules import karras_grid_1000, sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import (Critic, FewStepStudent, RealScore, check_dm_range, draw_labels, init_copy, noised,
-                     refuse_student_options, student_network_config)
-from .losses import critic_loss, dm_gradient, dm_loss
+from .common import (Critic, DistributionMatching, FewStepStudent, RealScore, check_dm_range, draw_labels,
+                     init_copy, refuse_student_options, student_network_config)
+from .losses import dm_loss
 
 # Students own few classes each and get train.iters / K iterations: Adam's beta1 0.9 beat the vector default 0
 # here (8gaussians-labeled, 2 students, per-class SWD 0.0047 vs 0.0083 at 4000 iterations, batch 1024).
@@ -142,7 +142,7 @@ def small_network(net_cfg: dict, opts: Options) -> dict:
 
 # ---------------------------------------------------------------- the method
 
-class MSD(Method):
+class MSD(DistributionMatching, Method):
     name = "msd"
 
     @classmethod
@@ -240,41 +240,19 @@ class MSD(Method):
         return {"loss_tsm": total.item() / len(self.gens)}
 
     def critic_step(self, i: int, cond) -> dict[str, float]:
-        n, critic, opt = len(cond), self.critics[i], self.opt_c[i]
-        steps = self.student.pick_step(self.ctx.shared_generator, n)
-        with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(self.gens[i], cond, steps, grad=False).float()
-        sigma = self.grid[torch.randint(0, len(self.grid), (n,))].to(self.ctx.device)
-        with self.ctx.autocast():
-            x0, _ = critic(noised(fake, sigma), sigma, cond)
-            loss = critic_loss(x0, fake, sigma, self.sigma_data)
-        opt.zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(critic)
-        opt.step()
-        return {"loss_critic": loss.item()}
+        return self.fit_critic(self.gens[i], self.critics[i], self.opt_c[i], len(cond), cond)
 
     def generator_step(self, i: int, cond) -> dict[str, float]:
         n, gen = len(cond), self.gens[i]
         steps = self.student.pick_step(self.ctx.shared_generator, n)
-        critic = self.ctx.unwrap(self.critics[i])  # frozen during the student's turn
-        critic.requires_grad_(False)
+        critic = self.freeze(self.critics[i])
         with self.ctx.autocast():
             x = self.student.sample(gen, cond, steps, grad=True).float()
-        sigma = sample_grid_sigmas(n, *self.opts.dm_range, device=self.ctx.device)
-        with torch.no_grad(), self.ctx.autocast():
-            x_t = noised(x.detach(), sigma)
-            x0_fake, _ = critic(x_t, sigma, cond)
-            g = dm_gradient(x, self.real(x_t, sigma, cond), x0_fake)
+        _, sigma = self.levels(n, *self.opts.dm_range)
+        g = self.dm_grad(critic, x, sigma, cond, steps)
         loss = dm_loss(x, g)
-        self.opt_g[i].zero_grad(set_to_none=True)
-        self.ctx.backward(loss)
-        self.ctx.clip(gen)
-        self.opt_g[i].step()
-        self.opt_c[i].zero_grad(set_to_none=True)
-        critic.requires_grad_(True)
-        # warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
-        ema_update(self.emas[i], self.ctx.unwrap(gen), self.ctx.ema_decay(self.ctx.it // self.opts.critic_ratio))
+        # EMA warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
+        self.end_student_turn(gen, self.opt_g[i], self.emas[i], critic, self.opt_c[i], loss)
         return {"loss_dm": loss.item(), "dm_grad": g.abs().mean().item()}
 
     def export(self):

@@ -1,0 +1,190 @@
+"""The Python API: the command's five jobs as functions, on run folders or on objects already in memory.
+
+    import distmatch
+    teacher = distmatch.train_teacher("moons", "runs/t")                 # a preset, a path, or an array
+    student = distmatch.distill(teacher, "runs/s", steps=1)              # or a run folder, or wrap_teacher(net, ...)
+    x = distmatch.load("runs/s").sample(1000)                            # numpy, in the data's own layout and range
+    scores = distmatch.evaluate(student, "moons", n=2000)                # the `evaluate` command's JSON, as a dict
+
+`settings` is a dict of the same dotted keys as `--set` ({"train.iters": 500}), checked the same way. Data held
+in memory are written into the run folder (data.npz) so the run can be resumed and its student evaluated later.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .data import DataSpec, from_arrays, is_preset, load_data
+from .errors import UserError
+from .models import LoadedModel, load_model
+
+DATA_FILE = "data.npz"
+
+
+class Model:
+    """A teacher or student, sampling in the user's own layout, dtype and value range."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+
+    @property
+    def kind(self) -> str:
+        return self.loaded.kind
+
+    @property
+    def path(self) -> Path | None:
+        return self.loaded.path
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.loaded.spec
+
+    @property
+    def default_steps(self) -> int:
+        return self.loaded.default_steps
+
+    def nfe(self, steps: int | None = None) -> int:
+        """Network evaluations per sample at `steps` (default: the model's own)."""
+        return self.loaded.nfe(steps)
+
+    def sample(self, n: int, steps: int | None = None, cls=None, seed: int = 0, return_labels: bool = False):
+        """n samples as a numpy array like the training data; `cls`: a class label as it was in the data (default:
+        classes drawn as in the data); with `return_labels`, also each sample's label."""
+        if n < 1:
+            raise UserError(f"n must be >= 1, got {n}")
+        cond = self.loaded.class_index(cls) if cls is not None else None
+        x, labels = self.loaded.sample(n, steps, cond, seed=seed)
+        out = self.spec.to_user(x)
+        if not return_labels:
+            return out
+        names = self.spec.class_names
+        return out, (np.asarray([names[i] for i in labels.tolist()]) if labels is not None else None)
+
+    def __repr__(self) -> str:
+        where = f" at {self.path}" if self.path else " (in memory)"
+        return f"<distmatch {self.kind}{where}: {self.spec.describe()}, {self.nfe()} network evaluations>"
+
+
+def _overrides(settings: dict | None, progress: bool) -> list[str]:
+    """A settings dict as --set items (JSON values read back as YAML, so types survive)."""
+    items = []
+    for key, value in (settings or {}).items():
+        if not isinstance(key, str):
+            raise UserError(f"settings keys are dotted names such as 'train.iters', got {key!r}")
+        items.append(f"{key}={json.dumps(value)}")
+    return items + ([] if progress else ["train.progress=false"])
+
+
+def _source(data, labels, out: Path) -> str | None:
+    """A data source the run can re-read: a preset name or path as given, or in-memory arrays saved in the run."""
+    if data is None or isinstance(data, (str, Path)):
+        if labels is not None:
+            raise UserError("labels= goes with in-memory data; a file carries its own labels")
+        return None if data is None else str(data)
+    dataset = from_arrays(data, labels)  # checks them before anything is written
+    buf = io.BytesIO()
+    arrays = {"data": np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    np.savez(buf, **arrays)
+    path = out / DATA_FILE
+    if path.exists():
+        kept = load_data(str(path))
+        if kept.spec.fingerprint != dataset.spec.fingerprint:
+            raise UserError(f"{out} already holds a run on other data ({path}); use another folder")
+        return str(path.resolve())
+    ckpt.atomic_write_bytes(path, buf.getvalue())
+    return str(path.resolve())
+
+
+def train_teacher(data, out, settings: dict | None = None, labels=None, progress: bool = True) -> Model:
+    """Train a teacher on `data` (a preset name, a path, or an array/tensor with `labels=` beside it) into the run
+    folder `out`; re-running resumes it."""
+    from .teachers.train import train_teacher as train
+
+    out = Path(out)
+    source = _source(data, labels, out)
+    if source is None:
+        raise UserError("train_teacher needs data")
+    return Model(load_model(train(source, out, None, _overrides(settings, progress))))
+
+
+def distill(teacher, out, data=None, labels=None, method: str | None = None, steps: int = 1,
+            settings: dict | None = None, recipe: str | None = None, progress: bool = True) -> Model:
+    """Distil `teacher` (a run folder, a Model, or a network from wrap_teacher) into a `steps`-step student in the
+    run folder `out`, with `method` as published (default dmd2) or a named `recipe`; `data` as for train_teacher
+    (default: the teacher's own)."""
+    from .methods import run_distill
+
+    out = Path(out)
+    loaded = teacher.loaded if isinstance(teacher, Model) else teacher
+    source = _source(data, labels, out)
+    run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)
+    return Model(load_model(out, network=users_network(loaded)))
+
+
+def users_network(teacher: LoadedModel) -> torch.nn.Module | None:
+    """The user's own network inside a wrapped teacher (a student of it is rebuilt around a copy), else None."""
+    from .teachers.adapters import TeacherAdapter
+
+    return teacher.init_net.net if isinstance(teacher.init_net, TeacherAdapter) else None
+
+
+def load(path, network: torch.nn.Module | None = None) -> Model:
+    """A teacher or student run folder; `network`: an instance of your own network class, for a student distilled
+    from a network you wrapped with wrap_teacher."""
+    return Model(load_model(path, network=network))
+
+
+def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None) -> dict:
+    """`n` samples of `model` (a Model or a run folder) scored against `data` (a preset means its held-out split; a
+    path; or an array with labels=): the `evaluate` command's JSON as a dict."""
+    from .eval.evaluate import evaluate_model
+
+    model = model if isinstance(model, Model) else load(model)
+    if isinstance(data, (str, Path)):
+        split = "test" if is_preset(str(data)) else "train"
+        reference, name = load_data(str(data), split=split, spec=model.spec), str(data)
+    else:
+        split, name = "given", "in-memory data"
+        reference = from_arrays(data, labels, spec=model.spec)
+    result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed)
+    where = str(model.path.resolve()) if model.path is not None else "in memory"
+    result.update({"model": where, "data": name, "split": split})
+    return result
+
+
+def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str = "x0", value_range=(-1, 1),
+                 num_classes: int = 0, features: str | None = None, sigma_data: float = 0.5, solver: str = "heun",
+                 sample_steps: int | None = None) -> Model:
+    """A network of yours as a teacher that distill() and Model.sample accept. Here `net` is a σ-space denoiser
+    called as net(x_σ, σ[, class_labels]) that returns x̂_0 (`prediction="x0"`) or ε̂ (`"epsilon"`); samples are a
+    (C, H, W) image in `value_range` or a (D,) vector. `num_classes` > 0: class-conditional, with the label
+    `num_classes` meaning "no class" if the network was trained for classifier-free guidance. `features`: the
+    sub-module whose output a GAN head reads (the network's bottleneck), for methods with a GAN."""
+    from .teachers.adapters import EDMAdapter
+
+    shape = tuple(int(s) for s in sample_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
+    adapter = EDMAdapter(net.eval().requires_grad_(False), prediction, num_classes, features)
+    adapter.probe_features(shape)
+    kind = "vector" if len(shape) == 1 else "image"
+    common = dict(kind=kind, shape=shape, source="", dtype="float32", class_names=list(range(num_classes)))
+    if kind == "vector":
+        spec = DataSpec(**common, layout="nd", shift=[0.0] * shape[0], scale=[1.0] * shape[0])
+    else:
+        spec = DataSpec(**common, layout="nchw", value_range=[float(v) for v in value_range])
+    if solver not in ("heun", "euler"):
+        raise UserError(f"solver must be heun or euler, got {solver!r}")
+    config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
+              "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,
+              "solver": solver, "sample_steps": sample_steps or (40 if kind == "vector" else 18),
+              "spec": spec.to_dict()}
+    return Model(LoadedModel("teacher", config, spec, adapter, init_net=adapter,
+                             class_weights=config["class_weights"]))

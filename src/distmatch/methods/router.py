@@ -1,0 +1,75 @@
+"""Rebuilding a trained student for sampling: one generator, or several behind a class router (multi-student)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..networks import build_denoiser
+from ..teachers.adapters import rebuild_adapter
+
+
+class ClassRouter(nn.Module):
+    """Sends each class to the one student that owns it; NFE stays that of a single student."""
+
+    def __init__(self, students: list[nn.Module], owner: list[int]):
+        super().__init__()
+        self.students = nn.ModuleList(students)
+        self.register_buffer("owner", torch.as_tensor(owner, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("a multi-student model needs class labels")
+        self.check_labels(cond)
+        out = torch.empty_like(x)
+        who = self.owner[cond]
+        for i, student in enumerate(self.students):
+            mask = who == i
+            if mask.any():
+                out[mask] = student(x[mask], sigma[mask], cond[mask]).to(out.dtype)
+        return out
+
+    def check_labels(self, cond: torch.Tensor) -> None:
+        """Only class labels have an owner: no student was trained on the null label of classifier-free guidance
+        (index C), so any student it were routed to would give an output it was never distilled for."""
+        classes = len(self.owner)
+        bad = cond[(cond < 0) | (cond >= classes)]
+        if len(bad):
+            label = int(bad[0])
+            what = " (the null label of classifier-free guidance)" if label == classes else ""
+            raise UserError(f"a multi-student model has no student for label {label}{what}; give a class label in "
+                            f"0..{classes - 1}")
+
+
+def build_network(net_cfg: dict, shape, num_classes: int, sigma_data: float, network: nn.Module | None):
+    """distmatch's own network from its config, or the user's `network` (a copy) inside the adapter it was
+    distilled through."""
+    if net_cfg.get("kind") != "external":
+        return build_denoiser(net_cfg, shape, num_classes, sigma_data)
+    if network is None:
+        raise UserError(f"this student was distilled from a network defined in Python ({net_cfg['class']}); load "
+                        "it in Python with distmatch.load(path, network=<an instance of that class>)")
+    return rebuild_adapter(net_cfg, copy.deepcopy(network))
+
+
+def _strip(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def build_student_generator(cfg: dict, shape, weights: dict[str, torch.Tensor],
+                            network: nn.Module | None = None) -> nn.Module:
+    """The trained generator of a student's config and weights; `network`: an instance of the user's own network
+    class, for students of a teacher given as a Python module (its class cannot be rebuilt from the config)."""
+    k, sd = int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
+    if "router" not in cfg:
+        gen = build_network(cfg["network"], shape, k, sd, network)
+        gen.load_state_dict(_strip(weights, "gen."))
+        return gen.requires_grad_(False)
+    students = []
+    for i, net_cfg in enumerate(cfg["router"]["networks"]):
+        gen = build_network(net_cfg, shape, k, sd, network)
+        gen.load_state_dict(_strip(weights, f"students.{i}."))
+        students.append(gen.requires_grad_(False))
+    return ClassRouter(students, cfg["router"]["owner"])

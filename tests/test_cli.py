@@ -146,3 +146,25 @@ def test_real_process_prints_one_line(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "none.npz" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_settings_reference_is_current():
+    """docs/settings.md is generated from the option dataclasses; regenerate it when an option changes."""
+    from pathlib import Path
+
+    from distmatch.settings_doc import render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert page.read_text() == render(), "docs/settings.md is stale: python -m distmatch.settings_doc > docs/settings.md"
+
+
+def test_settings_reference_has_every_key_with_its_text():
+    from distmatch.config import describe_fields
+    from distmatch.methods import METHODS, config_class
+    from distmatch.settings_doc import render
+
+    page = render()
+    for name in METHODS:
+        for key, _, _ in describe_fields(config_class(name)):
+            assert f"`{key}`" in page, key
+    assert "| `dmd2.critic_ratio` | int | `5` | `5` | critic updates per student update" in page

@@ -22,10 +22,11 @@ from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
-    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ... (vectors: 2.0)
-    sigma_last: float = 0.35              # ... down to sigma_last (images; vectors: 0.15)
+    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
+    sigma_last: float = 0.35              # ... down to sigma_last
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
-    critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (vectors: on)
+    critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (not
+                                          # DMD2: recipes dmd2+ode, dmd+warmup, fdistill+ode)
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
     fourier_cap: float = 0.0              # vectors: the step from pure noise sees Fourier features of scale <= this
                                           # only (0 = all, as the teacher)

@@ -92,13 +92,3 @@ def test_lpips_is_refused_in_one_line(tiny_teacher, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_short_dmd_run_matches_the_mixture(short_mixture_run):
-    """Exact 8-Gaussian teacher, small networks, data-free: the 1-step student lands on every mode, far better than
-    the teacher's own 1-step output."""
-    r = short_mixture_run("dmd", ["train.iters=2500", "train.batch_size=128", "dmd.pairs=2048"])
-    assert (r.dir / pairs.PAIRS_FILE).is_file()
-    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
-    assert stats["modes_covered"] == 1.0, stats
-    assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
-    assert swd_student < 4 * swd_teacher, (swd_student, swd_teacher)  # measured 0.038 vs teacher 0.012
-    assert stats["off_mode"] < 0.55, stats

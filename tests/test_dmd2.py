@@ -55,17 +55,6 @@ def test_dm_gradient_is_zero_when_student_matches():
     assert dm_gradient(x, teacher(x_t, sigma), teacher(x_t, sigma)).abs().max() == 0
 
 
-def test_short_dmd2_run_matches_the_mixture(short_mixture_run):
-    """Exact 8-Gaussian teacher, small networks, a short run: the 1-step student must land on the mixture."""
-    r = short_mixture_run("dmd2", ["train.iters=2500", "train.batch_size=128"])
-    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
-    assert stats["modes_covered"] == 1.0, stats
-    # A short CI run: far from the teacher's 1-step output, near the teacher (bench/ measures the converged gap).
-    assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
-    assert swd_student < 6 * swd_teacher, (swd_student, swd_teacher)
-    assert stats["off_mode"] < 0.75, stats  # still blurred after 30 s (a ring or a blob would be ~1.0)
-
-
 def test_backward_simulation_draws_only_the_active_steps():
     """Spread draws give every active step an equal share of the batch; while only the first step is trained
     (student.first_only), every sample is drawn at step 0 and starts from pure noise at σ_0."""

@@ -103,12 +103,3 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path):
     assert torch.equal(*bins)
 
 
-def test_short_fdistill_run_matches_the_mixture(short_mixture_run):
-    """Exact 8-Gaussian teacher, JS divergence (the default), small networks: the 1-step student lands on every mode,
-    far better than the teacher's own 1-step output."""
-    r = short_mixture_run("fdistill", ["train.iters=2500", "train.batch_size=128", "train.lr=2e-4"])
-    swd_student, swd_one, swd_teacher, stats = r.swd, r.same_steps_swd, r.teacher_swd, r.stats
-    assert stats["modes_covered"] == 1.0, stats
-    assert swd_student < 0.15 * swd_one, (swd_student, swd_one)
-    assert swd_student < 5 * swd_teacher, (swd_student, swd_teacher)  # measured 0.047 vs teacher 0.012
-    assert stats["off_mode"] < 0.65, stats

@@ -224,8 +224,7 @@ class DistributionMatching:
         """One update of `critic`: the fake score on noisy (detached) samples of `gen` over the whole grid; with a
         GAN head, also the discriminator on noisy real (`real_x`) vs noisy student samples, in the same pass (DMD2)."""
         steps = self.student.pick_step(self.ctx.shared_generator, n)
-        with torch.no_grad(), self.ctx.autocast():
-            fake = self.student.sample(gen, cond, steps, grad=False).float()
+        fake = self.critic_samples(gen, cond, steps)
         _, sigma = self.levels(n)
         logs = {}
         with self.ctx.autocast():
@@ -244,6 +243,11 @@ class DistributionMatching:
         self.optimizer_step(critic, opt_c, loss)
         logs["loss_critic"] = loss_fake.item()
         return logs
+
+    def critic_samples(self, gen, cond, steps) -> torch.Tensor:
+        """The student's samples the critic learns from, detached: the critic's loss must not reach the student."""
+        with torch.no_grad(), self.ctx.autocast():
+            return self.student.sample(gen, cond, steps, grad=False).float()
 
     @torch.no_grad()
     def dm_grad(self, critic, x: torch.Tensor, sigma: torch.Tensor, cond, steps=None) -> torch.Tensor:

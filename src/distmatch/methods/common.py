@@ -127,8 +127,7 @@ class FewStepStudent:
     re-noise to σ_k with fresh noise, and run step k with gradients; every step's output is trained to be a sample
     of the data distribution. DMD2's code draws one k per batch (the same on every process: `spread=False`); by
     default the K steps are instead spread evenly over each batch (`spread=True`), so every step gets a share of
-    every update rather than all of every K-th: on 2-D data this is what made 4-step students converge
-    (bench/RESULTS.md).
+    every update rather than all of every K-th (the same expected gradient, less variance).
     """
 
     def __init__(self, sigmas: list[float], shape: tuple[int, ...], device, spread: bool = True):

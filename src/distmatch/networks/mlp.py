@@ -23,7 +23,7 @@ class FourierFeatures(nn.Module):
 
     `noise_cap` > 0: rows flagged as pure noise see only the features of frequency scale <= noise_cap (the others
     are zeroed). A one-step generator maps noise z to data; with features of z at scales up to 16 it carves z-space
-    into hundreds of islands, each edged with samples that fall between the data's modes (bench/RESULTS.md)."""
+    into hundreds of islands, each edged with samples that fall between the data's modes."""
 
     def __init__(self, dim: int, n: int, max_scale: float, seed: int = 0, noise_cap: float = 0.0):
         super().__init__()

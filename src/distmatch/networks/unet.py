@@ -1,7 +1,7 @@
 """A small U-Net backbone for images (any channel count, any size; downsamples only while sizes stay even).
 
 Kept small and attention-free by default: on a 2-core CPU it trains faster than diffusers' UNet2DModel of the
-same width (bench/RESULTS.md). `features` are the bottleneck activations, for the GAN head.
+same width. `features` are the bottleneck activations, for the GAN head.
 """
 from __future__ import annotations
 

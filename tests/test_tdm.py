@@ -65,6 +65,7 @@ def test_rollout_runs_each_row_only_as_far_as_it_is_read():
         return torch.tanh(x) + 0.1 * sigma[:, None]
 
     owner = SimpleNamespace(shape=(2,), sigmas=[80.0, 2.5, 0.9, 0.35], gen=gen,
+                            student=SimpleNamespace(input_scale=80.0),
                             ctx=SimpleNamespace(device="cpu", autocast=contextlib.nullcontext))
     torch.manual_seed(1)
     full_in, full_out = TDM.rollout(owner, 64, None)

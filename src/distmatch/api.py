@@ -159,20 +159,32 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     return result
 
 
-def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str = "x0", value_range=(-1, 1),
-                 num_classes: int = 0, features: str | None = None, sigma_data: float = 0.5, solver: str = "heun",
-                 sample_steps: int | None = None) -> Model:
-    """A network of yours as a teacher that distill() and Model.sample accept. Here `net` is a σ-space denoiser
-    called as net(x_σ, σ[, class_labels]) that returns x̂_0 (`prediction="x0"`) or ε̂ (`"epsilon"`); samples are a
-    (C, H, W) image in `value_range` or a (D,) vector. `num_classes` > 0: class-conditional, with the label
-    `num_classes` meaning "no class" if the network was trained for classifier-free guidance. `features`: the
-    sub-module whose output a GAN head reads (the network's bottleneck), for methods with a GAN."""
-    from .teachers.adapters import EDMAdapter
+def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = None, alphas_cumprod=None,
+                 timesteps: str = "continuous", value_range=(-1, 1), num_classes: int = 0, features: str | None = None,
+                 sigma_data: float = 0.5, solver: str = "heun", sample_steps: int | None = None) -> Model:
+    """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
+    `value_range` or a (D,) vector.
+
+    Without `alphas_cumprod`, `net` is a σ-space denoiser called as net(x_σ, σ[, labels]) that returns x̂_0
+    (`prediction="x0"`, the default) or ε̂ (`"epsilon"`). With `alphas_cumprod` (one ᾱ_t per training timestep,
+    e.g. a diffusers scheduler's), `net` is a DDPM-style network called as net(x_t, t[, labels]) predicting
+    `"epsilon"` (default), `"v_prediction"` or `"sample"`; `timesteps="discrete"` feeds it integer t only (for a
+    time embedding that is a lookup table). Adapt your own time scaling with a lambda or a small module.
+    `num_classes` > 0: class-conditional, with the label `num_classes` meaning "no class" if the network was
+    trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
+    bottleneck), for methods with a GAN."""
+    from .teachers.adapters import EDMAdapter, VPAdapter
 
     shape = tuple(int(s) for s in sample_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
-    adapter = EDMAdapter(net.eval().requires_grad_(False), prediction, num_classes, features)
+    if solver not in ("heun", "euler"):
+        raise UserError(f"solver must be heun or euler, got {solver!r}")
+    net = net.eval().requires_grad_(False)
+    if alphas_cumprod is None:
+        adapter = EDMAdapter(net, prediction or "x0", num_classes, features)
+    else:
+        adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
     adapter.probe_features(shape)
     kind = "vector" if len(shape) == 1 else "image"
     common = dict(kind=kind, shape=shape, source="", dtype="float32", class_names=list(range(num_classes)))
@@ -180,11 +192,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str = "x0", val
         spec = DataSpec(**common, layout="nd", shift=[0.0] * shape[0], scale=[1.0] * shape[0])
     else:
         spec = DataSpec(**common, layout="nchw", value_range=[float(v) for v in value_range])
-    if solver not in ("heun", "euler"):
-        raise UserError(f"solver must be heun or euler, got {solver!r}")
     config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,
               "solver": solver, "sample_steps": sample_steps or (40 if kind == "vector" else 18),
-              "spec": spec.to_dict()}
+              "spec": spec.to_dict(), "schedule": adapter.schedule().config()}
     return Model(LoadedModel("teacher", config, spec, adapter, init_net=adapter,
                              class_weights=config["class_weights"]))

@@ -15,6 +15,7 @@ from .data.spec import DataSpec
 from .errors import UserError
 from .networks import build_denoiser
 from .samplers import few_step_sample, ode_sample, teacher_nfe
+from .schedules import NoiseSchedule
 from .teachers.gmm import GaussianMixture
 
 
@@ -31,6 +32,11 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return int(self.config.get("num_classes", 0))
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The noise levels the teacher was trained on (a student keeps its teacher's)."""
+        return NoiseSchedule.from_config(self.config.get("schedule"))
 
     @property
     def default_steps(self) -> int:
@@ -93,12 +99,13 @@ class LoadedModel:
         return torch.cat(out), cond
 
     def _sample_batch(self, z, steps, cond, g):
+        schedule = self.schedule
         if self.kind == "teacher":
-            cfg = self.config
-            return ode_sample(self.denoiser, z, steps, cfg["solver"], cond)
+            return ode_sample(self.denoiser, z, steps, self.config["solver"], cond, schedule.sigma_min,
+                              schedule.sigma_max)
         sigmas = self.config["sigmas"][:steps]
         renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
-        return few_step_sample(self.denoiser, z, sigmas, cond, renoise)
+        return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))
 
 
 def _load_weights(run_dir: Path) -> dict[str, torch.Tensor]:

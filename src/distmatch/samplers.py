@@ -62,12 +62,14 @@ def teacher_nfe(steps: int, solver: str) -> int:
 
 
 def few_step_sample(generator: Denoiser, noise: torch.Tensor, sigmas: Sequence[float], cond=None,
-                    renoise: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """A K-step student: x̂_0 = G(σ_0 z); then for k ≥ 1, x̂_0 = G(x̂_0 + σ_k ε_k, σ_k).  NFE = K.
+                    renoise: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                    input_scale: float | None = None) -> torch.Tensor:
+    """A K-step student: x̂_0 = G(s z, σ_0) with s = `input_scale` (default σ_0); then for k ≥ 1,
+    x̂_0 = G(x̂_0 + σ_k ε_k, σ_k).  NFE = K.
 
     `renoise` optionally supplies the ε_k (K-1 tensors) for reproducibility; otherwise fresh noise is drawn.
     """
-    x0 = generator(noise * sigmas[0], _full(noise, sigmas[0]), cond)
+    x0 = generator(noise * (input_scale or sigmas[0]), _full(noise, sigmas[0]), cond)
     for k, s in enumerate(sigmas[1:]):
         eps = renoise[k] if renoise is not None else torch.randn_like(x0)
         x0 = generator(x0 + s * eps, _full(x0, s), cond)

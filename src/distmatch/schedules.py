@@ -63,3 +63,52 @@ def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_top: float = 
         return [float(sigma_max)]
     ratio = (sigma_last / sigma_top) ** (1 / (steps - 1))
     return [float(sigma_max)] + [float(sigma_top * ratio ** k) for k in range(1, steps)]
+
+
+class NoiseSchedule:
+    """The noise levels a teacher was trained on, in σ-space: a grid of its training levels (ascending), how a
+    sample at its highest level is drawn from N(0, I), and the levels a K-step student starts its steps from.
+
+    kind "ve": x = σ z (EDM, distmatch's own teachers; the grid is DMD2's 1000-point Karras grid);
+    kind "vp": x = √(1+σ²) z, i.e. x_vp = z exactly as a DDPM pipeline starts (grid: σ of each training timestep).
+    """
+
+    def __init__(self, grid: torch.Tensor, kind: str = "ve"):
+        if kind not in ("ve", "vp"):
+            raise ValueError(f"unknown schedule kind {kind!r}")
+        self.grid, self.kind = grid.double(), kind
+
+    @classmethod
+    def karras(cls) -> "NoiseSchedule":
+        return cls(karras_grid_1000(), "ve")
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "NoiseSchedule":
+        if not cfg or cfg.get("kind", "ve") == "ve" and "grid" not in cfg:
+            return cls.karras()
+        return cls(torch.tensor(cfg["grid"], dtype=torch.float64), cfg["kind"])
+
+    def config(self) -> dict:
+        return {} if self.kind == "ve" and torch.equal(self.grid, karras_grid_1000()) else \
+            {"kind": self.kind, "grid": self.grid.tolist()}
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.grid[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.grid[-1])
+
+    def input_scale(self, sigma: float) -> float:
+        """The factor that turns z ~ N(0, I) into a sample at the top level σ."""
+        return float(sigma) if self.kind == "ve" else float((1 + sigma ** 2) ** 0.5)
+
+    def student_levels(self, steps: int, sigma_top: float, sigma_last: float) -> list[float]:
+        """A K-step student's levels. VE: σ_max, then geometric from sigma_top to sigma_last; VP: the timesteps a
+        consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for i = K-1..0 (999, 749, 499, 249 for
+        K = 4 of 1000), so an exported scheduler runs exactly the trained steps."""
+        if self.kind == "ve":
+            return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
+        c = len(self.grid) // steps
+        return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]

@@ -105,7 +105,14 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not source:
         raise UserError(f"{method} with these settings trains on real data (its GAN or its critic's first stage) "
                         "and this teacher carries none: give the data (--data / data=)")
-    data = load_data(source, spec=teacher.spec)
+    if not teacher.spec.source and teacher.spec.kind == "image":
+        # a teacher built in Python works on [-1, 1] images: the data keep their own value range, mapped there
+        data = load_data(source)
+        if tuple(data.spec.shape) != tuple(teacher.spec.shape):
+            raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape} (channels, height, "
+                            f"width {tuple(data.spec.shape)}) but the teacher makes {tuple(teacher.spec.shape)}")
+    else:
+        data = load_data(source, spec=teacher.spec)
     if teacher.num_classes and data.labels is None:
         raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
     if not teacher.num_classes:
@@ -128,7 +135,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
-    sigmas = cfg.student.resolved_sigmas()
+    sigmas = cfg.student.resolved_sigmas(teacher.schedule)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
@@ -137,11 +144,13 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                    f"distilling ({method}, {len(sigmas)}-step)")
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()
-        model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": teacher.spec.to_dict(),
+        spec = data.spec if data is not None and not teacher.spec.source else teacher.spec  # samples as the data
+        model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": spec.to_dict(),
                      "network": student_network_config(teacher.config["network"], cfg.student),
                      "num_classes": teacher.num_classes,
                      "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
                      "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": teacher_id(teacher),
+                     "schedule": teacher.schedule.config(),
                      "teacher_nfe": teacher.nfe()}
         model_cfg.update(extra)
         ckpt.save_model(out, weights, model_cfg)

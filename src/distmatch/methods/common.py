@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from ..networks.heads import build_head
 from ..parameterization import append_dims
-from ..schedules import SIGMA_MAX, karras_grid_1000, student_sigmas
+from ..schedules import NoiseSchedule
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Method
 from .losses import critic_loss, dm_gradient, gan_discriminator_loss
@@ -46,8 +46,11 @@ class StudentConfig:
             if any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])) or min(self.sigmas) <= 0:
                 raise UserError("student.sigmas must be positive and strictly decreasing")
 
-    def resolved_sigmas(self) -> list[float]:
-        return list(self.sigmas) if self.sigmas is not None else student_sigmas(self.steps, SIGMA_MAX, self.sigma_top, self.sigma_last)
+    def resolved_sigmas(self, schedule: NoiseSchedule | None = None) -> list[float]:
+        """The student's levels: as given, or the teacher's schedule's for K steps."""
+        if self.sigmas is not None:
+            return list(self.sigmas)
+        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last)
 
 
 class RealScore(nn.Module):
@@ -130,8 +133,10 @@ class FewStepStudent:
     every update rather than all of every K-th (the same expected gradient, less variance).
     """
 
-    def __init__(self, sigmas: list[float], shape: tuple[int, ...], device, spread: bool = True):
+    def __init__(self, sigmas: list[float], shape: tuple[int, ...], device, spread: bool = True,
+                 input_scale: float | None = None):
         self.sigmas, self.shape, self.device, self.spread = sigmas, tuple(shape), device, spread
+        self.input_scale = input_scale or sigmas[0]  # z -> the first step's input (the teacher's own start)
         self.active = len(sigmas)  # steps 0..active-1 are trained (fewer while only the first step is)
 
     def noise(self, n: int) -> torch.Tensor:
@@ -153,7 +158,7 @@ class FewStepStudent:
     @torch.no_grad()
     def input_at(self, generator, steps: torch.Tensor, cond) -> torch.Tensor:
         """Each sample's input to its step: σ_0 z for step 0, else the re-noised output of the step before."""
-        x = self.noise(len(steps)) * self.sigmas[0]
+        x = self.noise(len(steps)) * self.input_scale
         for j in range(int(steps.max()) if len(steps) else 0):
             go = steps > j
             x0 = generator(x[go], full(x[go], self.sigmas[j]), cond[go] if cond is not None else None).float()
@@ -320,8 +325,10 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
-        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread")
-        self.grid = karras_grid_1000().float()
+        schedule = teacher.schedule
+        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread",
+                                      schedule.input_scale(sigmas[0]))
+        self.grid = schedule.grid.float()
 
     def modules(self):
         return {"gen": self.gen, "critic": self.critic, "ema": self.ema}

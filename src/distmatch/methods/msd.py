@@ -25,7 +25,7 @@ import torch
 from ..data import load_data
 from ..errors import UserError
 from ..networks import build_denoiser
-from ..schedules import karras_grid_1000, sample_lognormal_sigmas
+from ..schedules import sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
@@ -166,8 +166,10 @@ class MSD(DistributionMatching, Method):
             params = [p for gen in self.gens for p in gen.parameters()]
             self.opt_pre = ctx.make_optimizer(params, lr=opts.prestage_lr)
         self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(opts.students)]
-        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread")
-        self.grid = karras_grid_1000().float()
+        schedule = teacher.schedule
+        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread",
+                                      schedule.input_scale(sigmas[0]))
+        self.grid = schedule.grid.float()
 
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts

@@ -69,11 +69,13 @@ class Options:
         check_ode_init("tdm", 0.0, self.ode_pairs, self.ode_weight)
 
 
-def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10) -> list[tuple[int, int]]:
-    """Each step's own interval [lo_k, hi_k] of indices on the ascending 1000-point Karras grid (TDM's
-    t ~ U[max(20, t_{k+1}), t_k - 10]): every level s in it has σ_{k+1} <= s < σ_k, so the intervals are disjoint."""
-    grid = karras_grid_1000()
-    floor_index = int(round(floor * 1000))
+def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10,
+                   grid: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """Each step's own interval [lo_k, hi_k] of indices on the teacher's ascending grid of levels (default DMD2's
+    1000-point Karras grid; TDM's t ~ U[max(20, t_{k+1}), t_k - 10]): every level s in it has σ_{k+1} <= s < σ_k,
+    so the intervals are disjoint."""
+    grid = karras_grid_1000() if grid is None else grid.double()
+    floor_index = int(round(floor * len(grid)))
 
     def first_at_or_above(sigma: float) -> int:
         return int(torch.searchsorted(grid, torch.tensor(sigma, dtype=grid.dtype)))
@@ -82,7 +84,7 @@ def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10) -
     for k, sigma in enumerate(sigmas):
         below = sigmas[k + 1] if k + 1 < len(sigmas) else 0.0
         lo = max(floor_index, first_at_or_above(below))  # grid[lo] >= σ_{k+1}
-        hi = first_at_or_above(sigma) - 1 - margin       # grid[hi] < σ_k
+        hi = min(first_at_or_above(sigma), len(grid)) - 1 - margin  # grid[hi] < σ_k
         if hi < lo:
             what = f"student levels {sigma:.4g} and {below:.4g} are" if below else f"the last level {sigma:.4g} is"
             raise UserError(f"{what} too close for TDM's per-step intervals (tdm.margin={margin}, tdm.floor={floor}); "
@@ -111,7 +113,7 @@ class TDM(OdePairs, StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         refuse_student_options(cfg, "tdm", backsim=False)
         self.opts, self.sigmas, self.teacher = cfg.tdm, list(sigmas), teacher
-        self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin)
+        self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin, teacher.schedule.grid)
         # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as
         # the student is saved with it
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
@@ -130,7 +132,7 @@ class TDM(OdePairs, StudentCriticMethod):
         """The student's K-step chain: every step's input x_k (K, n, ...) and output x̂_0^k (K, n, ...). With
         `last` (n,), row i stops after step last[i]: its later inputs are then those of a chain that stopped there
         and its later outputs zero, neither to be read."""
-        x = torch.randn((n,) + self.shape, device=self.ctx.device) * self.sigmas[0]
+        x = torch.randn((n,) + self.shape, device=self.ctx.device) * self.student.input_scale
         inputs, outputs = [], []
         with self.ctx.autocast():
             for k, sigma in enumerate(self.sigmas):

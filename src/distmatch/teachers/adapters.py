@@ -4,9 +4,11 @@ Every foreign convention is converted here and nowhere else. `TeacherAdapter` ho
 a GAN head needs them, the output of one named sub-module (the network's bottleneck) as the critic's features.
 Subclasses say how σ-space maps to the network's inputs and its prediction back to x̂_0:
     EDMAdapter   the network already is a σ-space denoiser (it returns x̂_0, or ε with x̂_0 = x - σ ε̂)
+    VPAdapter    a DDPM-style network on x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε = x_σ / √(1+σ²), σ(t) = √((1-ᾱ_t)/ᾱ_t)
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..parameterization import append_dims
+from ..schedules import NoiseSchedule
 
 
 class TeacherAdapter(nn.Module):
@@ -35,6 +38,10 @@ class TeacherAdapter(nn.Module):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
         raise NotImplementedError
+
+    def schedule(self) -> NoiseSchedule:
+        """The levels the network was trained on (an EDM network: DMD2's Karras grid)."""
+        return NoiseSchedule.karras()
 
     def forward(self, x, sigma, cond=None, return_features: bool = False):
         if not return_features:
@@ -89,16 +96,88 @@ class EDMAdapter(TeacherAdapter):
         self.prediction = prediction
 
     def denoise(self, x, sigma, cond):
-        out = self.net(x, sigma, cond) if cond is not None else self.net(x, sigma)
-        out = out.float()
+        out = call_with_labels(self.net, x, sigma, cond).float()
         return out if self.prediction == "x0" else x - append_dims(sigma, x.ndim) * out
 
     def config(self) -> dict:
         return {**super().config(), "prediction": self.prediction}
 
 
+def network_output(out) -> torch.Tensor:
+    """A tensor from what a network returned (diffusers models return an output object with `.sample`)."""
+    if hasattr(out, "sample"):
+        return out.sample
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def call_with_labels(net: nn.Module, x, t, cond):
+    """net(x, t) or, with labels, net(x, t, class_labels=...) for diffusers models and net(x, t, cond) otherwise."""
+    if cond is None:
+        return network_output(net(x, t))
+    if "class_labels" in inspect.signature(net.forward).parameters:
+        return network_output(net(x, t, class_labels=cond))
+    return network_output(net(x, t, cond))
+
+
+VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+class VPAdapter(TeacherAdapter):
+    """A network called as net(x_t, t[, labels]) on the variance-preserving x_t of a T-step schedule ᾱ_0..ᾱ_{T-1},
+    predicting ε (`epsilon`), v (`v_prediction`) or x_0 (`sample`), as diffusers' DDPMScheduler defines them.
+    A σ between two timesteps gives a fractional t, interpolated in log σ (`timesteps="continuous"`), or the
+    nearest integer t (`"discrete"`, for a time embedding that is a lookup table); the input is scaled by the
+    exact σ either way."""
+
+    convention = "vp"
+
+    def __init__(self, net: nn.Module, alphas_cumprod, prediction: str = "epsilon", timesteps: str = "continuous",
+                 num_classes: int = 0, features: str | None = None):
+        super().__init__(net, num_classes, features)
+        if prediction not in VP_PREDICTIONS:
+            raise UserError(f"a DDPM-style network predicts one of {', '.join(VP_PREDICTIONS)}, got {prediction!r}")
+        if timesteps not in ("continuous", "discrete"):
+            raise UserError(f"timesteps must be continuous or discrete, got {timesteps!r}")
+        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if a.ndim != 1 or len(a) < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
+            raise UserError("alphas_cumprod must be a falling 1-D table of values in (0, 1), one per timestep")
+        self.prediction, self.timesteps = prediction, timesteps
+        self.register_buffer("log_sigmas", (((1 - a) / a).sqrt()).log(), persistent=False)
+        self.register_buffer("alphas_cumprod", a, persistent=False)
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(self.log_sigmas.exp(), "vp")
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """σ -> the network's t: log-σ interpolation between the two neighbouring timesteps, or the nearest one."""
+        log_sigma, ls = sigma.double().log(), self.log_sigmas
+        if self.timesteps == "discrete":
+            return (log_sigma[:, None] - ls[None]).abs().argmin(1)
+        hi = torch.searchsorted(ls, log_sigma).clamp(1, len(ls) - 1)
+        lo = hi - 1
+        w = ((log_sigma - ls[lo]) / (ls[hi] - ls[lo])).clamp(0, 1)
+        return (lo + w).float()
+
+    def denoise(self, x, sigma, cond):
+        s = append_dims(sigma, x.ndim)
+        root = (1 + s ** 2).sqrt()
+        out = call_with_labels(self.net, (x / root).to(x.dtype), self.timestep(sigma).to(x.device), cond).float()
+        if self.prediction == "epsilon":
+            return x - s * out
+        if self.prediction == "v_prediction":
+            return x / (1 + s ** 2) - s / root * out
+        return out
+
+    def config(self) -> dict:
+        return {**super().config(), "prediction": self.prediction, "timesteps": self.timesteps,
+                "alphas_cumprod": self.alphas_cumprod.tolist()}
+
+
 def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:
     """The adapter described by `cfg` (TeacherAdapter.config) around `net`."""
     if cfg.get("convention") == "edm":
         return EDMAdapter(net, cfg.get("prediction", "x0"), cfg.get("num_classes", 0), cfg.get("features"))
+    if cfg.get("convention") == "vp":
+        return VPAdapter(net, cfg["alphas_cumprod"], cfg["prediction"], cfg["timesteps"], cfg.get("num_classes", 0),
+                         cfg.get("features"))
     raise UserError(f"unknown teacher convention {cfg.get('convention')!r} in a saved model")

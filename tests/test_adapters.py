@@ -1,0 +1,120 @@
+"""Teacher adapters at the σ-space boundary, checked against diffusers' own schedulers on tiny models built here."""
+import math
+
+import pytest
+import torch
+
+from distmatch.errors import UserError
+from distmatch.samplers import ode_sample
+from distmatch.teachers.adapters import EDMAdapter, VPAdapter, rebuild_adapter
+from distmatch.teachers.gmm import GaussianMixture
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def tiny_unet(seed=0, num_class_embeds=None):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4,
+                                 num_class_embeds=num_class_embeds).eval()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_vp_adapter_gives_the_schedulers_own_x0(schedule, prediction):
+    """D(x_σ, σ(t)) = DDPMScheduler.step(...).pred_original_sample (clip_sample off), x_σ = √(1+σ²) x_t, at
+    timesteps from the ends to the middle."""
+    unet = tiny_unet()
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction,
+                                    clip_sample=False)
+    adapter = VPAdapter(unet, sched.alphas_cumprod, prediction)
+    g = torch.Generator().manual_seed(1)
+    for t in (999, 700, 250, 10, 0):
+        x_t = torch.randn(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            out = unet(x_t, torch.tensor([t, t])).sample
+            want = sched.step(out, t, x_t).pred_original_sample
+            sigma = ((1 - sched.alphas_cumprod[t]) / sched.alphas_cumprod[t]).sqrt().expand(2).float()
+            got = adapter(x_t * (1 + sigma[0] ** 2).sqrt(), sigma)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (t, (got - want).abs().max())
+
+
+def test_vp_timestep_interpolates_in_log_sigma_like_diffusers_or_snaps_to_the_nearest():
+    sched = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    adapter = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler().alphas_cumprod)
+    sigma = torch.tensor([3.0, 0.05, 120.0])
+    log_sigmas = (((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5).log().numpy()
+    want = [float(sched._sigma_to_t(s, log_sigmas)) for s in sigma.numpy()]
+    assert torch.allclose(adapter.timestep(sigma), torch.tensor(want, dtype=torch.float32), atol=1e-3)
+    adapter.timesteps = "discrete"
+    snapped = adapter.timestep(sigma)
+    assert snapped.dtype == torch.long and snapped.tolist() == [round(w) for w in want]
+
+
+class MixtureAsEpsilon(torch.nn.Module):
+    """A closed-form Gaussian mixture disguised as a DDPM ε-network: ε̂ = (x_σ - D_exact(x_σ, σ)) / σ."""
+
+    def __init__(self, mixture, alphas_cumprod):
+        super().__init__()
+        self.mixture, self.alphas_cumprod = mixture, alphas_cumprod
+
+    def forward(self, x_t, t):
+        a = torch.stack([self.alphas_cumprod[int(i)] for i in t]).float()  # integer t: the table's levels
+        sigma = ((1 - a) / a).sqrt()
+        x = x_t * (1 + sigma ** 2).sqrt()[:, None]
+        return (x - self.mixture(x, sigma).float()) / sigma[:, None]
+
+
+def test_heun_over_the_vp_adapter_reproduces_a_mixture_disguised_as_an_eps_model():
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=torch.float64)
+    mixture = GaussianMixture([0.3, 0.7], means, torch.tensor([0.02, 0.02], dtype=torch.float64))
+    alphas = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    adapter = VPAdapter(MixtureAsEpsilon(mixture, alphas), alphas, "epsilon", timesteps="discrete")
+    schedule = adapter.schedule()
+    x = ode_sample(adapter, torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)), 40, "heun",
+                   sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+    share = (x[:, 0] > 0).double().mean().item()
+    assert abs(share - 0.7) < 0.03, share
+    near = torch.cdist(x.double(), means).min(1).values
+    assert near.median() < 0.2, near.median()
+
+
+def test_edm_adapter_and_rebuild():
+    net = torch.nn.Linear(2, 2)
+    for prediction in ("x0", "epsilon"):
+        adapter = EDMAdapter(lambda_net(net), prediction)
+        x, sigma = torch.randn(3, 2), torch.tensor([0.5, 1.0, 2.0])
+        want = net(x) if prediction == "x0" else x - sigma[:, None] * net(x)
+        assert torch.allclose(adapter(x, sigma), want)
+        again = rebuild_adapter(adapter.config(), lambda_net(net))
+        assert torch.allclose(again(x, sigma), want)
+
+
+class lambda_net(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, sigma):
+        return self.net(x)
+
+
+def test_vp_adapter_refuses_what_it_cannot_read():
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    with pytest.raises(UserError, match="predicts one of epsilon, v_prediction, sample"):
+        VPAdapter(torch.nn.Identity(), alphas, "flow")
+    with pytest.raises(UserError, match="falling 1-D table"):
+        VPAdapter(torch.nn.Identity(), alphas.flip(0), "epsilon")
+    with pytest.raises(UserError, match="no sub-module 'bottleneck'"):
+        VPAdapter(tiny_unet(), alphas, features="bottleneck")
+
+
+def test_vp_student_levels_are_the_pinned_timesteps_and_start_from_the_pipelines_noise():
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    schedule = VPAdapter(torch.nn.Identity(), alphas).schedule()
+    sigma = ((1 - alphas) / alphas).sqrt().double()
+    assert schedule.student_levels(4, 7.0, 0.35) == pytest.approx([float(sigma[t]) for t in (999, 749, 499, 249)])
+    assert schedule.student_levels(1, 7.0, 0.35) == pytest.approx([float(sigma[999])])
+    s0 = float(sigma[999])
+    assert schedule.input_scale(s0) == pytest.approx(math.sqrt(1 + s0 ** 2))  # x_vp = z, as a pipeline starts

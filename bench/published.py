@@ -167,8 +167,12 @@ def main():
     wanted += [p for p in args.only.split(",") if p.count(":") == 2 and p not in every]  # recipes, other K
     todo = [j for j in dict.fromkeys(wanted) if not (root / "runs" / f"{j.replace(':', '-')}.json").exists()]
     print(f"{len(todo)} jobs: {', '.join(todo)}", flush=True)
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        pool.starmap(one_job, [(j, str(root)) for j in todo])
+    with mp.get_context("spawn").Pool(args.jobs) as pool:  # one job at a time per process, in the order given
+        list(pool.imap(run_job, [(j, str(root)) for j in todo], chunksize=1))
+
+
+def run_job(args: tuple[str, str]) -> dict:
+    return one_job(*args)
 
 
 if __name__ == "__main__":

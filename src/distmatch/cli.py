@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a teacher into a few-step student", epilog=_distill_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="a teacher run folder")
+    p.add_argument("--teacher", required=True, help="a teacher run folder or a diffusers model folder")
     p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
     p.add_argument("--method", default=None, help="dmd2 (default), dmd, fdistill, tdm, msd: each as published")
     p.add_argument("--recipe", default=None, help="a named recipe (a method plus measured levers; listed below)")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a teacher or student")
-    p.add_argument("--model", required=True, help="a teacher or student run folder")
+    p.add_argument("--model", required=True, help="a teacher or student run folder, or a diffusers model folder")
     p.add_argument("--n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npy (same layout/dtype/range as the data), or .npz with labels")
     p.add_argument("--steps", type=_positive_int, default=None, help="solver steps (teacher) or K (student)")
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--out", required=True, help="output .json")
+
+    p = sub.add_parser("export", help="write a student as a folder stock diffusers loads (DiffusionPipeline)")
+    p.add_argument("--model", required=True, help="a student run folder (of a diffusers teacher)")
+    p.add_argument("--out", required=True, help="a new folder")
 
     p = sub.add_parser("demo", help="the main job: teacher, DMD2 student, evaluation and an HTML report")
     p.add_argument("--data", default="8gaussians", help=f"a preset ({presets}) or a path")

@@ -68,6 +68,14 @@ def evaluate(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    from .export import export_student
+
+    out = export_student(args.model, args.out)
+    print(f"exported to {out}: DiffusionPipeline.from_pretrained({str(out)!r})")
+    return 0
+
+
 def demo(args) -> int:
     from .report.demo import run_demo
 

@@ -122,7 +122,11 @@ def _strip(weights: dict, prefix: str) -> dict:
 def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | None = None) -> LoadedModel:
     """A run folder's teacher or student; `network`: an instance of the user's own network class, for a student
     distilled from a network given in Python."""
+    from .teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher
+
     run_dir = Path(run_dir)
+    if is_diffusers_folder(run_dir):
+        return load_diffusers_teacher(run_dir)
     cfg = ckpt.read_model_config(run_dir)
     kind = cfg.get("kind")
     if kind not in ("teacher", "student"):

@@ -80,11 +80,17 @@ def method_and_recipe(method: str | None, recipe: str | None) -> tuple[str, str 
 
 
 def load_teacher(teacher_dir: str | Path) -> LoadedModel:
+    """A distmatch teacher run folder, or a diffusers model folder."""
+    from ..teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher
+
     path = Path(teacher_dir)
     if not path.exists():
         raise UserError(f"no such teacher folder: {teacher_dir}")
+    if is_diffusers_folder(path):
+        return load_diffusers_teacher(path)
     if not (path / ckpt.CONFIG).is_file():
-        raise UserError(f"{teacher_dir} holds no teacher (no {ckpt.CONFIG}); train one with `distmatch teacher`")
+        raise UserError(f"{teacher_dir} is neither a distmatch teacher (no {ckpt.CONFIG}) nor a diffusers model (no "
+                        "model_index.json, nor unet/ and scheduler/); train one with `distmatch teacher`")
     model = load_model(path)
     if model.kind != "teacher":
         raise UserError(f"{teacher_dir} holds a {model.kind}, not a teacher")

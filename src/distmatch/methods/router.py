@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..networks import build_denoiser
-from ..teachers.adapters import rebuild_adapter
+from ..teachers.adapters import diffusers_network, rebuild_adapter
 
 
 class ClassRouter(nn.Module):
@@ -46,6 +46,8 @@ class ClassRouter(nn.Module):
 def build_network(net_cfg: dict, shape, num_classes: int, sigma_data: float, network: nn.Module | None):
     """distmatch's own network from its config, or the user's `network` (a copy) inside the adapter it was
     distilled through."""
+    if net_cfg.get("kind") == "diffusers":
+        return rebuild_adapter(net_cfg, copy.deepcopy(network) if network is not None else diffusers_network(net_cfg))
     if net_cfg.get("kind") != "external":
         return build_denoiser(net_cfg, shape, num_classes, sigma_data)
     if network is None:

@@ -9,6 +9,7 @@ Subclasses say how σ-space maps to the network's inputs and its prediction back
 from __future__ import annotations
 
 import inspect
+import json
 from contextlib import contextmanager
 
 import torch
@@ -76,11 +77,15 @@ class TeacherAdapter(nn.Module):
         self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
 
     def config(self) -> dict:
-        """What rebuilds this adapter around a fresh copy of the network (the network's own class and weights are
-        the user's)."""
+        """What rebuilds this adapter around a fresh copy of the network: for a diffusers model its class and
+        config ("diffusers"), for any other module only its class's name (the user supplies an instance)."""
         cls = type(self.net)
-        return {"kind": "external", "convention": self.convention, "class": f"{cls.__module__}.{cls.__qualname__}",
-                "num_classes": self.num_classes, "features": self.features}
+        out = {"kind": "external", "convention": self.convention, "class": f"{cls.__module__}.{cls.__qualname__}",
+               "num_classes": self.num_classes, "features": self.features}
+        if is_diffusers_model(self.net):
+            config = {k: v for k, v in self.net.config.items() if not k.startswith("_")}  # not its load path
+            out.update(kind="diffusers", diffusers_class=cls.__name__, net_config=json.loads(json.dumps(config)))
+        return out
 
 
 class EDMAdapter(TeacherAdapter):
@@ -171,6 +176,20 @@ class VPAdapter(TeacherAdapter):
     def config(self) -> dict:
         return {**super().config(), "prediction": self.prediction, "timesteps": self.timesteps,
                 "alphas_cumprod": self.alphas_cumprod.tolist()}
+
+
+def is_diffusers_model(net: nn.Module) -> bool:
+    return type(net).__module__.startswith("diffusers.") and hasattr(net, "config")
+
+
+def diffusers_network(cfg: dict) -> nn.Module:
+    """A fresh diffusers model of the class and config an adapter's config names (weights to be loaded)."""
+    import diffusers
+
+    cls = getattr(diffusers, cfg["diffusers_class"], None)
+    if cls is None:
+        raise UserError(f"diffusers has no model class {cfg['diffusers_class']!r} (installed: {diffusers.__version__})")
+    return cls.from_config(cfg["net_config"])
 
 
 def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:

@@ -1,0 +1,105 @@
+"""`distmatch export`: a student as a folder that stock diffusers loads with DiffusionPipeline.from_pretrained.
+
+A student of a diffusers UNet2DModel + DDPM-family teacher exports as a DDPMPipeline: its UNet (the teacher's
+class and parameterisation, the student's weights) and an LCMScheduler with `original_inference_steps=K`, which
+pins exactly the student's K trained timesteps, so `pipe(num_inference_steps=K)` runs the student: x̂_0 at each
+timestep, re-noised to the next one. The same seed gives the same images as `distmatch sample --seed`.
+The distillation's record goes into model_index.json under "_distmatch" (diffusers ignores keys starting with _)
+and a model card (README.md).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .errors import UserError
+from .models import LoadedModel, load_model
+
+
+def lcm_timesteps(num_train: int, steps: int) -> list[int]:
+    """The timesteps LCMScheduler runs for K steps when original_inference_steps = K: (i+1)·(T//K) - 1, falling."""
+    c = num_train // steps
+    return [(i + 1) * c - 1 for i in reversed(range(steps))]
+
+
+def betas_from(alphas_cumprod: torch.Tensor) -> list[float]:
+    a = alphas_cumprod.double()
+    return (1 - torch.cat([a[:1], a[1:] / a[:-1]])).tolist()
+
+
+def check_exportable(model: LoadedModel) -> None:
+    net = model.config.get("network", {})
+    if model.kind != "student":
+        raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
+    if net.get("kind") != "diffusers" or net.get("convention") != "vp" or "router" in model.config:
+        raise UserError(f"{model.path}: only students of a diffusers UNet with a DDPM-family scheduler export to a "
+                        "stock diffusers pipeline so far")
+    if model.num_classes:
+        raise UserError(f"{model.path}: a class-conditional student needs a pipeline that passes class labels, "
+                        "which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
+
+
+def export_student(student_dir: str | Path, out: str | Path) -> Path:
+    from diffusers import DDPMPipeline, LCMScheduler
+
+    model = load_model(student_dir)
+    check_exportable(model)
+    adapter, steps = model.denoiser, len(model.config["sigmas"])
+    trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(model.config["sigmas"]))]
+    pinned = lcm_timesteps(len(adapter.alphas_cumprod), steps)
+    if trained != pinned:
+        raise UserError(f"{student_dir}: the student was trained at timesteps {trained}, but a K-step LCM scheduler "
+                        f"runs {pinned}; distil with the default student levels to export")
+    scheduler = LCMScheduler(num_train_timesteps=len(adapter.alphas_cumprod),
+                             trained_betas=betas_from(adapter.alphas_cumprod), original_inference_steps=steps,
+                             prediction_type=adapter.prediction, clip_sample=False)
+    scheduler.set_timesteps(steps)
+    assert scheduler.timesteps.tolist() == pinned, scheduler.timesteps  # what pipe(num_inference_steps=K) runs
+    record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": steps,
+              "timesteps": trained, "sigmas": model.config["sigmas"], "teacher": model.config.get("teacher_dir"),
+              "data": model.spec.source or None}
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; export into a new folder")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
+    try:
+        DDPMPipeline(unet=adapter.net, scheduler=scheduler).save_pretrained(tmp)
+        index = json.loads((tmp / "model_index.json").read_text())
+        ckpt.atomic_write_json(tmp / "model_index.json", {**index, "_distmatch": record})
+        ckpt.atomic_write_bytes(tmp / "README.md", model_card(record, index["_diffusers_version"]).encode())
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def model_card(record: dict, diffusers_version: str) -> str:
+    how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
+    return f"""---
+library_name: diffusers
+tags: [distmatch, distillation, few-step]
+---
+# A {record['steps']}-step student distilled with distmatch
+
+Distilled by distribution matching ({how}) from `{record['teacher']}`; trained at timesteps
+{record['timesteps']} (σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}). Stock diffusers
+(>= {diffusers_version}) runs it exactly as trained:
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")
+images = pipe(batch_size=16, num_inference_steps={record['steps']}, generator=torch.manual_seed(0)).images
+```
+
+Fewer steps than {record['steps']} are not what it was trained for.
+"""

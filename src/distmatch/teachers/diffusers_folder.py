@@ -1,0 +1,76 @@
+"""A diffusers model folder as a teacher: a pipeline folder (`model_index.json`) or one holding `unet/` and
+`scheduler/`, read with `from_pretrained` from local disk only.
+
+A UNet2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler, LCM, ...) becomes a
+VPAdapter with the scheduler's prediction type; the sample shape comes from the model's config; a
+class-conditional model (`num_class_embeds`) keeps its classes; the GAN head reads the model's `mid_block`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.spec import DataSpec
+from ..errors import UserError
+
+SUPPORTED_MODELS = ("UNet2DModel",)
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "model_index.json").is_file() or ((path / "unet").is_dir() and (path / "scheduler").is_dir())
+
+
+def _component(path: Path, name: str) -> tuple[Path, str]:
+    """A component's folder and class name, from model_index.json when there is one."""
+    folder = path / name
+    index = path / "model_index.json"
+    if index.is_file():
+        entry = json.loads(index.read_text()).get(name)
+        if not entry:
+            raise UserError(f"{path}: model_index.json has no '{name}' component")
+        return folder, entry[1]
+    cfg = folder / ("scheduler_config.json" if name == "scheduler" else "config.json")
+    if not cfg.is_file():
+        raise UserError(f"{path}: no {cfg.relative_to(path)}")
+    return folder, json.loads(cfg.read_text()).get("_class_name", "")
+
+
+def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps: int = 18):
+    """The LoadedModel of a diffusers folder (distmatch's σ-space teacher around its UNet and scheduler)."""
+    import diffusers
+
+    from ..models import LoadedModel
+    from .adapters import VPAdapter
+
+    path = Path(path)
+    unet_dir, unet_class = _component(path, "unet")
+    sched_dir, sched_class = _component(path, "scheduler")
+    if unet_class not in SUPPORTED_MODELS:
+        raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
+    try:
+        unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
+        scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: cannot read the diffusers model ({str(e).splitlines()[0]})") from None
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
+                        "(variance-preserving) schedulers")
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
+    shape = (c.in_channels, *size)
+    classes = int(c.num_class_embeds or 0)
+    adapter = VPAdapter(unet.eval().requires_grad_(False), scheduler.alphas_cumprod, prediction,
+                        num_classes=classes, features="mid_block")
+    adapter.probe_features(shape)
+    spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
+                    class_names=list(range(classes)))
+    config = {"kind": "teacher", "teacher": "diffusers", "folder": str(path.resolve()), "network": adapter.config(),
+              "num_classes": classes, "class_weights": [1.0 / classes] * classes if classes else [],
+              "sigma_data": 0.5, "solver": solver, "sample_steps": sample_steps, "spec": spec.to_dict(),
+              "schedule": adapter.schedule().config()}
+    return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
+                       path=path)

@@ -112,7 +112,7 @@ def test_zero_steps(capsys, teacher_dir, tmp_path):
 def test_distill_from_folder_without_teacher(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "s")],
-                      "no teacher")
+                      "neither a distmatch teacher")
     assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "s")],
                       "missing")
 

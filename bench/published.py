@@ -32,6 +32,20 @@ VECTOR_ENTRIES = [("dmd2", 1), ("dmd", 1), ("fdistill", 1), ("tdm", 4), ("dmd2",
 IMAGE_ENTRIES = [("dmd2", 1), ("dmd", 1), ("fdistill", 1), ("tdm", 4), ("dmd2", 4)]
 
 
+# The recipes are the vector defaults of earlier rounds, measured then with the same teachers' settings and the same
+# scoring (SWD x teacher, 5000 samples x 3 seeds); (recipe, K, x teacher, where in bench/RESULTS.md).
+RECIPE_FIGURES = {
+    "dmd2": {"8gaussians": 1.10, "25gaussians": 1.06, "moons": 1.03, "checkerboard": 1.00, "swissroll": 1.08,
+             "gmm8d": 1.20, "_": ("dmd2+ode", 1, "sixth round")},
+    "dmd": {"8gaussians": 1.06, "25gaussians": 1.06, "moons": 0.99, "checkerboard": 1.00, "swissroll": 1.03,
+            "_": ("dmd+warmup", 1, "seventh round")},
+    "fdistill": {"8gaussians": 1.14, "25gaussians": 1.09, "moons": 0.99, "checkerboard": 1.00, "swissroll": 1.00,
+                 "_": ("fdistill+ode", 1, "seventh round")},
+    "tdm": {"8gaussians": 1.06, "25gaussians": 1.02, "moons": 1.08, "checkerboard": 0.81, "swissroll": 1.12,
+            "gmm8d": 0.98, "_": ("tdm+ode", 4, "eighth round")},
+}
+
+
 def jobs_for(data: str) -> list[str]:
     entries = IMAGE_ENTRIES if data == "digits" else VECTOR_ENTRIES
     return [f"{data}:{e}:{k}" for e, k in entries]
@@ -130,19 +144,19 @@ def teacher_rows(data: str, root: Path) -> dict:
 
 
 def table(root: Path) -> str:
+    """One row per preset and method: the published method (this round) beside its recipe (earlier rounds)."""
     runs = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*.json"))]
-    lines = []
+    lines = ["| data | teacher SWD (NFE 79) | method, K | published: SWD | x teacher | modes | recipe | recipe: "
+             "x teacher |", "|---|---|---|---|---|---|---|---|"]
     for data in dict.fromkeys(r["data"] for r in runs):
-        t = teacher_rows(data, root)
-        key = "swd" if "swd" in t["teacher"] else "fd"
-        base = t["teacher"][key]
-        lines += [f"\n### {data}\n", f"teacher {key} {base:.4f} (NFE {t['teacher']['nfe']}); Euler 1 / 4 steps: "
-                  f"{t['euler1'][key] / base:.2f}x / {t['euler4'][key] / base:.2f}x\n",
-                  f"| run | K | {key} | x teacher | modes / classes | distillation s |", "|---|---|---|---|---|---|"]
+        t = teacher_rows(data, root)["teacher"]
         for r in sorted((r for r in runs if r["data"] == data), key=lambda r: (r["steps"], r["entry"])):
-            cover = r.get("modes_covered", r.get("classes_covered"))
-            lines.append(f"| {r['entry']} | {r['steps']} | {r[key]:.4f} | {r[key] / base:.2f} | "
-                         f"{'–' if cover is None else f'{cover:.2f}'} | {r['distill_s']} |")
+            name, k, where = RECIPE_FIGURES.get(r["entry"], {}).get("_", ("–", "", ""))
+            fig = RECIPE_FIGURES.get(r["entry"], {}).get(data)
+            cover = r.get("modes_covered")
+            lines.append(f"| {data} | {t['swd']:.4f} | {r['entry']}, {r['steps']} | {r['swd']:.4f} | "
+                         f"{r['swd'] / t['swd']:.2f} | {'–' if cover is None else f'{cover:.2f}'} | {name} | "
+                         f"{'–' if fig is None else f'{fig:.2f} ({where})'} |")
     return "\n".join(lines) + "\n"
 
 

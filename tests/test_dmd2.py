@@ -259,3 +259,27 @@ def test_ode_weight_must_not_be_negative():
     for options in (dmd2.Options, fdistill.Options, tdm.Options):
         with pytest.raises(UserError, match="ode_weight"):
             options(ode_weight=-1).validate()
+
+
+@pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm", "dmd"])
+def test_default_vector_run_of_each_method_is_as_published(tmp_path, method):
+    """No regression beside the DM loss unless the method is DMD (whose regression is the method), no warm-up, no
+    per-step critics, and tdm's pseudo-Huber constant the authors' 1e-3."""
+    import json
+
+    from distmatch.methods import run_distill
+    from distmatch.teachers.train import train_teacher
+
+    teacher = train_teacher("8gaussians", tmp_path / "t", overrides=["train.progress=false", "train.iters=2",
+                                                                     "network.width=16", "network.depth=1"])
+    run = run_distill(teacher, tmp_path / "s", method=method, overrides=["train.progress=false", "train.iters=1",
+                                                                         "train.batch_size=16", "dmd.pairs=16"]
+                      if method == "dmd" else ["train.progress=false", "train.iters=1", "train.batch_size=16"])
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    opts = cfg[method]
+    assert opts.get("ode_weight", 0) == 0 and opts.get("ode_init", 0) == 0
+    assert not cfg["student"]["critic_per_step"]
+    assert method != "dmd" or opts["regression_weight"] == 1.0
+    assert method != "tdm" or opts["huber_c"] == 1e-3
+    assert method not in ("dmd2", "fdistill") or opts.get("gan", True)
+    assert not (run / "dmd_pairs.safetensors").exists() or method == "dmd"

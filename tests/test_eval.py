@@ -15,7 +15,7 @@ import torch
 from distmatch.errors import UserError
 from distmatch.eval import features as features_mod
 from distmatch.eval.features import FeatureNet, get_feature_net, random_shift, train_feature_net
-from distmatch.eval.images import (class_coverage, frechet_distance, image_metrics, inception_fid, kid, prdc,
+from distmatch.eval.images import (class_coverage, frechet_distance, image_metrics, kid, prdc,
                                    tf1_resize)
 from distmatch.eval.speed import measure_throughput, peak_memory_mb, peak_rss_mb
 from distmatch.eval.vectors import energy_distance, mmd_rbf, mode_stats, sliced_wasserstein, vector_metrics
@@ -259,17 +259,26 @@ def test_bad_fingerprint_is_user_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------ inception, speed
 
-def test_inception_missing_weights_is_honest(tmp_path, monkeypatch):
+def test_inception_weights_are_named_or_absent_never_downloaded(tmp_path, monkeypatch):
+    from distmatch.eval.inception import inception_path
+
     monkeypatch.delenv("DISTMATCH_INCEPTION", raising=False)
-    x = torch.zeros(2, 1, 8, 8)
-    value, reason = inception_fid(x, x)
-    assert value is None and "DISTMATCH_INCEPTION" in reason
-    value, reason = inception_fid(x, x, tmp_path / "absent.pt")
-    assert value is None and "absent.pt" in reason
+    assert inception_path() is None  # none named: the in-domain network is used
+    with pytest.raises(UserError, match="no Inception weights file at .*absent.pt"):
+        inception_path(tmp_path / "absent.pt")
+    monkeypatch.setenv("DISTMATCH_INCEPTION", str(tmp_path / "gone.pt"))
+    with pytest.raises(UserError, match="gone.pt"):
+        inception_path()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated; the Inception file is TorchScript
-def test_inception_plumbing_with_stand_in_network(tmp_path):
+def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path):
+    """FID / KID from torchmetrics on the stand-in's features agree with the Fréchet distance and KID computed by
+    hand on the same features; identical sets score 0; the reference's features are cached."""
+    from types import SimpleNamespace
+
+    from distmatch.eval.inception import InceptionFeatures, inception_metrics
+
     class StandIn(torch.nn.Module):  # a tiny TorchScript network standing in for default_1.pt
         def forward(self, x):
             assert x.shape[1:] == (3, 299, 299)
@@ -277,9 +286,17 @@ def test_inception_plumbing_with_stand_in_network(tmp_path):
 
     path = tmp_path / "stand_in.pt"
     torch.jit.script(StandIn()).save(str(path))
-    a = torch.rand(6, 1, 8, 8, generator=gen(16)) * 2 - 1
-    value, note = inception_fid(a, a, path)
-    assert value == pytest.approx(0.0, abs=1e-6) and "stand_in.pt" in note
+    a = torch.rand(40, 1, 8, 8, generator=gen(16)) * 2 - 1
+    b = (torch.rand(40, 1, 8, 8, generator=gen(18)) * 2 - 1) * 0.5 + 0.3
+    ref = SimpleNamespace(x=a, spec=SimpleNamespace(fingerprint="abc"))
+    same = inception_metrics(a, ref, path, cache_dir=tmp_path)
+    assert same["fd"] == pytest.approx(0.0, abs=1e-6) and "stand_in.pt" in same["feature_net"]
+    other = inception_metrics(b, ref, path, cache_dir=tmp_path)
+    net = InceptionFeatures(path)
+    fa, fb = net(a), net(b)
+    assert other["fd"] == pytest.approx(frechet_distance(fb, fa), rel=1e-6) and other["fd"] > 1
+    assert other["kid"] == pytest.approx(kid(fb, fa, subsets=100, subset_size=40)[0], rel=0.05)
+    assert len(list(tmp_path.glob("inception-*.safetensors"))) == 1
     img = torch.rand(1, 3, 5, 5, generator=gen(17))
     assert torch.allclose(tf1_resize(img, 5), img, atol=1e-6)  # same size: identity
     assert torch.allclose(tf1_resize(img, 10)[..., ::2, ::2], img, atol=1e-6)  # 2x: even pixels are the input

@@ -15,6 +15,7 @@ def cli(*argv):
     return exc.value.code
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the Inception file is TorchScript
 def test_images_round_trip_through_teacher_student_and_sample(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 8, 8, 3), dtype=np.uint8)
@@ -31,6 +32,19 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path):
     assert list(out["labels"]) == ["dog"] * 5
     assert cli("sample", "--model", str(t), "--n", "3", "--steps", "2", "--out", str(tmp_path / "y.npy")) == 0
     assert np.load(tmp_path / "y.npy").shape == (3, 8, 8, 3)
+    # scored on a local Inception file when one is named (a stand-in network here), on the in-domain one without
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    torch.jit.script(StandIn()).save(str(tmp_path / "inception.pt"))
+    for extra, features in (([], "classifier"), (["--inception", str(tmp_path / "inception.pt")], "inception-v3")):
+        assert cli("evaluate", "--model", str(s), "--data", str(tmp_path / "pics.npz"), "--n", "20",
+                   "--out", str(tmp_path / "e.json"), *extra) == 0
+        scores = json.loads((tmp_path / "e.json").read_text())
+        assert scores["feature_net"].startswith(features) and scores["fd"] > 0 and "classes_covered" in scores
 
 
 def test_demo_writes_report_and_metrics(tmp_path):

@@ -141,9 +141,11 @@ def load(path, network: torch.nn.Module | None = None) -> Model:
     return Model(load_model(path, network=network))
 
 
-def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None) -> dict:
+def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None,
+             inception=None) -> dict:
     """`n` samples of `model` (a Model or a run folder) scored against `data` (a preset means its held-out split; a
-    path; or an array with labels=): the `evaluate` command's JSON as a dict."""
+    path; or an array with labels=): the `evaluate` command's JSON as a dict. Images are scored on Inception-v3
+    features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network."""
     from .eval.evaluate import evaluate_model
 
     model = model if isinstance(model, Model) else load(model)
@@ -153,7 +155,7 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     else:
         split, name = "given", "in-memory data"
         reference = from_arrays(data, labels, spec=model.spec)
-    result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed)
+    result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed, inception=inception)
     where = str(model.path.resolve()) if model.path is not None else "in memory"
     result.update({"model": where, "data": name, "split": split})
     return result

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--out", required=True, help="output .json")
+    p.add_argument("--inception", default=None, metavar="FILE",
+                   help="a local Inception-v3 TorchScript file for FID/KID (default $DISTMATCH_INCEPTION; without "
+                        "one, images are scored on an in-domain network)")
 
     p = sub.add_parser("export", help="write a student as a folder stock diffusers loads (DiffusionPipeline)")
     p.add_argument("--model", required=True, help="a student run folder (of a diffusers teacher)")

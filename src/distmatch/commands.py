@@ -61,7 +61,8 @@ def evaluate(args) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
-    result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed)
+    result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed,
+                            inception=args.inception)
     ckpt.atomic_write_json(out, result)
     json.dump({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, sys.stdout, indent=1)
     print()

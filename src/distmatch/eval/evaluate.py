@@ -12,7 +12,8 @@ import torch
 
 from ..data import Dataset, load_data
 from ..errors import UserError
-from .features import extract, get_feature_net
+from .features import default_cache_dir, extract, get_feature_net
+from .inception import inception_metrics, inception_path
 from .images import class_coverage, feature_metrics
 from .speed import measure_throughput
 from .vectors import vector_metrics
@@ -29,19 +30,26 @@ def feature_training_data(model, reference: Dataset) -> Dataset:
     return reference
 
 
-def image_scores(samples, sample_labels, reference: Dataset, train: Dataset) -> dict:
+def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inception=None) -> dict:
+    """FD / KID / PRDC on Inception features when a weights file is named (else on the in-domain network's, and
+    the result says which), and the classes covered by the in-domain classifier."""
     net = get_feature_net(train.x, train.labels, train.spec.fingerprint + ("-" + "train"))
     fake, fake_logits = extract(net, samples)
-    real, _ = extract(net, reference.x)
     out = {"feature_net": net.kind, "feature_net_trained_on": "training data" if train is not reference else "reference"}
-    out.update(feature_metrics(fake, real))
+    path = inception_path(inception)
+    if path is not None:
+        out.update(inception_metrics(samples, reference, path, default_cache_dir()))
+    else:
+        real, _ = extract(net, reference.x)
+        out.update(feature_metrics(fake, real))
+        out["fd_name"] = f"fd_{net.kind}"
     if fake_logits is not None:
         out.update(class_coverage(fake_logits, net.config["num_classes"], requested=sample_labels))
     return out
 
 
 def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None = None, seed: int = 0,
-                   speed: bool = True, train: Dataset | None = None) -> dict:
+                   speed: bool = True, train: Dataset | None = None, inception=None) -> dict:
     """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space)."""
     steps = model.check_steps(steps)
     t0 = time.perf_counter()
@@ -55,7 +63,8 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     if model.spec.kind == "vector":
         result.update(vector_metrics(samples, reference.x, reference.mixture))
     else:
-        result.update(image_scores(samples, labels, reference, train or feature_training_data(model, reference)))
+        result.update(image_scores(samples, labels, reference, train or feature_training_data(model, reference),
+                                   inception))
     if speed:
         batch = min(n, 1024 if model.spec.kind == "vector" else 256)
         result["speed"] = measure_throughput(lambda b: model.sample(b, steps, seed=seed, batch_size=b), n=batch,

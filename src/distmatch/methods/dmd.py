@@ -34,7 +34,7 @@ DEFAULTS = {"vector": {"dmd": {"dm_draws": 4, "pairs": 16384}},
 @dataclass
 class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule, as dmd2)
-    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM noise levels: fractions of the Karras grid
+    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
     guidance: float = 1.0              # classifier-free guidance on the real score and the pairs' teacher; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     pairs: int = 4096                  # teacher noise->sample pairs, made once and cached in the run folder
@@ -78,9 +78,8 @@ class DMD(OdePairs, StudentCriticMethod):
     # --- training --------------------------------------------------------------------------------------------
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
-        o = self.opts
-        self.load_pairs(self.teacher, o.pairs, o.guidance)
-        return self.ode_warmup(it, self.teacher, o.ode_init, o.pairs, o.guidance) or super().step(batch, it)
+        self.load_pairs(self.teacher, self.opts.pairs, self.opts.guidance)  # the regression needs them from the start
+        return super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

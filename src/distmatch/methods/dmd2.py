@@ -23,7 +23,7 @@ DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}}
 @dataclass
 class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule)
-    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM noise levels: fractions of the Karras grid
+    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
     dm_draws: int = 1                  # noise draws per student sample for the DM gradient, averaged (vectors: 4)
     normaliser: str = "sample"         # DM gradient normaliser: per sample (DMD2) or one for the batch
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
@@ -65,10 +65,6 @@ class DMD2(OdePairs, StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts, self.teacher = cfg.dmd2, teacher
         self.setup(ctx, teacher, sigmas, self.opts.guidance, self.opts.gan, self.opts.lr_critic, cfg.student)
-
-    def step(self, batch: Batch, it: int) -> dict[str, float]:
-        o = self.opts
-        return self.ode_warmup(it, self.teacher, o.ode_init, o.ode_pairs, o.guidance) or super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

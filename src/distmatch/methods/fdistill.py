@@ -28,7 +28,7 @@ from .pairs import OdePairs, check_ode_init
 class Options:
     divergence: str = "js"             # rkl | kl | js | hellinger | jeffreys | neyman | softened-rkl
     critic_ratio: int = 5              # critic (+ discriminator) updates per student update
-    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM noise levels: fractions of the Karras grid
+    dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     gan_weight_g: float = 0.5          # generator GAN weight (> 0: the method needs it); with gan_balance, the GAN
@@ -119,10 +119,6 @@ class FDistill(OdePairs, StudentCriticMethod):
     def all_reduce(self):
         acc = self.ctx.accelerator
         return (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
-
-    def step(self, batch: Batch, it: int) -> dict[str, float]:
-        o = self.opts
-        return self.ode_warmup(it, self.teacher, o.ode_init, o.ode_pairs, o.guidance) or super().step(batch, it)
 
     def generator_step(self, batch: Batch) -> dict[str, float]:
         n, cond, steps, critic = self.student_turn(batch)

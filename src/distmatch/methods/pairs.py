@@ -84,6 +84,12 @@ class OdePairs:
 
     pairs: dict[str, torch.Tensor] | None = None
 
+    def step(self, batch, it: int) -> dict[str, float]:
+        """The ODE warm-up while it lasts (`opts.ode_init`), then the method's own step."""
+        o = self.opts
+        count = getattr(o, "ode_pairs", None) or o.pairs  # dmd names its pairs `pairs`
+        return self.ode_warmup(it, self.teacher, o.ode_init, count, o.guidance) or super().step(batch, it)
+
     def ode_warmup(self, it: int, teacher, share: float, count: int, guidance: float) -> dict[str, float] | None:
         """During the first `share` of the iterations: one regression update of the student (every step of a K-step
         one) on the teacher's ODE pairs (DMD2's start for its 1-step SDXL student), and its logs; after them, None.

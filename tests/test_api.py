@@ -13,9 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 QUICK = {"train.iters": 3, "train.batch_size": 32, "network.width": 16, "network.depth": 1}
 
 
-def readme_python_example() -> str:
+def readme_python_example(heading: str = "## Python") -> str:
     text = README.read_text()
-    section = text[text.index("## Python"):]
+    section = text[text.index(heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -94,3 +94,18 @@ def test_evaluate_gives_the_commands_json(tmp_path):
     theirs = json.loads((tmp_path / "e.json").read_text())
     assert set(ours) == set(theirs)
     assert ours["swd"] == pytest.approx(theirs["swd"]) and ours["split"] == "test" and ours["nfe"] == 3  # Heun: 2 steps, 3 NFE
+
+
+def test_readme_own_model_example_runs_as_written_and_exports(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(readme_python_example("## Distil your own model"), "README.md", "exec"), scope)
+    x = scope["x"]
+    assert x.dtype == np.uint8 and x.shape == (4, 8, 8)
+    ran = subprocess.run([sys.executable, "-m", "distmatch.cli", "export", "--model", "runs/own/student", "--out",
+                          "runs/own/pipeline"], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "runs/own/pipeline/scheduler/scheduler_config.json").is_file()

@@ -64,7 +64,7 @@ def _distill_epilog() -> str:
             lines.append(f"    {key} = {dv}" + (f" [{di}]" if di != dv else "") + f"  ({typ})")
     lines.append("\nrecipes (--recipe NAME: a method plus levers measured to help it; bench/RESULTS.md has the figures):")
     for name, recipe in RECIPES.items():
-        lines.append(f"  {name} ({', '.join(recipe.kinds())} data): {recipe.about}")
+        lines.append(f"  {name} ({', '.join(recipe.kinds())} data): {recipe.about}; measured: {recipe.effect}")
     return "\n".join(lines)
 
 

@@ -94,9 +94,9 @@ def recipe_section() -> list[str]:
              "A recipe is a method plus levers measured to help it; its settings are laid over the method's "
              "defaults (your `--set` still wins), keyed by kind of data and step count (`vector:1` for 1-step "
              "students, `vector:K` for K > 1). Measured effects: `bench/RESULTS.md`, \"Published methods and "
-             "recipes\".", "", "| recipe | method | adds | settings |", "|---|---|---|---|"]
+             "recipes\".", "", "| recipe | method | adds | measured | settings |", "|---|---|---|---|---|"]
     for name, r in RECIPES.items():
-        lines.append(f"| `{name}` | {r.method} | {r.about} | `{json.dumps(r.settings)}` |")
+        lines.append(f"| `{name}` | {r.method} | {r.about} | {r.effect} | `{json.dumps(r.settings)}` |")
     return lines + [""]
 
 

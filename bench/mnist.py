@@ -1,0 +1,108 @@
+"""The real teacher: a third-party MNIST DDPM (../shared/data/real-teachers/mnist-ddpm), distilled as a user would,
+through wrap_teacher, with MNIST as the real data; every row scored on Inception-v3 features (FID and KID,
+torchmetrics) against the MNIST test set, the same N for every row.
+
+    python bench/mnist.py --out bench/out/mnist --inception /path/to/default_1.pt [--n 1000] [--only rows]
+
+Rows: the teacher's own 1000-step ancestral sampler; distmatch's Heun at the teacher's default steps; Euler at
+1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults). Each row's samples are saved under
+<out>/samples/ and each student is a resumable run folder, so re-running the command picks up where it stopped.
+Writes <out>/results.json and <out>/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def mnist_test() -> np.ndarray:
+    raw = gzip.open(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").read()
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-1, 1)
+
+
+def rows_plan(teacher, students: dict) -> list[tuple[str, object]]:
+    from mnist_ddpm import ancestral_sample
+
+    euler = teacher.loaded.with_solver("euler")
+
+    def sampler(model, steps):
+        return lambda n, g: model.sample(n, steps, seed=int(g.initial_seed()))[0]
+
+    own = teacher.loaded.init_net.net  # the user's network inside the wrapped teacher
+    plan = [("teacher, 1000-step ancestral (its own)", (1000, lambda n, g: ancestral_sample(own, n, g))),
+            (f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
+    plan += [(f"teacher, Euler {k} steps", (k, sampler(euler, k))) for k in (1, 2, 4)]
+    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)}", (k, sampler(s.loaded, k))) for k, s in students.items()]
+    return plan
+
+
+def main():
+    import distmatch
+    from distmatch.data import from_arrays
+    from distmatch.eval.inception import inception_metrics, inception_path
+    from throughput import mnist_teacher
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/out/mnist")
+    ap.add_argument("--inception", default=None)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=None, help="distillation iterations (default: the image default)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    weights = inception_path(args.inception)
+    data = out / "mnist20k.npy"
+    if not data.exists():
+        np.save(data, np.load(SHARED / "mnist" / "train20k-images.npz")["arr_0"])
+    teacher = mnist_teacher()
+    students, distill_s = {}, {}
+    for k in (1, 4):
+        t0 = time.perf_counter()
+        settings = {"train.iters": args.iters} if args.iters else None
+        students[k] = distmatch.distill(teacher, out / f"student-{k}", data=str(data), steps=k, settings=settings)
+        distill_s[k] = round(time.perf_counter() - t0, 1)
+    reference = from_arrays(mnist_test()[: args.n], spec=students[1].spec)
+    results = []
+    for name, (nfe, sample) in rows_plan(teacher, students):
+        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + ".pt")
+        if path.exists():
+            x, seconds = torch.load(path)
+        else:
+            t0 = time.perf_counter()
+            x = to_unit(sample(args.n, torch.Generator().manual_seed(0)))
+            seconds = time.perf_counter() - t0
+            torch.save((x, seconds), path)
+        row = {"name": name, "nfe": nfe, "samples_per_s": args.n / seconds}
+        row.update({k: v for k, v in inception_metrics(x, reference, weights, out / "cache").items()})
+        results.append(row)
+        print(row, flush=True)
+        (out / "results.json").write_text(json.dumps({"rows": results, "distill_s": distill_s}, indent=1))
+    lines = ["| row | NFE | FID | x teacher | KID x1e3 | precision | recall | samples/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = results[0]["fd"]
+    lines += [f"| {r['name']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / base:.2f} | {r['kid'] * 1e3:.2f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['samples_per_s']:.1f} |" for r in results]
+    (out / "results.md").write_text("\n".join(lines) + f"\n\ndistillation s: {distill_s}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -62,7 +62,7 @@ def _distill_epilog() -> str:
             if name != "dmd2" and not key.startswith(name + ".") and reference.get(key) == (key, typ, dv, di):
                 continue
             lines.append(f"    {key} = {dv}" + (f" [{di}]" if di != dv else "") + f"  ({typ})")
-    lines.append("\nrecipes (--recipe NAME: a method plus levers measured to help it; bench/RESULTS.md has the figures):")
+    lines.append("\nrecipes (--recipe NAME: a method plus levers measured to help it; runs in bench/RESULTS.md):")
     for name, recipe in RECIPES.items():
         lines.append(f"  {name} ({', '.join(recipe.kinds())} data): {recipe.about}; measured: {recipe.effect}")
     return "\n".join(lines)

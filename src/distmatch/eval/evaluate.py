@@ -35,7 +35,8 @@ def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inc
     the result says which), and the classes covered by the in-domain classifier."""
     net = get_feature_net(train.x, train.labels, train.spec.fingerprint + ("-" + "train"))
     fake, fake_logits = extract(net, samples)
-    out = {"feature_net": net.kind, "feature_net_trained_on": "training data" if train is not reference else "reference"}
+    out = {"feature_net": net.kind,
+           "feature_net_trained_on": "training data" if train is not reference else "reference"}
     path = inception_path(inception)
     if path is not None:
         out.update(inception_metrics(samples, reference, path, default_cache_dir()))

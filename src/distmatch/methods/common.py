@@ -21,9 +21,10 @@ from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 @dataclass
 class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
-    sigmas: list[float] | None = None     # the K noise levels it starts its steps from (default: schedules.student_sigmas)
+    sigmas: list[float] | None = None     # the K levels it starts its steps from (default: the teacher's schedule)
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
-    sigma_last: float = 0.35              # ... down to sigma_last
+    sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
+                                          # scheduler runs, (i+1)·T/K - 1)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (not
                                           # DMD2: recipes dmd2+ode, dmd+warmup, fdistill+ode)

@@ -118,3 +118,26 @@ def test_vp_student_levels_are_the_pinned_timesteps_and_start_from_the_pipelines
     assert schedule.student_levels(1, 7.0, 0.35) == pytest.approx([float(sigma[999])])
     s0 = float(sigma[999])
     assert schedule.input_scale(s0) == pytest.approx(math.sqrt(1 + s0 ** 2))  # x_vp = z, as a pipeline starts
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_adapter_gives_x_s_minus_s_v_and_its_students_levels_are_the_schedulers(shift):
+    from distmatch.schedules import FLOW_TOP
+    from distmatch.teachers.adapters import FlowAdapter
+
+    unet = tiny_unet()
+    adapter = FlowAdapter(unet, 1000, shift)
+    g = torch.Generator().manual_seed(2)
+    for s in (1.0, 0.9, 0.5, 0.1, 0.001):
+        x_s = torch.randn(2, 1, 8, 8, generator=g)
+        sigma = torch.full((2,), FLOW_TOP if s == 1 else s / (1 - s))
+        with torch.no_grad():
+            want = x_s - s * unet(x_s, torch.full((2,), 1000 * s)).sample
+            got = adapter(x_s * (1 + sigma[0]), sigma)
+        assert torch.allclose(got, want, atol=2e-5), (s, (got - want).abs().max())
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    for k in (1, 2, 4):
+        sched.set_timesteps(k)
+        levels = torch.tensor(adapter.schedule().student_levels(k, 0, 0), dtype=torch.float64)
+        s = torch.where(levels >= FLOW_TOP, torch.ones_like(levels), levels / (1 + levels))
+        assert torch.allclose(s.float(), sched.sigmas[:-1], atol=1e-6), (k, s, sched.sigmas)

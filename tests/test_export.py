@@ -67,7 +67,7 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
         run_distill(tmp_path, tmp_path / "s", overrides=QUIET)
     v = tmp_path / "v"
     pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
-    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    pipe.scheduler = diffusers.ScoreSdeVeScheduler()
     pipe.save_pretrained(v)
     with pytest.raises(UserError, match="no alphas_cumprod"):
         run_distill(v, tmp_path / "s", overrides=QUIET)
@@ -81,3 +81,21 @@ def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
     student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.sigmas=[150.0,1.0]"])
     with pytest.raises(UserError, match="trained at timesteps"):
         export_student(student, tmp_path / "e")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tmp_path, k):
+    flow = tmp_path / "flow"
+    pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe.save_pretrained(flow)
+    student = run_distill(flow, tmp_path / "s", steps=k, overrides=QUIET)
+    out = export_student(student, tmp_path / "export")
+    ours, _ = load_model(student).sample(3, seed=5)
+    ran = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(k), "5", "3", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"]
+    theirs = np.load(tmp_path / "x.npy")
+    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
+    assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()

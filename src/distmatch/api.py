@@ -162,8 +162,10 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
 
 
 def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = None, alphas_cumprod=None,
-                 timesteps: str = "continuous", value_range=(-1, 1), num_classes: int = 0, features: str | None = None,
-                 sigma_data: float = 0.5, solver: str = "heun", sample_steps: int | None = None) -> Model:
+                 timesteps: str = "continuous", flow: bool = False, shift: float = 1.0, time_scale: float = 1000.0,
+                 num_train_timesteps: int = 1000, value_range=(-1, 1), num_classes: int = 0,
+                 features: str | None = None, sigma_data: float = 0.5, solver: str = "heun",
+                 sample_steps: int | None = None) -> Model:
     """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
     `value_range` or a (D,) vector.
 
@@ -171,11 +173,13 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     (`prediction="x0"`, the default) or ε̂ (`"epsilon"`). With `alphas_cumprod` (one ᾱ_t per training timestep,
     e.g. a diffusers scheduler's), `net` is a DDPM-style network called as net(x_t, t[, labels]) predicting
     `"epsilon"` (default), `"v_prediction"` or `"sample"`; `timesteps="discrete"` feeds it integer t only (for a
-    time embedding that is a lookup table). Adapt your own time scaling with a lambda or a small module.
+    time embedding that is a lookup table). With `flow=True`, `net` is a flow-matching network called as
+    net(x_s, t[, labels]) on x_s = (1-s) x_0 + s ε with t = time_scale · s, predicting the velocity ε - x_0, trained
+    on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
     `num_classes` > 0: class-conditional, with the label `num_classes` meaning "no class" if the network was
     trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
     bottleneck), for methods with a GAN."""
-    from .teachers.adapters import EDMAdapter, VPAdapter
+    from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
 
     shape = tuple(int(s) for s in sample_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
@@ -183,7 +187,11 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     if solver not in ("heun", "euler"):
         raise UserError(f"solver must be heun or euler, got {solver!r}")
     net = net.eval().requires_grad_(False)
-    if alphas_cumprod is None:
+    if flow:
+        if alphas_cumprod is not None or prediction not in (None, "velocity"):
+            raise UserError("a flow teacher predicts the velocity and has no alphas_cumprod")
+        adapter = FlowAdapter(net, num_train_timesteps, shift, time_scale, num_classes, features)
+    elif alphas_cumprod is None:
         adapter = EDMAdapter(net, prediction or "x0", num_classes, features)
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)

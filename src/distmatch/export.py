@@ -1,9 +1,10 @@
 """`distmatch export`: a student as a folder that stock diffusers loads with DiffusionPipeline.from_pretrained.
 
-A student of a diffusers UNet2DModel + DDPM-family teacher exports as a DDPMPipeline: its UNet (the teacher's
-class and parameterisation, the student's weights) and an LCMScheduler with `original_inference_steps=K`, which
-pins exactly the student's K trained timesteps, so `pipe(num_inference_steps=K)` runs the student: x̂_0 at each
-timestep, re-noised to the next one. The same seed gives the same images as `distmatch sample --seed`.
+A student of a diffusers UNet2DModel teacher exports as a DDPMPipeline: its UNet (the teacher's class and
+parameterisation, the student's weights) and a scheduler that runs exactly the student's K trained levels, so
+`pipe(num_inference_steps=K)` runs the student (x̂_0 at each level, re-noised to the next): for a DDPM-family
+teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
+with `stochastic_sampling=True`. The same seed gives the same images as `distmatch sample --seed`.
 The distillation's record goes into model_index.json under "_distmatch" (diffusers ignores keys starting with _)
 and a model card (README.md).
 """
@@ -36,32 +37,58 @@ def check_exportable(model: LoadedModel) -> None:
     net = model.config.get("network", {})
     if model.kind != "student":
         raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
-    if net.get("kind") != "diffusers" or net.get("convention") != "vp" or "router" in model.config:
-        raise UserError(f"{model.path}: only students of a diffusers UNet with a DDPM-family scheduler export to a "
-                        "stock diffusers pipeline so far")
+    if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow") or "router" in model.config:
+        raise UserError(f"{model.path}: only students of a diffusers UNet with a DDPM-family or flow scheduler export "
+                        "to a stock diffusers pipeline so far")
     if model.num_classes:
         raise UserError(f"{model.path}: a class-conditional student needs a pipeline that passes class labels, "
                         "which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
 
 
+def vp_scheduler(adapter, sigmas: list[float]):
+    """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), and those timesteps."""
+    from diffusers import LCMScheduler
+
+    steps, num_train = len(sigmas), len(adapter.alphas_cumprod)
+    trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(sigmas))]
+    pinned = lcm_timesteps(num_train, steps)
+    if trained != pinned:
+        raise UserError(f"the student was trained at timesteps {trained}, but a K-step LCM scheduler runs {pinned}; "
+                        "distil with the default student levels to export")
+    scheduler = LCMScheduler(num_train_timesteps=num_train, trained_betas=betas_from(adapter.alphas_cumprod),
+                             original_inference_steps=steps, prediction_type=adapter.prediction, clip_sample=False)
+    return scheduler, trained
+
+
+def flow_scheduler(adapter, sigmas: list[float]):
+    """A flow scheduler with stochastic sampling (each step's x̂_0 re-noised to the next level, as the student
+    was trained), whose K levels are the student's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,
+                                                stochastic_sampling=True)
+    scheduler.set_timesteps(len(sigmas))
+    trained = adapter.schedule().student_levels(len(sigmas), 0.0, 0.0)
+    if not torch.allclose(torch.tensor(sigmas, dtype=torch.float64), torch.tensor(trained, dtype=torch.float64),
+                          rtol=1e-6):
+        raise UserError("the student was not trained at the flow scheduler's levels; distil with the default "
+                        "student levels to export")
+    return scheduler, [round(float(t), 4) for t in scheduler.timesteps]
+
+
 def export_student(student_dir: str | Path, out: str | Path) -> Path:
-    from diffusers import DDPMPipeline, LCMScheduler
+    from diffusers import DDPMPipeline
 
     model = load_model(student_dir)
     check_exportable(model)
-    adapter, steps = model.denoiser, len(model.config["sigmas"])
-    trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(model.config["sigmas"]))]
-    pinned = lcm_timesteps(len(adapter.alphas_cumprod), steps)
-    if trained != pinned:
-        raise UserError(f"{student_dir}: the student was trained at timesteps {trained}, but a K-step LCM scheduler "
-                        f"runs {pinned}; distil with the default student levels to export")
-    scheduler = LCMScheduler(num_train_timesteps=len(adapter.alphas_cumprod),
-                             trained_betas=betas_from(adapter.alphas_cumprod), original_inference_steps=steps,
-                             prediction_type=adapter.prediction, clip_sample=False)
-    scheduler.set_timesteps(steps)
-    assert scheduler.timesteps.tolist() == pinned, scheduler.timesteps  # what pipe(num_inference_steps=K) runs
-    record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": steps,
-              "timesteps": trained, "sigmas": model.config["sigmas"], "teacher": model.config.get("teacher_dir"),
+    adapter, sigmas = model.denoiser, model.config["sigmas"]
+    make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
+    try:
+        scheduler, trained = make(adapter, sigmas)
+    except UserError as e:
+        raise UserError(f"{student_dir}: {e}") from None
+    record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
+              "timesteps": trained, "sigmas": sigmas, "teacher": model.config.get("teacher_dir"),
               "data": model.spec.source or None}
     out = Path(out)
     if out.exists() and any(out.iterdir()):

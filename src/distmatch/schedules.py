@@ -65,32 +65,48 @@ def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_top: float = 
     return [float(sigma_max)] + [float(sigma_top * ratio ** k) for k in range(1, steps)]
 
 
+FLOW_TOP = 1e7  # σ-space's stand-in for a flow model's pure-noise level s = 1 (σ = ∞); adapters read it as s = 1
+
+
+def flow_shift(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """A flow scheduler's time shift: s -> shift s / (1 + (shift - 1) s)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
 class NoiseSchedule:
     """The noise levels a teacher was trained on, in σ-space: a grid of its training levels (ascending), how a
     sample at its highest level is drawn from N(0, I), and the levels a K-step student starts its steps from.
 
     kind "ve": x = σ z (EDM, distmatch's own teachers; the grid is DMD2's 1000-point Karras grid);
-    kind "vp": x = √(1+σ²) z, i.e. x_vp = z exactly as a DDPM pipeline starts (grid: σ of each training timestep).
+    kind "vp": x = √(1+σ²) z, i.e. x_vp = z exactly as a DDPM pipeline starts (grid: σ of each training timestep);
+    kind "flow": x = (1+σ) z, i.e. x_s = z at the top (grid: σ = s/(1-s) of each training s < 1, after the
+    scheduler's `shift`; a student's first level is s = 1, held as σ = FLOW_TOP).
     """
 
-    def __init__(self, grid: torch.Tensor, kind: str = "ve"):
-        if kind not in ("ve", "vp"):
+    def __init__(self, grid: torch.Tensor, kind: str = "ve", shift: float = 1.0):
+        if kind not in ("ve", "vp", "flow"):
             raise ValueError(f"unknown schedule kind {kind!r}")
-        self.grid, self.kind = grid.double(), kind
+        self.grid, self.kind, self.shift = grid.double(), kind, float(shift)
 
     @classmethod
     def karras(cls) -> "NoiseSchedule":
         return cls(karras_grid_1000(), "ve")
 
     @classmethod
+    def flow(cls, num_train: int = 1000, shift: float = 1.0) -> "NoiseSchedule":
+        s = flow_shift(torch.arange(1, num_train, dtype=torch.float64) / num_train, shift)
+        return cls(s / (1 - s), "flow", shift)
+
+    @classmethod
     def from_config(cls, cfg: dict | None) -> "NoiseSchedule":
-        if not cfg or cfg.get("kind", "ve") == "ve" and "grid" not in cfg:
+        if not cfg:
             return cls.karras()
-        return cls(torch.tensor(cfg["grid"], dtype=torch.float64), cfg["kind"])
+        return cls(torch.tensor(cfg["grid"], dtype=torch.float64), cfg["kind"], cfg.get("shift", 1.0))
 
     def config(self) -> dict:
-        return {} if self.kind == "ve" and torch.equal(self.grid, karras_grid_1000()) else \
-            {"kind": self.kind, "grid": self.grid.tolist()}
+        if self.kind == "ve" and torch.equal(self.grid, karras_grid_1000()):
+            return {}
+        return {"kind": self.kind, "grid": self.grid.tolist(), **({"shift": self.shift} if self.kind == "flow" else {})}
 
     @property
     def sigma_min(self) -> float:
@@ -102,13 +118,20 @@ class NoiseSchedule:
 
     def input_scale(self, sigma: float) -> float:
         """The factor that turns z ~ N(0, I) into a sample at the top level σ."""
-        return float(sigma) if self.kind == "ve" else float((1 + sigma ** 2) ** 0.5)
+        if self.kind == "vp":
+            return float((1 + sigma ** 2) ** 0.5)
+        return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
     def student_levels(self, steps: int, sigma_top: float, sigma_last: float) -> list[float]:
-        """A K-step student's levels. VE: σ_max, then geometric from sigma_top to sigma_last; VP: the timesteps a
-        consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for i = K-1..0 (999, 749, 499, 249 for
-        K = 4 of 1000), so an exported scheduler runs exactly the trained steps."""
+        """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
+        to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for
+        i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000); flow: a flow scheduler's K levels, evenly spaced in
+        time from s = 1 to its lowest training s, each shifted."""
         if self.kind == "ve":
             return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
-        c = len(self.grid) // steps
-        return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]
+        if self.kind == "vp":
+            c = len(self.grid) // steps
+            return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]
+        s_min = float(self.grid[0] / (1 + self.grid[0]))
+        s = flow_shift(torch.linspace(1.0, s_min, steps, dtype=torch.float64), self.shift)
+        return [FLOW_TOP if v >= 1 else float(v / (1 - v)) for v in s]

@@ -5,6 +5,7 @@ a GAN head needs them, the output of one named sub-module (the network's bottlen
 Subclasses say how σ-space maps to the network's inputs and its prediction back to x̂_0:
     EDMAdapter   the network already is a σ-space denoiser (it returns x̂_0, or ε with x̂_0 = x - σ ε̂)
     VPAdapter    a DDPM-style network on x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε = x_σ / √(1+σ²), σ(t) = √((1-ᾱ_t)/ᾱ_t)
+    FlowAdapter  a flow-matching network predicting the velocity on x_s = (1-s) x_0 + s ε = x_σ / (1+σ), σ = s/(1-s)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..parameterization import append_dims
-from ..schedules import NoiseSchedule
+from ..schedules import FLOW_TOP, NoiseSchedule
 
 
 class TeacherAdapter(nn.Module):
@@ -192,10 +193,41 @@ def diffusers_network(cfg: dict) -> nn.Module:
     return cls.from_config(cfg["net_config"])
 
 
+class FlowAdapter(TeacherAdapter):
+    """A rectified-flow network called as net(x_s, t[, labels]) with x_s = (1-s) x_0 + s ε and t = `time_scale` · s
+    (1000: diffusers' convention; 1: models that take s itself), predicting the velocity v = ε - x_0, so
+    x̂_0 = x_s - s v. Its training levels are a flow scheduler's: s = t/T for t = 1..T, after `shift`."""
+
+    convention = "flow"
+
+    def __init__(self, net: nn.Module, num_train: int = 1000, shift: float = 1.0, time_scale: float = 1000.0,
+                 num_classes: int = 0, features: str | None = None):
+        super().__init__(net, num_classes, features)
+        if num_train < 2 or shift <= 0 or time_scale <= 0:
+            raise UserError("a flow teacher needs num_train >= 2, shift > 0 and time_scale > 0")
+        self.num_train, self.shift, self.time_scale = int(num_train), float(shift), float(time_scale)
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.flow(self.num_train, self.shift)
+
+    def denoise(self, x, sigma, cond):
+        sig = sigma.double()
+        s = torch.where(sig >= FLOW_TOP, torch.ones_like(sig), sig / (1 + sig))  # FLOW_TOP is pure noise, s = 1
+        x_s = (x.double() / append_dims(1 + sig, x.ndim)).to(x.dtype)
+        v = call_with_labels(self.net, x_s, (s * self.time_scale).float(), cond).float()
+        return x_s.float() - append_dims(s, x.ndim).float() * v
+
+    def config(self) -> dict:
+        return {**super().config(), "num_train": self.num_train, "shift": self.shift, "time_scale": self.time_scale}
+
+
 def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:
     """The adapter described by `cfg` (TeacherAdapter.config) around `net`."""
     if cfg.get("convention") == "edm":
         return EDMAdapter(net, cfg.get("prediction", "x0"), cfg.get("num_classes", 0), cfg.get("features"))
+    if cfg.get("convention") == "flow":
+        return FlowAdapter(net, cfg["num_train"], cfg["shift"], cfg["time_scale"], cfg.get("num_classes", 0),
+                           cfg.get("features"))
     if cfg.get("convention") == "vp":
         return VPAdapter(net, cfg["alphas_cumprod"], cfg["prediction"], cfg["timesteps"], cfg.get("num_classes", 0),
                          cfg.get("features"))

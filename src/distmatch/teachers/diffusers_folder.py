@@ -2,7 +2,8 @@
 `scheduler/`, read with `from_pretrained` from local disk only.
 
 A UNet2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler, LCM, ...) becomes a
-VPAdapter with the scheduler's prediction type; the sample shape comes from the model's config; a
+VPAdapter with the scheduler's prediction type, with FlowMatchEulerDiscreteScheduler a FlowAdapter with its
+shift; the sample shape comes from the model's config; a
 class-conditional model (`num_class_embeds`) keeps its classes; the GAN head reads the model's `mid_block`.
 """
 from __future__ import annotations
@@ -36,12 +37,30 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
     return folder, json.loads(cfg.read_text()).get("_class_name", "")
 
 
+def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
+    """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod) or flow matching."""
+    from .adapters import FlowAdapter, VPAdapter
+
+    cfg = scheduler.config
+    if sched_class == "FlowMatchEulerDiscreteScheduler":
+        if cfg.get("use_dynamic_shifting"):
+            raise UserError(f"{path}: a flow scheduler with resolution-dependent shifting (use_dynamic_shifting) is "
+                            "not supported; save it with a fixed shift")
+        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, num_classes=classes, features="mid_block")
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
+                        "(variance-preserving) schedulers and FlowMatchEulerDiscreteScheduler")
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
+    return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features="mid_block")
+
+
 def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps: int = 18):
     """The LoadedModel of a diffusers folder (distmatch's σ-space teacher around its UNet and scheduler)."""
     import diffusers
 
     from ..models import LoadedModel
-    from .adapters import VPAdapter
 
     path = Path(path)
     unet_dir, unet_class = _component(path, "unet")
@@ -53,18 +72,11 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: cannot read the diffusers model ({str(e).splitlines()[0]})") from None
-    if not hasattr(scheduler, "alphas_cumprod"):
-        raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
-                        "(variance-preserving) schedulers")
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction", "sample"):
-        raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
     shape = (c.in_channels, *size)
     classes = int(c.num_class_embeds or 0)
-    adapter = VPAdapter(unet.eval().requires_grad_(False), scheduler.alphas_cumprod, prediction,
-                        num_classes=classes, features="mid_block")
+    adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
     adapter.probe_features(shape)
     spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
                     class_names=list(range(classes)))

@@ -141,3 +141,24 @@ def test_flow_adapter_gives_x_s_minus_s_v_and_its_students_levels_are_the_schedu
         levels = torch.tensor(adapter.schedule().student_levels(k, 0, 0), dtype=torch.float64)
         s = torch.where(levels >= FLOW_TOP, torch.ones_like(levels), levels / (1 + levels))
         assert torch.allclose(s.float(), sched.sigmas[:-1], atol=1e-6), (k, s, sched.sigmas)
+
+
+def test_a_class_conditional_unet_is_guided_with_its_null_label():
+    """wrap_teacher(num_classes=C) on a UNet2DModel with C + 1 class embeddings: the real score is
+    x̂_u + s (x̂_c - x̂_u), x̂_u at the null label C; labels reach diffusers as class_labels."""
+    import distmatch
+    from distmatch.methods.common import RealScore
+
+    unet = tiny_unet(num_class_embeds=4)
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    teacher = distmatch.wrap_teacher(unet, sample_shape=(1, 8, 8), alphas_cumprod=alphas, num_classes=3)
+    adapter = teacher.loaded.denoiser
+    x, sigma, cond = torch.randn(2, 1, 8, 8), torch.tensor([2.0, 0.5]), torch.tensor([0, 2])
+    with torch.no_grad():
+        c, u = adapter(x, sigma, cond), adapter(x, sigma, torch.tensor([3, 3]))
+        guided = RealScore(adapter, guidance=2.5, num_classes=3)(x, sigma, cond)
+        t = adapter.timestep(sigma)
+        by_hand = x - sigma[:, None, None, None] * unet(x / (1 + sigma[:, None, None, None] ** 2).sqrt(), t,
+                                                        class_labels=cond).sample
+    assert torch.allclose(c, by_hand, atol=1e-5) and not torch.allclose(c, u)
+    assert torch.allclose(guided, u + 2.5 * (c - u), atol=1e-5)

@@ -99,3 +99,43 @@ def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tm
     theirs = np.load(tmp_path / "x.npy")
     ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
     assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
+
+
+RELOAD_OWN = """
+import sys
+sys.modules["distmatch"] = None  # this process must do without distmatch
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+folder, k, seed, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+try:
+    DiffusionPipeline.from_pretrained(folder)
+    print("loaded without trust_remote_code")
+except ValueError as e:
+    assert "trust_remote_code" in str(e), e
+pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+images = pipe(batch_size=n, num_inference_steps=k, generator=torch.manual_seed(seed), output_type="pt").images
+np.save(out, images.numpy())
+print(type(pipe).__name__)
+"""
+
+
+@pytest.mark.parametrize("labelled", [False, True], ids=["unconditional", "classes"])
+def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labelled):
+    from distmatch.teachers.train import train_teacher
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(48, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, **({"labels": np.arange(48) % 3} if labelled else {}))
+    tiny = ["train.progress=false", "train.batch_size=8", "train.iters=2"]
+    teacher = train_teacher(str(tmp_path / "d.npz"), tmp_path / "t", overrides=tiny + ["network.channels=[8,8]"])
+    student = run_distill(teacher, tmp_path / "s", steps=2, overrides=tiny)
+    out = export_student(student, tmp_path / "export")
+    assert (out / "pipeline.py").is_file() and "trust_remote_code=True" in (out / "README.md").read_text()
+    ours, _ = load_model(student).sample(3, seed=4)
+    ran = subprocess.run([sys.executable, "-c", RELOAD_OWN, str(out), "2", "4", "3", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "loaded without" not in ran.stdout and "DistmatchStudentPipeline" in ran.stdout
+    theirs = np.load(tmp_path / "x.npy")
+    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
+    assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()

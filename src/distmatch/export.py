@@ -5,8 +5,9 @@ parameterisation, the student's weights) and a scheduler that runs exactly the s
 `pipe(num_inference_steps=K)` runs the student (x̂_0 at each level, re-noised to the next): for a DDPM-family
 teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
 with `stochastic_sampling=True`. The same seed gives the same images as `distmatch sample --seed`.
-The distillation's record goes into model_index.json under "_distmatch" (diffusers ignores keys starting with _)
-and a model card (README.md).
+A student of distmatch's own U-Net exports with its code in the folder instead (export_own.py), loaded with
+`trust_remote_code=True`. The distillation's record goes into model_index.json under "_distmatch" (diffusers
+ignores keys starting with _) and a model card (README.md).
 """
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ def check_exportable(model: LoadedModel) -> None:
     net = model.config.get("network", {})
     if model.kind != "student":
         raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
+    if net.get("kind") == "unet":
+        return  # distmatch's own U-Net: the folder carries its code (export_own)
     if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow") or "router" in model.config:
-        raise UserError(f"{model.path}: only students of a diffusers UNet with a DDPM-family or flow scheduler export "
-                        "to a stock diffusers pipeline so far")
+        raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
+                        "with a DDPM-family or flow scheduler; this one is neither")
     if model.num_classes:
-        raise UserError(f"{model.path}: a class-conditional student needs a pipeline that passes class labels, "
-                        "which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
+        raise UserError(f"{model.path}: a class-conditional student of a diffusers UNet needs a pipeline that passes "
+                        "class labels, which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
 
 
 def vp_scheduler(adapter, sigmas: list[float]):
@@ -77,28 +80,28 @@ def flow_scheduler(adapter, sigmas: list[float]):
 
 
 def export_student(student_dir: str | Path, out: str | Path) -> Path:
-    from diffusers import DDPMPipeline
+    """Write the student in `student_dir` as a new diffusers folder `out` (written aside, then renamed)."""
+    from .models import load_weights
 
     model = load_model(student_dir)
     check_exportable(model)
-    adapter, sigmas = model.denoiser, model.config["sigmas"]
-    make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
-    try:
-        scheduler, trained = make(adapter, sigmas)
-    except UserError as e:
-        raise UserError(f"{student_dir}: {e}") from None
-    record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
-              "timesteps": trained, "sigmas": sigmas, "teacher": model.config.get("teacher_dir"),
-              "data": model.spec.source or None}
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; export into a new folder")
+    sigmas = model.config["sigmas"]
+    record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
+              "sigmas": sigmas, "teacher": model.config.get("teacher_dir"), "data": model.spec.source or None}
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
     try:
-        DDPMPipeline(unet=adapter.net, scheduler=scheduler).save_pretrained(tmp)
-        index = json.loads((tmp / "model_index.json").read_text())
-        ckpt.atomic_write_json(tmp / "model_index.json", {**index, "_distmatch": record})
-        ckpt.atomic_write_bytes(tmp / "README.md", model_card(record, index["_diffusers_version"]).encode())
+        if model.config["network"]["kind"] == "unet":
+            from .export_own import export_own_student
+
+            export_own_student(model, load_weights(model.path), tmp, record)
+            card = model_card(record, custom=True)
+        else:
+            write_stock(model, tmp, record, student_dir)
+            card = model_card(record)
+        ckpt.atomic_write_bytes(tmp / "README.md", card.encode())
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -108,25 +111,46 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def model_card(record: dict, diffusers_version: str) -> str:
+def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> None:
+    """A DDPMPipeline: the student's UNet and a scheduler that runs its trained levels."""
+    from diffusers import DDPMPipeline
+
+    adapter = model.denoiser
+    make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
+    try:
+        scheduler, record["timesteps"] = make(adapter, record["sigmas"])
+    except UserError as e:
+        raise UserError(f"{student_dir}: {e}") from None
+    DDPMPipeline(unet=adapter.net, scheduler=scheduler).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    ckpt.atomic_write_json(folder / "model_index.json", {**index, "_distmatch": record})
+
+
+def model_card(record: dict, custom: bool = False) -> str:
     how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
+    trained = (f"timesteps {record['timesteps']} (σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])})"
+               if "timesteps" in record else f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}")
+    load = ('DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)' if custom
+            else 'DiffusionPipeline.from_pretrained("path/to/this/folder")')
+    remote = ("\nThe network and its sampler are not in diffusers: `pipeline.py` and `student/distmatch_student.py` "
+              "hold their code (torch and diffusers only), which is why loading asks for `trust_remote_code=True`; "
+              "read them first. Class-conditional students take `class_labels=`.\n" if custom else "")
     return f"""---
 library_name: diffusers
 tags: [distmatch, distillation, few-step]
 ---
 # A {record['steps']}-step student distilled with distmatch
 
-Distilled by distribution matching ({how}) from `{record['teacher']}`; trained at timesteps
-{record['timesteps']} (σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}). Stock diffusers
-(>= {diffusers_version}) runs it exactly as trained:
+Distilled by distribution matching ({how}) from `{record['teacher']}`; trained at {trained}. It runs exactly as
+trained with:
 
 ```python
 import torch
 from diffusers import DiffusionPipeline
 
-pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")
+pipe = {load}
 images = pipe(batch_size=16, num_inference_steps={record['steps']}, generator=torch.manual_seed(0)).images
 ```
-
+{remote}
 Fewer steps than {record['steps']} are not what it was trained for.
 """

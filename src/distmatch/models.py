@@ -108,7 +108,7 @@ class LoadedModel:
         return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))
 
 
-def _load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     path = run_dir / ckpt.MODEL
     if not path.is_file():
         raise UserError(f"{run_dir} holds no model weights ({ckpt.MODEL} missing)")
@@ -132,7 +132,7 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
     if kind not in ("teacher", "student"):
         raise UserError(f"{run_dir}/config.json does not describe a distmatch teacher or student")
     spec = DataSpec.from_dict(cfg["spec"])
-    weights = _load_weights(run_dir)
+    weights = load_weights(run_dir)
     shape, k, sd = tuple(spec.shape), int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
     if kind == "student":
         from .methods.router import build_student_generator

@@ -30,6 +30,17 @@ print(type(pipe).__name__, type(pipe.scheduler).__name__, pipe.scheduler.timeste
 """
 
 
+def same_images(student, out, k: int, seed: int, tmp_path, script: str = None) -> tuple[str, float]:
+    """The exported folder run by stock diffusers in a process without distmatch, against distmatch sample from
+    the same seed: (what the process printed, the largest difference of the [0, 1] images)."""
+    ours, _ = load_model(student).sample(3, seed=seed)
+    ran = subprocess.run([sys.executable, "-c", script or RELOAD, str(out), str(k), str(seed), "3",
+                          str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
+    return ran.stdout, float(np.abs(ours - np.load(tmp_path / "x.npy")).max())
+
+
 @pytest.fixture(scope="module")
 def ddpm_folder(tmp_path_factory):
     torch.manual_seed(0)
@@ -47,15 +58,9 @@ def test_exported_student_gives_the_same_images_in_stock_diffusers(ddpm_folder, 
     out = export_student(student, tmp_path / "export")
     record = json.loads((out / "model_index.json").read_text())["_distmatch"]
     assert record["steps"] == k and record["timesteps"] == [(i + 1) * (1000 // k) - 1 for i in reversed(range(k))]
-    ours, _ = load_model(student).sample(3, seed=7)
-    ran = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(k), "7", "3", str(tmp_path / "x.npy")],
-                         capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    assert ran.stdout.split()[:2] == ["DDPMPipeline", "LCMScheduler"]
-    theirs = np.load(tmp_path / "x.npy")
-    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
-    assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
-    assert ours.std() > 0.05  # real images, not a constant
+    printed, diff = same_images(student, out, k, 7, tmp_path)
+    assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
+    assert np.load(tmp_path / "x.npy").std() > 0.05  # real images, not a constant
 
 
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):
@@ -91,14 +96,8 @@ def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tm
     pipe.save_pretrained(flow)
     student = run_distill(flow, tmp_path / "s", steps=k, overrides=QUIET)
     out = export_student(student, tmp_path / "export")
-    ours, _ = load_model(student).sample(3, seed=5)
-    ran = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(k), "5", "3", str(tmp_path / "x.npy")],
-                         capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    assert ran.stdout.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"]
-    theirs = np.load(tmp_path / "x.npy")
-    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
-    assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
+    printed, diff = same_images(student, out, k, 5, tmp_path)
+    assert printed.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"] and diff < 1e-4, (printed, diff)
 
 
 RELOAD_OWN = """
@@ -131,11 +130,5 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
     student = run_distill(teacher, tmp_path / "s", steps=2, overrides=tiny)
     out = export_student(student, tmp_path / "export")
     assert (out / "pipeline.py").is_file() and "trust_remote_code=True" in (out / "README.md").read_text()
-    ours, _ = load_model(student).sample(3, seed=4)
-    ran = subprocess.run([sys.executable, "-c", RELOAD_OWN, str(out), "2", "4", "3", str(tmp_path / "x.npy")],
-                         capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "loaded without" not in ran.stdout and "DistmatchStudentPipeline" in ran.stdout
-    theirs = np.load(tmp_path / "x.npy")
-    ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
-    assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
+    printed, diff = same_images(student, out, 2, 4, tmp_path, RELOAD_OWN)
+    assert "loaded without" not in printed and "DistmatchStudentPipeline" in printed and diff < 1e-4, (printed, diff)

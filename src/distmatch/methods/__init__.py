@@ -28,7 +28,7 @@ METHODS = {
     "msd": ("msd", "several students, each owning a partition of the classes, behind a router"),
 }
 
-# Training settings per kind of data (bench/RESULTS.md, "How the vector defaults were chosen"): every method runs as
+# Training settings per kind of data (chosen by the sweeps in bench/): every method runs as
 # published; these choose batch, rate, EMA and a K-step student's noise levels, not the losses.
 VECTOR_DEFAULTS = {"train": {"iters": 4000, "batch_size": 1024, "lr": 2e-4, "betas": [0.0, 0.999], "ema": 0.99,
                              "ckpt_every": 500},

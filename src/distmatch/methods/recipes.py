@@ -18,7 +18,7 @@ class Recipe:
     method: str
     about: str           # what it adds to the method, one line
     settings: dict       # {kind or kind:K: {section: {key: value}}}
-    effect: str = ""     # what it measured, one line (bench/RESULTS.md has the runs)
+    effect: str = ""     # what it measured, one line
 
     def kinds(self) -> list[str]:
         return sorted({k.split(":")[0] for k in self.settings})

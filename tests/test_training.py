@@ -50,10 +50,14 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
     extra = ["dmd2.ode_init=0", *extra]
     run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=distill_args(["train.iters=20", *extra]))
     run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=10", *extra]))
+    path = tmp_path / "half" / "log.jsonl"
+    first = json.loads(path.read_text().splitlines()[-1])
+    path.write_text(path.read_text().replace(json.dumps(first), json.dumps({**first, "time": 1000.0})))
     run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20", *extra]))
     assert_same_weights(tmp_path / "full", tmp_path / "half")
-    its = [json.loads(line)["it"] for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
-    assert its == sorted(set(its))  # the log reads as one run, no repeated iterations
+    log = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["it"] for r in log] == sorted({r["it"] for r in log})  # one run, no repeated iterations
+    assert log[-1]["time"] > 1000.0  # its clock goes on from the first half's (made 1000 s long): training time
 
 
 def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, monkeypatch):

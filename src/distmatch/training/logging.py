@@ -31,11 +31,13 @@ class RunLogger:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.writer = None
+        self.elapsed = 0.0  # training seconds before `start`: a resumed run's clock goes on from there
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOG
         kept = [r for r in read_log(run_dir) if r.get("it", 0) <= start]
+        self.elapsed = kept[-1]["time"] if kept and "time" in kept[-1] else 0.0
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter

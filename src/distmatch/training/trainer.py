@@ -194,7 +194,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
     bar = tqdm(total=cfg.iters, initial=start, desc=description, dynamic_ncols=True, mininterval=0.5,
                disable=not (cfg.progress and acc.is_main_process), file=sys.stderr)
     stop = StopRequest()
-    it, t0 = start, time.time()
+    it, t0 = start, time.time() - logger.elapsed
     with stop.installed():
         while it < cfg.iters and not stop.requested:
             _set_lr(method.optimizers(), it, cfg)

@@ -50,23 +50,70 @@ def in_range(x: torch.Tensor) -> float:
 def rows_plan(teacher, students: dict) -> list[tuple[str, object]]:
     from mnist_ddpm import ancestral_sample
 
+    own = teacher.loaded.init_net.net  # the user's network inside the wrapped teacher
+    return [("teacher, 1000-step ancestral (its own)", (1000, lambda n, g: ancestral_sample(own, n, g)))] + \
+        distmatch_rows(teacher, students)
+
+
+def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
+    """distmatch's Heun at the teacher's default steps, Euler at 1 / 2 / 4 steps, and the students."""
     euler = teacher.loaded.with_solver("euler")
 
     def sampler(model, steps):
         return lambda n, g: model.sample(n, steps, seed=int(g.initial_seed()))[0]
 
-    own = teacher.loaded.init_net.net  # the user's network inside the wrapped teacher
-    plan = [("teacher, 1000-step ancestral (its own)", (1000, lambda n, g: ancestral_sample(own, n, g))),
-            (f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
+    plan = [(f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
     plan += [(f"teacher, Euler {k} steps", (k, sampler(euler, k))) for k in (1, 2, 4)]
     plan += [(f"dmd2 student, {k} step{'s' * (k > 1)}", (k, sampler(s.loaded, k))) for k, s in students.items()]
     return plan
 
 
+def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[dict]:
+    """Each row's n samples (seed 0, saved under <out>/samples/) scored on Inception features against the first n
+    MNIST test digits; a row scored by an earlier run is read back, not redone."""
+    from distmatch.data import from_arrays
+    from distmatch.eval.inception import inception_metrics
+
+    reference = from_arrays(mnist_test()[:n])  # uint8 0..255 -> [-1, 1], as the students see MNIST
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, (nfe, sample) in plan:
+        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + ".pt")
+        scored = path.with_suffix(".json")
+        if scored.exists():
+            results.append(json.loads(scored.read_text()))
+            continue
+        if path.exists():
+            x, seconds = torch.load(path)
+        else:
+            t0 = time.perf_counter()
+            x = sample(n, torch.Generator().manual_seed(0))
+            x, seconds = x if isinstance(x, tuple) else (x, time.perf_counter() - t0)  # or the sampler's own clock
+            torch.save((x, seconds), path)
+        row = {"name": name, "nfe": nfe, "samples_per_s": n / seconds, "in_range": in_range(x)}
+        row.update(inception_metrics(prepare(x), reference, weights, out / "cache"))
+        scored.write_text(json.dumps(row, indent=1))
+        results.append(row)
+        print(row, flush=True)
+    return results
+
+
+def write_table(results: list[dict], distill_s: dict, out: Path) -> str:
+    (out / "results.json").write_text(json.dumps({"rows": results, "distill_s": distill_s}, indent=1))
+    lines = ["| row | NFE | FID | x teacher | KID x1e3 | precision | recall | in range | samples/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = results[0]["fd"]
+    lines += [f"| {r['name']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / base:.2f} | {r['kid'] * 1e3:.2f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['in_range']:.2f} | {r['samples_per_s']:.3g} |"
+              for r in results]
+    table = "\n".join(lines) + f"\n\ndistillation s: {distill_s}\n"
+    (out / "results.md").write_text(table)
+    return table
+
+
 def main():
     import distmatch
-    from distmatch.data import from_arrays
-    from distmatch.eval.inception import inception_metrics, inception_path
+    from distmatch.eval.inception import inception_path
     from throughput import mnist_teacher
 
     ap = argparse.ArgumentParser()
@@ -79,46 +126,29 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     weights = inception_path(args.inception)
-    data = out / "mnist20k.npy"
-    if not data.exists():
-        np.save(data, np.load(SHARED / "mnist" / "train20k-images.npz")["arr_0"])
+    data = mnist_train(out)
     teacher = mnist_teacher()
     students, distill_s = {}, {}
     for k in args.steps:
         settings = {"train.iters": args.iters} if args.iters else None
         students[k] = distmatch.distill(teacher, out / f"student-{k}", data=str(data), steps=k, settings=settings)
-        log = (out / f"student-{k}" / "log.jsonl").read_text().splitlines()
-        distill_s[k] = json.loads(log[-1])["time"]  # training seconds, summed over resumes
-    reference = from_arrays(mnist_test()[: args.n])  # uint8 0..255 -> [-1, 1], as the students see MNIST
-    results = []
-    for name, (nfe, sample) in rows_plan(teacher, students):
-        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + ".pt")
-        scored = path.with_suffix(".json")
-        if scored.exists():  # rows scored by an earlier run of this command
-            results.append(json.loads(scored.read_text()))
-            continue
-        if path.exists():
-            x, seconds = torch.load(path)
-        else:
-            t0 = time.perf_counter()
-            x = sample(args.n, torch.Generator().manual_seed(0))
-            seconds = time.perf_counter() - t0
-            torch.save((x, seconds), path)
-        row = {"name": name, "nfe": nfe, "samples_per_s": args.n / seconds, "in_range": in_range(x)}
-        row.update(inception_metrics(minmax(x), reference, weights, out / "cache"))
-        scored.write_text(json.dumps(row, indent=1))
-        results.append(row)
-        print(row, flush=True)
-        (out / "results.json").write_text(json.dumps({"rows": results, "distill_s": distill_s}, indent=1))
-    lines = ["| row | NFE | FID | x teacher | KID x1e3 | precision | recall | in range | samples/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    base = results[0]["fd"]
-    lines += [f"| {r['name']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / base:.2f} | {r['kid'] * 1e3:.2f} | "
-              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['in_range']:.2f} | {r['samples_per_s']:.1f} |" for r in results]
-    (out / "results.md").write_text("\n".join(lines) + f"\n\ndistillation s: {distill_s}\n")
-    print("\n".join(lines))
+        distill_s[k] = training_seconds(out / f"student-{k}")
+    print(write_table(score_rows(rows_plan(teacher, students), out, args.n, weights), distill_s, out))
+
+
+def mnist_train(out: Path) -> Path:
+    """The 20,000 MNIST training digits as a .npy file (uint8, N x 28 x 28), as a user would hand them over."""
+    data = out / "mnist20k.npy"
+    if not data.exists():
+        np.save(data, np.load(SHARED / "mnist" / "train20k-images.npz")["arr_0"])
+    return data
+
+
+def training_seconds(run: Path) -> float:
+    """A run's training wall-clock, summed over resumes (its log's clock)."""
+    return json.loads((run / "log.jsonl").read_text().splitlines()[-1])["time"]
 
 
 if __name__ == "__main__":

@@ -168,3 +168,10 @@ def test_settings_reference_has_every_key_with_its_text():
         for key, _, _ in describe_fields(config_class(name)):
             assert f"`{key}`" in page, key
     assert "| `dmd2.critic_ratio` | int | `5` | `5` | critic updates per student update" in page
+
+
+def test_python_dash_m_is_the_command():
+    """`python -m distmatch` is the `distmatch` command (for environments whose scripts are not on PATH)."""
+    r = subprocess.run([sys.executable, "-m", "distmatch", "export", "--model", "/nonexistent", "--out", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith("distmatch: error:") and "/nonexistent" in r.stderr

@@ -146,15 +146,15 @@ def teacher_rows(data: str, root: Path) -> dict:
 def table(root: Path) -> str:
     """One row per preset and method: the published method (this round) beside its recipe (earlier rounds)."""
     runs = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*.json"))]
-    lines = ["| data | teacher SWD (NFE 79) | method, K | published: SWD | x teacher | modes | recipe | recipe: "
-             "x teacher |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | teacher (NFE 79; digits 35) | method, K | published | x teacher | modes / classes | recipe | "
+             "recipe: x teacher |", "|---|---|---|---|---|---|---|---|"]
     for data in dict.fromkeys(r["data"] for r in runs):
         t = teacher_rows(data, root)["teacher"]
         for r in sorted((r for r in runs if r["data"] == data), key=lambda r: (r["steps"], r["entry"])):
             name, k, where = RECIPE_FIGURES.get(r["entry"], {}).get("_", ("–", "", ""))
             fig = RECIPE_FIGURES.get(r["entry"], {}).get(data)
             cover = r.get("modes_covered")
-            lines.append(f"| {data} | {t['swd']:.4f} | {r['entry']}, {r['steps']} | {r['swd']:.4f} | "
+            lines.append(f"| {data} | SWD {t['swd']:.4f} | {r['entry']}, {r['steps']} | SWD {r['swd']:.4f} | "
                          f"{r['swd'] / t['swd']:.2f} | {'–' if cover is None else f'{cover:.2f}'} | {name} | "
                          f"{'–' if fig is None else f'{fig:.2f} ({where})'} |")
     return "\n".join(lines) + "\n"

@@ -128,8 +128,8 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
 
 def model_card(record: dict, custom: bool = False) -> str:
     how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
-    trained = (f"timesteps {record['timesteps']} (σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])})"
-               if "timesteps" in record else f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}")
+    sigmas = f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}"
+    trained = f"timesteps {record['timesteps']} ({sigmas})" if "timesteps" in record else sigmas
     load = ('DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)' if custom
             else 'DiffusionPipeline.from_pretrained("path/to/this/folder")')
     remote = ("\nThe network and its sampler are not in diffusers: `pipeline.py` and `student/distmatch_student.py` "

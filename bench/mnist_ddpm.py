@@ -87,7 +87,8 @@ def load_mnist_ddpm(path) -> MnistUNet:
 
 @torch.no_grad()
 def ancestral_sample(net: MnistUNet, n: int, generator: torch.Generator, batch: int = 250) -> torch.Tensor:
-    """The teacher's own 1000-step DDPM ancestral sampler (variance β_t), images in [-1, 1]."""
+    """The teacher's own 1000-step DDPM ancestral sampler (variance β_t). Not clamped: the network cannot see an
+    image's offset or contrast, so its samples drift out of [-1, 1], and clamping would flatten them."""
     out = []
     for i in range(0, n, batch):
         m = min(batch, n - i)
@@ -98,5 +99,5 @@ def ancestral_sample(net: MnistUNet, n: int, generator: torch.Generator, batch: 
             x = (x - b / (1 - ab).sqrt() * eps) / a.sqrt()
             if t > 0:
                 x = x + b.sqrt() * torch.randn(x.shape, generator=generator)
-        out.append(x.clamp(-1, 1))
+        out.append(x)
     return torch.cat(out)

@@ -120,6 +120,24 @@ def test_vp_student_levels_are_the_pinned_timesteps_and_start_from_the_pipelines
     assert schedule.input_scale(s0) == pytest.approx(math.sqrt(1 + s0 ** 2))  # x_vp = z, as a pipeline starts
 
 
+def test_an_epsilon_teachers_student_starts_no_higher_than_stable_diffusions_top_level():
+    """Linear β (σ_999 = 157): the student's levels are LCM's over the first 727 steps (σ_726 <= 14.62 < σ_727);
+    Stable Diffusion's scaled-linear table (σ_999 = 14.61) keeps DMD2's published 999, 749, 499, 249; a
+    v-prediction teacher (no ε amplification) and start_sigma_max = 0 keep the top level."""
+    from distmatch.methods.common import StudentConfig
+
+    linear = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler().alphas_cumprod).schedule()
+    sd = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012,
+                                                                 beta_schedule="scaled_linear").alphas_cumprod).schedule()
+    assert float(linear.grid[726]) <= 14.62 < float(linear.grid[727]) and float(sd.grid[999]) <= 14.62
+    assert StudentConfig(steps=1).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[726])]
+    assert StudentConfig(steps=4).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[t])
+                                                                            for t in (723, 542, 361, 180)]
+    assert StudentConfig(steps=4).resolved_sigmas(sd, epsilon=True) == [float(sd.grid[t]) for t in (999, 749, 499, 249)]
+    assert StudentConfig(steps=1).resolved_sigmas(linear, epsilon=False) == [float(linear.grid[999])]
+    assert StudentConfig(steps=1, start_sigma_max=0).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[999])]
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_adapter_gives_x_s_minus_s_v_and_its_students_levels_are_the_schedulers(shift):
     from distmatch.schedules import FLOW_TOP

@@ -49,16 +49,20 @@ def check_exportable(model: LoadedModel) -> None:
 
 
 def vp_scheduler(adapter, sigmas: list[float]):
-    """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), and those timesteps."""
+    """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), and those timesteps.
+
+    A student that starts below the teacher's top level t_max (student.start_sigma_max) gets the teacher's first
+    T = t_0 + 1 training steps: the same ᾱ_t at every t it runs, and LCM's pinned timesteps are then its own."""
     from diffusers import LCMScheduler
 
-    steps, num_train = len(sigmas), len(adapter.alphas_cumprod)
+    steps = len(sigmas)
     trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(sigmas))]
+    num_train = min(trained[0] + 1, len(adapter.alphas_cumprod))
     pinned = lcm_timesteps(num_train, steps)
     if trained != pinned:
         raise UserError(f"the student was trained at timesteps {trained}, but a K-step LCM scheduler runs {pinned}; "
                         "distil with the default student levels to export")
-    scheduler = LCMScheduler(num_train_timesteps=num_train, trained_betas=betas_from(adapter.alphas_cumprod),
+    scheduler = LCMScheduler(num_train_timesteps=num_train, trained_betas=betas_from(adapter.alphas_cumprod[:num_train]),
                              original_inference_steps=steps, prediction_type=adapter.prediction, clip_sample=False)
     return scheduler, trained
 

@@ -122,15 +122,17 @@ class NoiseSchedule:
             return float((1 + sigma ** 2) ** 0.5)
         return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
-    def student_levels(self, steps: int, sigma_top: float, sigma_last: float) -> list[float]:
+    def student_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float = 0.0) -> list[float]:
         """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
         to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for
-        i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000); flow: a flow scheduler's K levels, evenly spaced in
-        time from s = 1 to its lowest training s, each shifted."""
+        i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000), where T counts the training levels with σ <= start_max
+        when that is set (all of them otherwise); flow: a flow scheduler's K levels, evenly spaced in time from
+        s = 1 to its lowest training s, each shifted."""
         if self.kind == "ve":
             return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
         if self.kind == "vp":
-            c = len(self.grid) // steps
+            T = max(steps, int((self.grid <= start_max).sum())) if start_max else len(self.grid)
+            c = T // steps
             return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]
         s_min = float(self.grid[0] / (1 + self.grid[0]))
         s = flow_shift(torch.linspace(1.0, s_min, steps, dtype=torch.float64), self.shift)

@@ -25,6 +25,10 @@ class StudentConfig:
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
     sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
+    start_sigma_max: float = 14.62        # an ε-predicting VP teacher's student starts at its highest level with
+                                          # σ <= this (0: its top). Stable Diffusion's top, where DMD2 was
+                                          # published, is σ 14.6; a linear-β DDPM's (σ 157) multiplies ε̂'s error
+                                          # 157x in x̂_0
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (not
                                           # DMD2: recipes dmd2+ode, dmd+warmup, fdistill+ode)
@@ -41,17 +45,21 @@ class StudentConfig:
             raise UserError(f"student.first_only must be in [0, 1), got {self.first_only}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
+        if self.start_sigma_max < 0:
+            raise UserError(f"student.start_sigma_max must be >= 0, got {self.start_sigma_max}")
         if self.sigmas is not None:
             if len(self.sigmas) != self.steps:
                 raise UserError(f"student.sigmas has {len(self.sigmas)} levels but --steps is {self.steps}")
             if any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])) or min(self.sigmas) <= 0:
                 raise UserError("student.sigmas must be positive and strictly decreasing")
 
-    def resolved_sigmas(self, schedule: NoiseSchedule | None = None) -> list[float]:
-        """The student's levels: as given, or the teacher's schedule's for K steps."""
+    def resolved_sigmas(self, schedule: NoiseSchedule | None = None, epsilon: bool = False) -> list[float]:
+        """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's capped at
+        start_sigma_max: x̂_0 = (x - σ ε̂)·... amplifies ε̂'s error by √(1+σ²) at the start)."""
         if self.sigmas is not None:
             return list(self.sigmas)
-        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last)
+        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last,
+                                                                   self.start_sigma_max if epsilon else 0.0)
 
 
 class RealScore(nn.Module):

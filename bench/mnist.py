@@ -64,8 +64,24 @@ def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
 
     plan = [(f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
     plan += [(f"teacher, Euler {k} steps", (k, sampler(euler, k))) for k in (1, 2, 4)]
-    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)}", (k, sampler(s.loaded, k))) for k, s in students.items()]
+    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}", (k, sampler(s.loaded, k)))
+             for k, s in students.items()]
     return plan
+
+
+def trained_timesteps(student) -> str:
+    """'t = 726' or 't = 723/542/361/180': where a VP teacher's student starts its steps (rows and caches say it)."""
+    t = student.denoiser.timestep(torch.tensor(student.config["sigmas"], dtype=torch.float64))
+    return "t = " + "/".join(str(int(round(float(v)))) for v in t)
+
+
+def distil(teacher, folder: Path, data: Path, k: int, settings: dict | None):
+    """A K-step student in `folder`; a finished one is reused as it is (its row names its levels)."""
+    import distmatch
+
+    if (folder / "model.safetensors").exists():
+        return distmatch.load(folder)
+    return distmatch.distill(teacher, folder, data=str(data), steps=k, settings=settings)
 
 
 def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[dict]:
@@ -137,7 +153,7 @@ def main():
     students, distill_s = {}, {}
     for k in args.steps:
         settings = {"train.iters": args.iters} if args.iters else None
-        students[k] = distmatch.distill(teacher, out / f"student-{k}", data=str(data), steps=k, settings=settings)
+        students[k] = distil(teacher, out / f"student-{k}", data, k, settings)
         distill_s[k] = training_seconds(out / f"student-{k}")
     print(write_table(score_rows(rows_plan(teacher, students), out, args.n, weights), distill_s, out))
 

@@ -135,7 +135,7 @@ def pipeline_sampler(folder: Path, steps: int, threads: int):
 def main():
     import distmatch
     from distmatch.eval.inception import inception_path
-    from mnist import distmatch_rows, mnist_train, score_rows, training_seconds, write_table
+    from mnist import distmatch_rows, mnist_train, score_rows, trained_timesteps, training_seconds, write_table
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/out/mnist-diffusers")
@@ -157,13 +157,14 @@ def main():
     for k in args.steps:
         student, export = out / f"student-{k}", out / f"export-{k}"
         more = ["--set", f"train.iters={args.iters}"] if args.iters else []
-        distmatch_cli("distill", "--teacher", str(folder), "--data", str(data), "--steps", str(k),
-                      "--out", str(student), *more)
+        if not (student / "model.safetensors").exists():  # a finished student is reused (its row names its levels)
+            distmatch_cli("distill", "--teacher", str(folder), "--data", str(data), "--steps", str(k),
+                          "--out", str(student), *more)
         if not (export / "model_index.json").exists():
             distmatch_cli("export", "--model", str(student), "--out", str(export))
         distill_s[k] = training_seconds(student)
-    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)}, exported", (k, pipeline_sampler(out / f"export-{k}", k,
-                                                                                         args.threads)))
+    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(distmatch.load(out / f'student-{k}').loaded)}"
+              ", exported", (k, pipeline_sampler(out / f"export-{k}", k, args.threads)))
              for k in args.steps]  # the rows the bar is about come first
     plan += distmatch_rows(distmatch.load(folder), {})
     print(write_table(score_rows(plan, out, args.n, weights, prepare=lambda x: x.clamp(-1, 1)), distill_s, out))

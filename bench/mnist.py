@@ -14,6 +14,7 @@ Writes <out>/results.json and <out>/results.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import sys
@@ -79,8 +80,8 @@ def distil(teacher, folder: Path, data: Path, k: int, settings: dict | None):
     """A K-step student in `folder`; a finished one is reused as it is (its row names its levels)."""
     import distmatch
 
-    if (folder / "model.safetensors").exists():
-        return distmatch.load(folder)
+    if (folder / "model.safetensors").exists():  # distilled from a network given in Python: load it with one
+        return distmatch.load(folder, network=copy.deepcopy(teacher.loaded.init_net.net))
     return distmatch.distill(teacher, folder, data=str(data), steps=k, settings=settings)
 
 

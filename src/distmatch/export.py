@@ -62,7 +62,8 @@ def vp_scheduler(adapter, sigmas: list[float]):
     if trained != pinned:
         raise UserError(f"the student was trained at timesteps {trained}, but a K-step LCM scheduler runs {pinned}; "
                         "distil with the default student levels to export")
-    scheduler = LCMScheduler(num_train_timesteps=num_train, trained_betas=betas_from(adapter.alphas_cumprod[:num_train]),
+    scheduler = LCMScheduler(num_train_timesteps=num_train,
+                             trained_betas=betas_from(adapter.alphas_cumprod[:num_train]),
                              original_inference_steps=steps, prediction_type=adapter.prediction, clip_sample=False)
     return scheduler, trained
 

@@ -141,7 +141,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
-    sigmas = cfg.student.resolved_sigmas(teacher.schedule, getattr(teacher.denoiser, "prediction", None) == "epsilon")
+    epsilon = getattr(teacher.denoiser, "prediction", None) == "epsilon"  # its x̂_0 amplifies ε̂'s error
+    sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}

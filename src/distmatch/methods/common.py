@@ -54,8 +54,8 @@ class StudentConfig:
                 raise UserError("student.sigmas must be positive and strictly decreasing")
 
     def resolved_sigmas(self, schedule: NoiseSchedule | None = None, epsilon: bool = False) -> list[float]:
-        """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's capped at
-        start_sigma_max: x̂_0 = (x - σ ε̂)·... amplifies ε̂'s error by √(1+σ²) at the start)."""
+        """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's start capped at
+        start_sigma_max: its x̂_0 carries ε̂'s error times √(1+σ²))."""
         if self.sigmas is not None:
             return list(self.sigmas)
         return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last,

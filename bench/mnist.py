@@ -95,7 +95,7 @@ def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[d
     (out / "samples").mkdir(parents=True, exist_ok=True)
     results = []
     for name, (nfe, sample) in plan:
-        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + ".pt")
+        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("/", "-") + ".pt")
         scored = path.with_suffix(".json")
         if scored.exists():
             results.append(json.loads(scored.read_text()))

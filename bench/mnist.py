@@ -65,8 +65,8 @@ def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
 
     plan = [(f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
     plan += [(f"teacher, Euler {k} steps", (k, sampler(euler, k))) for k in (1, 2, 4)]
-    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}", (k, sampler(s.loaded, k)))
-             for k, s in students.items()]
+    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}",
+              (k, sampler(s.loaded, k))) for k, s in students.items()]
     return plan
 
 
@@ -95,7 +95,8 @@ def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[d
     (out / "samples").mkdir(parents=True, exist_ok=True)
     results = []
     for name, (nfe, sample) in plan:
-        path = out / "samples" / (name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("/", "-") + ".pt")
+        stem = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("/", "-")
+        path = out / "samples" / (stem + ".pt")
         scored = path.with_suffix(".json")
         if scored.exists():
             results.append(json.loads(scored.read_text()))

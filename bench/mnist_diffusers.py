@@ -163,8 +163,9 @@ def main():
         if not (export / "model_index.json").exists():
             distmatch_cli("export", "--model", str(student), "--out", str(export))
         distill_s[k] = training_seconds(student)
-    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(distmatch.load(out / f'student-{k}').loaded)}"
-              ", exported", (k, pipeline_sampler(out / f"export-{k}", k, args.threads)))
+    starts = {k: trained_timesteps(distmatch.load(out / f"student-{k}").loaded) for k in args.steps}
+    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {starts[k]}, exported",
+              (k, pipeline_sampler(out / f"export-{k}", k, args.threads)))
              for k in args.steps]  # the rows the bar is about come first
     plan += distmatch_rows(distmatch.load(folder), {})
     print(write_table(score_rows(plan, out, args.n, weights, prepare=lambda x: x.clamp(-1, 1)), distill_s, out))

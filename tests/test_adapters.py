@@ -127,8 +127,8 @@ def test_an_epsilon_teachers_student_starts_no_higher_than_stable_diffusions_top
     from distmatch.methods.common import StudentConfig
 
     linear = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler().alphas_cumprod).schedule()
-    sd = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012,
-                                                                 beta_schedule="scaled_linear").alphas_cumprod).schedule()
+    sd_table = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    sd = VPAdapter(torch.nn.Identity(), sd_table).schedule()
     assert float(linear.grid[726]) <= 14.62 < float(linear.grid[727]) and float(sd.grid[999]) <= 14.62
     assert StudentConfig(steps=1).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[726])]
     assert StudentConfig(steps=4).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[t])

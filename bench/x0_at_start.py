@@ -1,7 +1,8 @@
 """What a VP ε teacher's x̂_0 looks like on pure noise at each candidate start level of a 1-step student.
 
 x̂_0 = (x_t - √(1-ᾱ) ε̂) / √ᾱ multiplies ε̂'s error by 1/√ᾱ = √(1+σ²): a student initialised from the teacher
-begins as this x̂_0. Prints, per timestep, σ, the mean per-pixel std over 64 noises, the overall std and the value range.
+begins as this x̂_0. Prints, per timestep, σ, the mean per-pixel std over 64 noises, the overall std and the
+value range.
 
     python bench/x0_at_start.py bench/out/mnist-diffusers/teacher [--t 999 900 800 726 600 500 400]
 """

@@ -283,3 +283,18 @@ def test_default_vector_run_of_each_method_is_as_published(tmp_path, method):
     assert method != "tdm" or opts["huber_c"] == 1e-3
     assert method not in ("dmd2", "fdistill") or opts.get("gan", True)
     assert not (run / "dmd_pairs.safetensors").exists() or method == "dmd"
+
+
+@pytest.mark.parametrize("levels, lo, hi", [(1000, 20, 980), (999, 20, 979), (4000, 80, 3920)])
+def test_dm_levels_are_fractions_of_the_teachers_own_levels(levels, lo, hi):
+    """DMD2's [0.02, 0.98] is 20..980 of a 1000-level teacher; a flow teacher's 999 levels below its top and a
+    4000-step DDPM's levels are spanned the same way, and the whole range never indexes past the top level."""
+    from types import SimpleNamespace
+    from distmatch.methods.common import DistributionMatching
+
+    host = SimpleNamespace(ctx=SimpleNamespace(device="cpu"), grid=torch.arange(levels).float())
+    torch.manual_seed(0)
+    idx, sigma = DistributionMatching.levels(host, 200_000, 0.02, 0.98)
+    assert (int(idx.min()), int(idx.max())) == (lo, hi) and torch.equal(sigma, idx.float())
+    idx, _ = DistributionMatching.levels(host, 200_000)
+    assert (int(idx.min()), int(idx.max())) == (0, levels - 1)

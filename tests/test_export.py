@@ -52,6 +52,21 @@ def ddpm_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.parametrize("cap, top", [([], 726), (["student.start_sigma_max=0"], 999)])
+def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_path, monkeypatch, cap, top):
+    """DM, critic and GAN levels are drawn from the teacher's levels up to the student's first one: all of them for
+    a student started at the top (DMD2 as published), none above t = 726 for one started there."""
+    from distmatch.methods.common import DistributionMatching
+
+    drawn, levels = [], DistributionMatching.levels
+    monkeypatch.setattr(DistributionMatching, "levels", lambda self, *a: drawn.append(levels(self, *a)) or drawn[-1])
+    run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET + cap)
+    sigma = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.pow(-1).sub(1).sqrt().tolist()
+    top_drawn = float(torch.cat([s for _, s in drawn]).max())  # the highest of about 30 uniform draws
+    lowest = {726: sigma[400], 999: sigma[726] * 1.001}[top]
+    assert lowest < top_drawn <= sigma[top] * (1 + 1e-5), (top_drawn, sigma[top])
+
+
 @pytest.mark.parametrize("k,top", [(1, 726), (2, 726), (4, 726), (1, 999)])
 def test_exported_student_gives_the_same_images_in_stock_diffusers(ddpm_folder, tmp_path, k, top):
     """The linear-β teacher's students start at t = 726 by default (student.start_sigma_max), at 999 without the

@@ -116,6 +116,13 @@ class NoiseSchedule:
     def sigma_max(self) -> float:
         return float(self.grid[-1])
 
+    def levels_up_to(self, sigma: float) -> torch.Tensor:
+        """The training levels at or below σ (a student's first level): the levels its samples are noised to.
+        DMD2's published students start at their teacher's top, so there this is the whole grid; a student started
+        lower (student.start_sigma_max) is never scored above its start, where an ε teacher's and the critic's x̂_0
+        are amplified noise and the DM gradient's draws disagree."""
+        return self.grid[: max(2, int((self.grid <= sigma * (1 + 1e-6)).sum()))]
+
     def input_scale(self, sigma: float) -> float:
         """The factor that turns z ~ N(0, I) into a sample at the top level σ."""
         if self.kind == "vp":

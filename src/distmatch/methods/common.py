@@ -339,7 +339,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         schedule = teacher.schedule
         self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread",
                                       schedule.input_scale(sigmas[0]))
-        self.grid = schedule.grid.float()
+        self.grid = schedule.levels_up_to(sigmas[0]).float()  # DM, critic and GAN levels: up to the start
 
     def modules(self):
         return {"gen": self.gen, "critic": self.critic, "ema": self.ema}

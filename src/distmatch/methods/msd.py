@@ -169,7 +169,7 @@ class MSD(DistributionMatching, Method):
         schedule = teacher.schedule
         self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread",
                                       schedule.input_scale(sigmas[0]))
-        self.grid = schedule.grid.float()
+        self.grid = schedule.levels_up_to(sigmas[0]).float()  # DM, critic and GAN levels: up to the start
 
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts

@@ -12,7 +12,8 @@ MNIST DDPM's 607k) and batch 64. Then, as a user would:
 
 and each export is sampled by `DiffusionPipeline.from_pretrained` in a fresh process in which distmatch cannot be
 imported. Rows, scored like bench/mnist.py (Inception FID / KID, 1000 samples vs the MNIST test set): the teacher's
-own 1000-step DDPMPipeline, distmatch's Heun and Euler 1 / 2 / 4 on the teacher folder, the exported students.
+own 1000-step DDPMPipeline, the exported students, the teacher in each student's exported scheduler (the student at
+iteration 0: the same K steps), distmatch's Heun and Euler 1 / 2 / 4 on the teacher folder.
 
     python bench/mnist_diffusers.py --out bench/out/mnist-diffusers --inception /path/to/default_1.pt
         [--train-iters 10000] [--steps 1 4] [--n 1000]
@@ -111,6 +112,8 @@ sys.modules["distmatch"] = None
 from diffusers import DiffusionPipeline
 folder, n, steps, seed, dest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 pipe = DiffusionPipeline.from_pretrained(folder)
+if len(sys.argv) > 6:  # another network in the same scheduler: the teacher, i.e. the student at iteration 0
+    pipe.unet = type(pipe.unet).from_pretrained(sys.argv[6], subfolder="unet")
 t0 = time.perf_counter()
 images = pipe(batch_size=n, num_inference_steps=steps, generator=torch.manual_seed(seed), output_type="np").images
 np.save(dest, images)
@@ -118,15 +121,15 @@ print(time.perf_counter() - t0)
 """
 
 
-def pipeline_sampler(folder: Path, steps: int, threads: int):
+def pipeline_sampler(folder: Path, steps: int, threads: int, unet_from: Path | None = None):
     """Samples of a pipeline folder in [-1, 1] (N, 1, H, W), drawn by stock diffusers in a fresh process, and the
-    seconds the pipeline call took there."""
+    seconds the pipeline call took there; `unet_from`: that pipeline folder's unet in its place."""
     def sample(n, g):
-        dest = folder.parent / f"{folder.name}-{steps}-samples.npy"
+        dest = folder.parent / f"{folder.name}-{steps}{'-teacher' if unet_from else ''}-samples.npy"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         run = subprocess.run([sys.executable, "-c", PIPELINE_SAMPLER, str(folder), str(n), str(steps),
-                              str(int(g.initial_seed())), str(dest)], check=True, env=env, stdout=subprocess.PIPE,
-                             text=True)
+                              str(int(g.initial_seed())), str(dest), *([str(unet_from)] if unet_from else [])],
+                             check=True, env=env, stdout=subprocess.PIPE, text=True)
         images = torch.from_numpy(np.load(dest)).permute(0, 3, 1, 2)  # NHWC in [0, 1], as pipelines return
         return images * 2 - 1, float(run.stdout.split()[-1])
     return sample
@@ -167,6 +170,8 @@ def main():
     plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {starts[k]}, exported",
               (k, pipeline_sampler(out / f"export-{k}", k, args.threads)))
              for k in args.steps]  # the rows the bar is about come first
+    plan += [(f"teacher in the {k}-step student's scheduler (iteration 0)",
+              (k, pipeline_sampler(out / f"export-{k}", k, args.threads, unet_from=folder))) for k in args.steps]
     plan += distmatch_rows(distmatch.load(folder), {})
     print(write_table(score_rows(plan, out, args.n, weights, prepare=lambda x: x.clamp(-1, 1)), distill_s, out))
 

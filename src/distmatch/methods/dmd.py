@@ -35,6 +35,7 @@ DEFAULTS = {"vector": {"dmd": {"dm_draws": 4, "pairs": 16384}},
 class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule, as dmd2)
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
+                                                                         # up to the student's first level
     guidance: float = 1.0              # classifier-free guidance on the real score and the pairs' teacher; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     pairs: int = 4096                  # teacher noise->sample pairs, made once and cached in the run folder

@@ -24,6 +24,7 @@ DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}}
 class Options:
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule)
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
+                                                                         # up to the student's first level
     dm_draws: int = 1                  # noise draws per student sample for the DM gradient, averaged (vectors: 4)
     normaliser: str = "sample"         # DM gradient normaliser: per sample (DMD2) or one for the batch
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none

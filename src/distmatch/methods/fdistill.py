@@ -29,6 +29,7 @@ class Options:
     divergence: str = "js"             # rkl | kl | js | hellinger | jeffreys | neyman | softened-rkl
     critic_ratio: int = 5              # critic (+ discriminator) updates per student update
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
+                                                                         # up to the student's first level
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     gan_weight_g: float = 0.5          # generator GAN weight (> 0: the method needs it); with gan_balance, the GAN

@@ -46,6 +46,7 @@ class Options:
     partition: str = "contiguous"      # contiguous (equal splits of the class indices) | kmeans (of class means)
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule), per student
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
+                                                                         # up to the student's first level
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     small: bool = False                # smaller students than the teacher, pre-trained by teacher score matching

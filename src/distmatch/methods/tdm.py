@@ -10,8 +10,9 @@ authors' demo re-noises DDIM-like with the student's own ε, hence its importanc
 landing point `--use_randmid`, neither of which is needed here).
 
 The authors' code draws t ~ U[max(20, t_{k+1}), t_k - 10] in SD's 1000 timesteps. Here the timestep space is the
-library's 1000-point Karras grid (the one DMD2's ranges index): s is uniform by grid index in
-[max(floor, i(σ_{k+1})), i(σ_k) - margin], with floor = 20 (σ ≈ 0.003) as DMD2's dm_range lower end.
+teacher's own grid of levels (its timesteps; for distmatch's own teachers the 1000-point Karras grid DMD2's ranges
+index): s is uniform by grid index in [max(floor, i(σ_{k+1})), i(σ_k) - margin], with floor = 2 % of the grid
+(index 20 of 1000, σ ≈ 0.003 on the Karras grid) as DMD2's dm_range lower end.
 
 Per iteration: one no-grad roll-out of the batch, each row only as far as the steps drawn for it need; the critic
 learns, with the min(SNR, 5)-weighted x̂_0 loss, each sample's detached output of one step (steps spread evenly

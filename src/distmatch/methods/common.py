@@ -228,8 +228,8 @@ class DistributionMatching:
     The host provides ctx, opts, real (RealScore), student (FewStepStudent), grid and sigma_data."""
 
     def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grid indices uniform in [lo, hi] (fractions of the teacher's N levels: 20..980 of DMD2's 1000) and their σ.
-        N is the teacher's own count (999 levels below a flow model's top, 4000 for a 4000-step DDPM)."""
+        """Grid indices uniform in [lo, hi] and their σ: fractions of the N levels of `grid`, the teacher's up to the
+        student's start (20..980 of DMD2's 1000; 999 below a flow model's top, 4000 for a 4000-step DDPM)."""
         N = len(self.grid)
         idx = torch.randint(int(round(lo * N)), min(int(round(hi * N)), N - 1) + 1, (n,))
         return idx.to(self.ctx.device), self.grid[idx].to(self.ctx.device)

@@ -40,6 +40,50 @@ def test_vp_adapter_gives_the_schedulers_own_x0(schedule, prediction):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (t, (got - want).abs().max())
 
 
+@pytest.mark.parametrize("limit", [dict(clip_sample=True, clip_sample_range=0.8),
+                                   dict(thresholding=True, sample_max_value=1.5, dynamic_thresholding_ratio=0.9)])
+def test_a_folders_clip_or_threshold_limits_x0_as_its_scheduler_does(tmp_path, limit):
+    """A DDPMPipeline folder whose scheduler clips (clip_sample) or thresholds x̂_0: the loaded teacher's limited
+    denoiser equals step(...).pred_original_sample, which diffusers limits, from t = 999 to 0."""
+    from distmatch.models import load_model
+    from distmatch.samplers import limit_x0
+
+    unet = tiny_unet()
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, **limit)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path)
+    teacher = load_model(tmp_path)
+    d = limit_x0(teacher.denoiser, teacher.config["x0_limit"])
+    g = torch.Generator().manual_seed(1)
+    for t in (999, 500, 0):
+        x_t = torch.randn(3, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = sched.step(unet(x_t, torch.tensor([t] * 3)).sample, t, x_t).pred_original_sample
+            sigma = ((1 - sched.alphas_cumprod[t]) / sched.alphas_cumprod[t]).sqrt().expand(3).float()
+            got = d(x_t * (1 + sigma[0] ** 2).sqrt(), sigma)
+            scale = 1 + teacher.denoiser(x_t * (1 + sigma[0] ** 2).sqrt(), sigma).abs().max()  # before the limit
+        assert torch.allclose(got, want, atol=1e-5 * scale), (t, (got - want).abs().max())
+
+
+def test_teacher_sampling_keeps_a_clipping_teachers_samples_in_range(tmp_path):
+    """Heun over a clip_sample teacher ends on a clamped x̂_0, so in range; the same network without the clip (a
+    scheduler that does not clip, or wrap_teacher without clip_sample) leaves the range from σ = 157."""
+    import distmatch
+    from distmatch.models import load_model
+
+    unet = tiny_unet()
+    for clip in (True, False):
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=clip)
+        diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / str(clip))
+        x = load_model(tmp_path / str(clip)).sample(8, 3, seed=0)[0]
+        assert (x.abs().max() <= 1) == clip, (clip, x.abs().max())
+    a = sched.alphas_cumprod
+    for clip in (1.0, None):
+        x = distmatch.wrap_teacher(unet, (1, 8, 8), alphas_cumprod=a, clip_sample=clip).loaded.sample(8, 3)[0]
+        assert (x.abs().max() <= 1) == (clip is not None)
+    with pytest.raises(UserError, match="clip_sample"):
+        distmatch.wrap_teacher(unet, (1, 8, 8), alphas_cumprod=a, clip_sample=0)
+
+
 def test_vp_timestep_interpolates_in_log_sigma_like_diffusers_or_snaps_to_the_nearest():
     sched = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="linear")
     adapter = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler().alphas_cumprod)

@@ -165,7 +165,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
                  timesteps: str = "continuous", flow: bool = False, shift: float = 1.0, time_scale: float = 1000.0,
                  num_train_timesteps: int = 1000, value_range=(-1, 1), num_classes: int = 0,
                  features: str | None = None, sigma_data: float = 0.5, solver: str = "heun",
-                 sample_steps: int | None = None) -> Model:
+                 sample_steps: int | None = None, clip_sample: float | None = None) -> Model:
     """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
     `value_range` or a (D,) vector.
 
@@ -178,7 +178,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
     `num_classes` > 0: class-conditional, with the label `num_classes` meaning "no class" if the network was
     trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
-    bottleneck), for methods with a GAN."""
+    bottleneck), for methods with a GAN. `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the
+    teacher (and solves its ODE for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave
+    it None when your own sampler does not clip."""
     from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
 
     shape = tuple(int(s) for s in sample_shape)
@@ -186,6 +188,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
         raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
     if solver not in ("heun", "euler"):
         raise UserError(f"solver must be heun or euler, got {solver!r}")
+    if clip_sample is not None and not float(clip_sample) > 0:
+        raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):
@@ -206,5 +210,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,
               "solver": solver, "sample_steps": sample_steps or (40 if kind == "vector" else 18),
               "spec": spec.to_dict(), "schedule": adapter.schedule().config()}
+    if clip_sample is not None:
+        config["x0_limit"] = {"range": float(clip_sample)}
     return Model(LoadedModel("teacher", config, spec, adapter, init_net=adapter,
                              class_weights=config["class_weights"]))

@@ -102,7 +102,7 @@ class LoadedModel:
         schedule = self.schedule
         if self.kind == "teacher":
             return ode_sample(self.denoiser, z, steps, self.config["solver"], cond, schedule.sigma_min,
-                              schedule.sigma_max)
+                              schedule.sigma_max, self.config.get("x0_limit"))
         sigmas = self.config["sigmas"][:steps]
         renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
         return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))

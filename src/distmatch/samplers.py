@@ -23,23 +23,44 @@ def teacher_grid(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SI
     return [float(s) for s in karras_sigmas(steps, sigma_min, sigma_max)] + [0.0]
 
 
+def limit_x0(denoiser: Denoiser, limit: dict | None) -> Denoiser:
+    """The denoiser with its x̂_0 limited as the teacher's own sampler limits it: `{"range": r}` clamps to ±r
+    (diffusers' `clip_sample`), `{"range": r, "ratio": p}` is dynamic thresholding (Imagen; diffusers'
+    `thresholding`: per sample, s = the p-quantile of |x̂_0| kept in [1, r], then clamp to ±s and divide by s).
+    A pixel-space DDPM's x̂_0 = (x_t - √(1-ᾱ) ε̂) / √ᾱ leaves the data's range at high noise; its sampler clips."""
+    if not limit:
+        return denoiser
+
+    def limited(x, sigma, cond=None):
+        x0 = denoiser(x, sigma, cond)
+        if limit.get("ratio") is None:
+            return x0.clamp(-limit["range"], limit["range"])
+        s = torch.quantile(x0.abs().flatten(1).float(), limit["ratio"], dim=1).clamp(1, limit["range"])
+        s = s.view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
+        return torch.maximum(torch.minimum(x0, s), -s) / s
+
+    return limited
+
+
 @torch.no_grad()
 def ode_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str = "heun", cond=None,
-               sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+               sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, limit: dict | None = None) -> torch.Tensor:
     """Solve the PF-ODE from noise ~ N(0, I) (scaled by sigma_max here) in `steps` steps.
 
     Heun uses 2 evaluations per step except the last (to σ = 0), so NFE = 2 * steps - 1; Euler uses `steps`.
     """
-    return ode_trajectory(denoiser, noise, steps, solver, cond, (), sigma_min, sigma_max)[0]
+    return ode_trajectory(denoiser, noise, steps, solver, cond, (), sigma_min, sigma_max, limit)[0]
 
 
 @torch.no_grad()
 def ode_trajectory(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: str = "heun", cond=None,
                    levels: Sequence[float] = (), sigma_min: float = SIGMA_MIN,
-                   sigma_max: float = SIGMA_MAX) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """ode_sample, and the ODE's states at `levels` (each in (0, sigma_max)), which join the solver's grid."""
+                   sigma_max: float = SIGMA_MAX, limit: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """ode_sample, and the ODE's states at `levels` (each in (0, sigma_max)), which join the solver's grid;
+    `limit`: the teacher's own x̂_0 limit (see limit_x0)."""
     if solver not in ("euler", "heun"):
         raise ValueError(f"unknown solver {solver!r} (choose euler or heun)")
+    denoiser = limit_x0(denoiser, limit)
     sig = teacher_grid(steps, sigma_min, sigma_max)
     if levels:
         sig = sorted(set(sig[:-1]) | {float(v) for v in levels}, reverse=True) + [0.0]

@@ -37,10 +37,11 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: float, class_weights: list[float],
                seed: int, device, chunk: int = 1024, levels: list[float] = (),
-               sigma_min: float = SIGMA_MIN) -> dict[str, torch.Tensor]:
+               sigma_min: float = SIGMA_MIN, limit: dict | None = None) -> dict[str, torch.Tensor]:
     """n fixed noises z, the teacher's ODE samples y = ODE(σ_max z) and their class labels (drawn with the data's
     class weights; none for unconditional teachers), from a private generator so every process makes the same;
-    with `levels`, also the ODE's states there ("states", (n, len(levels), ...))."""
+    with `levels`, also the ODE's states there ("states", (n, len(levels), ...)); `limit`: the teacher's own
+    x̂_0 limit, as its sampler applies it (samplers.limit_x0)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(shape), generator=g)
     labels = None
@@ -49,7 +50,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
     ys, states = [], []
     for i in range(0, n, chunk):
         c = labels[i:i + chunk].to(device) if labels is not None else None
-        y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max)
+        y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max,
+                               limit)
         ys.append(y.float().cpu())
         if levels:
             states.append(torch.stack(st, 1).float().cpu())
@@ -125,7 +127,8 @@ class OdePairs:
                 "solver": teacher.config["solver"], "sigma_max": self.student.sigmas[0], "guidance": guidance,
                 "shape": list(teacher.spec.shape), "class_weights": self.class_weights,
                 "teacher": teacher_fingerprint(teacher), **self.pair_levels(),
-                **({"sigma_min": teacher.schedule.sigma_min} if teacher.schedule.kind != "ve" else {})}
+                **({"sigma_min": teacher.schedule.sigma_min} if teacher.schedule.kind != "ve" else {}),
+                **({"x0_limit": teacher.config["x0_limit"]} if teacher.config.get("x0_limit") else {})}
 
     def pair_levels(self) -> dict:
         """The K-step student's later levels, at which the pairs hold the ODE's states (none for 1 step)."""
@@ -148,7 +151,7 @@ class OdePairs:
             print(f"{path} was made with other settings or another teacher; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
-                           sigma_min=meta.get("sigma_min", SIGMA_MIN))
+                           sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"))
         if path is not None and self.ctx.accelerator.is_main_process:
             ckpt.save_tensors(path, pairs, meta)  # other processes made the same pairs from the same seed
         return pairs

@@ -56,6 +56,17 @@ def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
     return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features="mid_block")
 
 
+def x0_limit(cfg) -> dict | None:
+    """How the scheduler limits x̂_0 while it samples (thresholding wins over clip_sample, as in diffusers);
+    distmatch's Heun/Euler over the teacher limits it the same way. Flow schedulers have neither."""
+    if cfg.get("thresholding"):
+        return {"range": float(cfg.get("sample_max_value", 1.0)),
+                "ratio": float(cfg.get("dynamic_thresholding_ratio", 0.995))}
+    if cfg.get("clip_sample"):
+        return {"range": float(cfg.get("clip_sample_range", 1.0))}
+    return None
+
+
 def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps: int = 18):
     """The LoadedModel of a diffusers folder (distmatch's σ-space teacher around its UNet and scheduler)."""
     import diffusers
@@ -84,5 +95,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
               "num_classes": classes, "class_weights": [1.0 / classes] * classes if classes else [],
               "sigma_data": 0.5, "solver": solver, "sample_steps": sample_steps, "spec": spec.to_dict(),
               "schedule": adapter.schedule().config()}
+    if limit := x0_limit(scheduler.config):
+        config["x0_limit"] = limit
     return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
                        path=path)

@@ -124,6 +124,24 @@ def test_heun_over_the_vp_adapter_reproduces_a_mixture_disguised_as_an_eps_model
     assert near.median() < 0.2, near.median()
 
 
+def test_the_ancestral_sampler_over_the_vp_adapter_reproduces_the_mixtures_weights_and_spread():
+    """DDPM's posterior step in σ-space: the right mode weights and the right per-mode spread (std √0.02); a wrong
+    posterior variance widens or narrows the modes."""
+    from distmatch.samplers import ancestral_sample
+
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=torch.float64)
+    mixture = GaussianMixture([0.3, 0.7], means, torch.tensor([0.02, 0.02], dtype=torch.float64))
+    alphas = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    adapter = VPAdapter(MixtureAsEpsilon(mixture, alphas), alphas, "epsilon", timesteps="discrete")
+    schedule = adapter.schedule()
+    x = ancestral_sample(adapter, torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)), 100,
+                         sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max,
+                         generator=torch.Generator().manual_seed(1)).double()
+    assert abs((x[:, 0] > 0).double().mean().item() - 0.7) < 0.03
+    spread = (x - means[torch.cdist(x, means).argmin(1)]).std(0)
+    assert ((spread / 0.02 ** 0.5 - 1).abs() < 0.1).all(), spread
+
+
 def test_edm_adapter_and_rebuild():
     net = torch.nn.Linear(2, 2)
     for prediction in ("x0", "epsilon"):
@@ -224,3 +242,22 @@ def test_a_class_conditional_unet_is_guided_with_its_null_label():
                                                         class_labels=cond).sample
     assert torch.allclose(c, by_hand, atol=1e-5) and not torch.allclose(c, u)
     assert torch.allclose(guided, u + 2.5 * (c - u), atol=1e-5)
+
+
+def test_sample_chooses_a_teachers_solver_and_refuses_one_it_does_not_know(tmp_path, capsys):
+    """`sample --solver ancestral` on a DDPM folder: NFE = steps, and the seed decides the
+    draw; an unknown solver is one line and exit status 2."""
+    import numpy as np
+    from test_cli import assert_user_error, run_cli
+
+    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "t")
+    outs = []
+    for seed in (0, 0, 1):
+        out = tmp_path / f"x{len(outs)}.npy"
+        code, printed, _ = run_cli(capsys, "sample", "--model", str(tmp_path / "t"), "--n", "4", "--steps", "5",
+                                   "--solver", "ancestral", "--seed", str(seed), "--out", str(out))
+        assert code == 0 and "5 network evaluations" in printed
+        outs.append(np.load(out))
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    assert_user_error(capsys, ["sample", "--model", str(tmp_path / "t"), "--n", "4", "--solver", "rk4", "--out",
+                               str(tmp_path / "y.npy")], "unknown solver", "ancestral")

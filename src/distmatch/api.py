@@ -22,6 +22,7 @@ from . import checkpoint as ckpt
 from .data import DataSpec, from_arrays, is_preset, load_data
 from .errors import UserError
 from .models import LoadedModel, load_model
+from .samplers import SOLVERS
 
 DATA_FILE = "data.npz"
 
@@ -142,13 +143,16 @@ def load(path, network: torch.nn.Module | None = None) -> Model:
 
 
 def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None,
-             inception=None) -> dict:
+             inception=None, solver: str | None = None) -> dict:
     """`n` samples of `model` (a Model or a run folder) scored against `data` (a preset means its held-out split; a
     path; or an array with labels=): the `evaluate` command's JSON as a dict. Images are scored on Inception-v3
-    features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network."""
+    features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network.
+    `solver` (a teacher only): heun, euler or ancestral instead of the teacher's own."""
     from .eval.evaluate import evaluate_model
 
     model = model if isinstance(model, Model) else load(model)
+    if solver is not None:
+        model = Model(model.loaded.with_solver(solver))
     if isinstance(data, (str, Path)):
         split = "test" if is_preset(str(data)) else "train"
         reference, name = load_data(str(data), split=split, spec=model.spec), str(data)
@@ -178,7 +182,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
     `num_classes` > 0: class-conditional, with the label `num_classes` meaning "no class" if the network was
     trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
-    bottleneck), for methods with a GAN. `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the
+    bottleneck), for methods with a GAN. `solver`: how distmatch samples the teacher, heun or euler (its
+    probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the
     teacher (and solves its ODE for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave
     it None when your own sampler does not clip."""
     from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
@@ -186,8 +191,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     shape = tuple(int(s) for s in sample_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
-    if solver not in ("heun", "euler"):
-        raise UserError(f"solver must be heun or euler, got {solver!r}")
+    if solver not in SOLVERS:
+        raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if clip_sample is not None and not float(clip_sample) > 0:
         raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
     net = net.eval().requires_grad_(False)

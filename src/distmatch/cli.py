@@ -9,6 +9,10 @@ from .errors import UserError
 EXIT_INTERRUPTED = 130
 
 
+SOLVER_HELP = ("a teacher's sampler: heun or euler (its probability-flow ODE) or ancestral (DDPM's stochastic "
+               "sampler, often better for a DDPM-trained teacher); default: the teacher's own")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="solver steps (teacher) or K (student)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--class", dest="cls", default=None, help="a class label as it was in the data")
+    p.add_argument("--solver", default=None, help=SOLVER_HELP)
 
     p = sub.add_parser("evaluate", help="measure a model against data (quality and speed), write JSON")
     p.add_argument("--model", required=True)
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--out", required=True, help="output .json")
+    p.add_argument("--solver", default=None, help=SOLVER_HELP)
     p.add_argument("--inception", default=None, metavar="FILE",
                    help="a local Inception-v3 TorchScript file for FID/KID (default $DISTMATCH_INCEPTION; without "
                         "one, images are scored on an in-domain network)")

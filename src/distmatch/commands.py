@@ -45,6 +45,8 @@ def sample(args) -> int:
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"--out must end in .npy or .npz, got {args.out}")
     model = load_model(args.model)
+    if args.solver is not None:
+        model = model.with_solver(args.solver)
     cond = model.class_index(args.cls) if args.cls is not None else None
     x, labels = model.sample(args.n, args.steps, cond, seed=args.seed)
     arrays = {"samples": model.spec.to_user(x)}
@@ -62,7 +64,7 @@ def evaluate(args) -> int:
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
     result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed,
-                            inception=args.inception)
+                            inception=args.inception, solver=args.solver)
     ckpt.atomic_write_json(out, result)
     json.dump({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, sys.stdout, indent=1)
     print()

@@ -14,7 +14,7 @@ from . import checkpoint as ckpt
 from .data.spec import DataSpec
 from .errors import UserError
 from .networks import build_denoiser
-from .samplers import few_step_sample, ode_sample, teacher_nfe
+from .samplers import SOLVERS, ancestral_sample, few_step_sample, ode_sample, teacher_nfe
 from .schedules import NoiseSchedule
 from .teachers.gmm import GaussianMixture
 
@@ -55,7 +55,11 @@ class LoadedModel:
         return teacher_nfe(steps, self.config["solver"]) if self.kind == "teacher" else steps
 
     def with_solver(self, solver: str) -> "LoadedModel":
-        """The same teacher sampled with another ODE solver (e.g. Euler, for equal-NFE comparisons)."""
+        """The same teacher sampled with another solver (e.g. Euler, for equal-NFE comparisons)."""
+        if solver not in SOLVERS:
+            raise UserError(f"unknown solver {solver!r} (choose {', '.join(SOLVERS)})")
+        if self.kind != "teacher":
+            raise UserError("a solver is chosen for a teacher; a student samples in its own K steps")
         return replace(self, config={**self.config, "solver": solver})
 
     def fitted_network(self) -> "LoadedModel | None":
@@ -100,6 +104,9 @@ class LoadedModel:
 
     def _sample_batch(self, z, steps, cond, g):
         schedule = self.schedule
+        if self.kind == "teacher" and self.config["solver"] == "ancestral":
+            return ancestral_sample(self.denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max,
+                                    self.config.get("x0_limit"), g)
         if self.kind == "teacher":
             return ode_sample(self.denoiser, z, steps, self.config["solver"], cond, schedule.sigma_min,
                               schedule.sigma_max, self.config.get("x0_limit"))

@@ -78,6 +78,28 @@ def ode_trajectory(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: 
     return x, [states[float(v)] for v in levels]
 
 
+@torch.no_grad()
+def ancestral_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, cond=None, sigma_min: float = SIGMA_MIN,
+                     sigma_max: float = SIGMA_MAX, limit: dict | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM's ancestral sampler over the same Karras grid, in σ-space: from σ to σ' it draws from the DDPM
+    posterior q(x_σ' | x_σ, x̂_0) = N(x̂_0 + (σ'/σ)² (x_σ - x̂_0), σ'² (1 - (σ'/σ)²) I). On a DDPM teacher's own
+    1000 levels this is its own sampler; fresh noise each step corrects model error that a deterministic ODE
+    path accumulates. NFE = steps."""
+    denoiser = limit_x0(denoiser, limit)
+    sig = teacher_grid(steps, sigma_min, sigma_max)
+    x = noise * sig[0]
+    for s, s_next in zip(sig[:-1], sig[1:]):
+        x0 = denoiser(x, _full(x, s), cond)
+        r = (s_next / s) ** 2
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = x0 + r * (x - x0) + s_next * (1 - r) ** 0.5 * eps
+    return x
+
+
+SOLVERS = ("heun", "euler", "ancestral")
+
+
 def teacher_nfe(steps: int, solver: str) -> int:
     return 2 * steps - 1 if solver == "heun" else steps
 

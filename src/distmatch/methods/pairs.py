@@ -72,6 +72,12 @@ def teacher_fingerprint(teacher) -> str:
     return h.hexdigest()[:16]
 
 
+def ode_solver(teacher) -> str:
+    """DMD's pairs are the teacher's deterministic noise -> sample map: its ODE solver, Heun for a teacher that
+    samples with the (stochastic) ancestral sampler."""
+    return teacher.config["solver"] if teacher.config["solver"] in ("heun", "euler") else "heun"
+
+
 def check_ode_init(section: str, share: float, count: int, weight: float = 0.0) -> None:
     if not 0.0 <= share <= 1.0 or count < 1:
         raise UserError(f"{section}.ode_init must be a share in [0, 1] and {section}.ode_pairs >= 1, got {share} / "
@@ -124,7 +130,7 @@ class OdePairs:
 
     def pairs_meta(self, teacher, count: int, guidance: float) -> dict:
         return {"pairs": count, "seed": self.ctx.train.seed, "steps": teacher.default_steps,
-                "solver": teacher.config["solver"], "sigma_max": self.student.sigmas[0], "guidance": guidance,
+                "solver": ode_solver(teacher), "sigma_max": self.student.sigmas[0], "guidance": guidance,
                 "shape": list(teacher.spec.shape), "class_weights": self.class_weights,
                 "teacher": teacher_fingerprint(teacher), **self.pair_levels(),
                 **({"sigma_min": teacher.schedule.sigma_min} if teacher.schedule.kind != "ve" else {}),

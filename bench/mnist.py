@@ -6,9 +6,9 @@ needed no stretching.
 
     python bench/mnist.py --out bench/out/mnist --inception /path/to/default_1.pt [--n 1000] [--steps 1 4]
 
-Rows: the teacher's own 1000-step ancestral sampler; distmatch's Heun at the teacher's default steps; Euler at
-1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults). Each row's samples are saved under
-<out>/samples/ and each student is a resumable run folder, so re-running the command picks up where it stopped.
+Rows: the teacher's own 1000-step ancestral sampler; distmatch's Heun at the teacher's default steps, its ancestral
+sampler at 18 and 50 steps, Euler at 1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults).
+Each row's samples are saved under <out>/samples/ and each student is a resumable run folder, so re-running the command picks up where it stopped.
 Writes <out>/results.json and <out>/results.md.
 """
 from __future__ import annotations
@@ -57,14 +57,17 @@ def rows_plan(teacher, students: dict) -> list[tuple[str, object]]:
 
 
 def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
-    """distmatch's Heun at the teacher's default steps, Euler at 1 / 2 / 4 steps, and the students."""
-    euler = teacher.loaded.with_solver("euler")
+    """distmatch's Heun at the teacher's default steps, Euler at 1 / 2 / 4 steps, the ancestral sampler at 18 and
+    50, and the students. Rows of a teacher whose scheduler clips x̂_0 say so (distmatch samples it clipped)."""
+    euler, ancestral = teacher.loaded.with_solver("euler"), teacher.loaded.with_solver("ancestral")
+    clipped = ", x0 clipped" if teacher.loaded.config.get("x0_limit") else ""
 
     def sampler(model, steps):
         return lambda n, g: model.sample(n, steps, seed=int(g.initial_seed()))[0]
 
-    plan = [(f"teacher, Heun {teacher.default_steps} steps", (teacher.nfe(), sampler(teacher.loaded, None)))]
-    plan += [(f"teacher, Euler {k} steps", (k, sampler(euler, k))) for k in (1, 2, 4)]
+    plan = [(f"teacher, Heun {teacher.default_steps} steps{clipped}", (teacher.nfe(), sampler(teacher.loaded, None)))]
+    plan += [(f"teacher, ancestral {k} steps{clipped}", (k, sampler(ancestral, k))) for k in (18, 50)]
+    plan += [(f"teacher, Euler {k} steps{clipped}", (k, sampler(euler, k))) for k in (1, 2, 4)]
     plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}",
               (k, sampler(s.loaded, k))) for k, s in students.items()]
     return plan

@@ -12,8 +12,9 @@ MNIST DDPM's 607k) and batch 64. Then, as a user would:
 
 and each export is sampled by `DiffusionPipeline.from_pretrained` in a fresh process in which distmatch cannot be
 imported. Rows, scored like bench/mnist.py (Inception FID / KID, 1000 samples vs the MNIST test set): the teacher's
-own 1000-step DDPMPipeline, the exported students, the teacher in each student's exported scheduler (the student at
-iteration 0: the same K steps), distmatch's Heun and Euler 1 / 2 / 4 on the teacher folder.
+own DDPMPipeline at 1000 and 50 steps, the exported students, the teacher in each student's exported scheduler (the
+student at iteration 0: the same K steps), distmatch's Heun, ancestral 18 / 50 and Euler 1 / 2 / 4 on the teacher
+folder (x̂_0 clipped, as the folder's scheduler says).
 
     python bench/mnist_diffusers.py --out bench/out/mnist-diffusers --inception /path/to/default_1.pt
         [--train-iters 10000] [--steps 1 4] [--n 1000]
@@ -155,8 +156,8 @@ def main():
     weights = inception_path(args.inception)
     data = mnist_train(out)
     folder = train(out, np.load(data), args.train_iters)
-    distill_s, plan = {}, [("teacher, 1000-step DDPMPipeline (its own)", (1000, pipeline_sampler(folder, 1000,
-                                                                                                 args.threads)))]
+    distill_s, plan = {}, [(f"teacher, {k}-step DDPMPipeline (its own)", (k, pipeline_sampler(folder, k, args.threads)))
+                           for k in (1000, 50)]
     for k in args.steps:
         student, export = out / f"student-{k}", out / f"export-{k}"
         more = ["--set", f"train.iters={args.iters}"] if args.iters else []

@@ -8,8 +8,8 @@ needed no stretching.
 
 Rows: the teacher's own 1000-step ancestral sampler; distmatch's Heun at the teacher's default steps, its ancestral
 sampler at 18 and 50 steps, Euler at 1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults).
-Each row's samples are saved under <out>/samples/ and each student is a resumable run folder, so re-running the command picks up where it stopped.
-Writes <out>/results.json and <out>/results.md.
+Each row's samples are saved under <out>/samples/ and each student is a resumable run folder, so re-running the
+command picks up where it stopped. Writes <out>/results.json and <out>/results.md.
 """
 from __future__ import annotations
 

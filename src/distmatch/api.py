@@ -183,9 +183,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     `num_classes` > 0: class-conditional, with the label `num_classes` meaning "no class" if the network was
     trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
     bottleneck), for methods with a GAN. `solver`: how distmatch samples the teacher, heun or euler (its
-    probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the
-    teacher (and solves its ODE for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave
-    it None when your own sampler does not clip."""
+    probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic sampler). `clip_sample`: clamp
+    x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE for regression pairs), as a
+    diffusers scheduler with `clip_sample=True` does; leave it None when your own sampler does not clip."""
     from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
 
     shape = tuple(int(s) for s in sample_shape)

@@ -94,6 +94,9 @@ def test_evaluate_gives_the_commands_json(tmp_path):
     theirs = json.loads((tmp_path / "e.json").read_text())
     assert set(ours) == set(theirs)
     assert ours["swd"] == pytest.approx(theirs["swd"]) and ours["split"] == "test" and ours["nfe"] == 3  # Heun: 2 steps, 3 NFE
+    assert ours["solver"] == theirs["solver"] == "heun"
+    anc = distmatch.evaluate(teacher, "moons", n=200, steps=2, solver="ancestral")
+    assert anc["solver"] == "ancestral" and anc["nfe"] == 2
 
 
 def test_readme_own_model_example_runs_as_written_and_exports(tmp_path, monkeypatch):

@@ -61,6 +61,8 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
         raise UserError(f"the model produced {bad} non-finite samples out of {n}; it has diverged")
     result = {"kind": model.kind, "method": model.config.get("method"), "steps": steps, "nfe": model.nfe(steps),
               "n": n, "n_reference": len(reference.x), "sampling_seconds": round(seconds, 4)}
+    if model.kind == "teacher":
+        result["solver"] = model.config["solver"]
     if model.spec.kind == "vector":
         result.update(vector_metrics(samples, reference.x, reference.mixture))
     else:

@@ -72,28 +72,8 @@ def _distill_epilog() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import list_presets
-
-    presets = ", ".join(list_presets())
-    parser = _Parser(prog="distmatch", description="Distil a many-step diffusion teacher into a 1-4 step student.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("teacher", help="train a teacher (or take the exact one for Gaussian-mixture presets)")
-    p.add_argument("--data", required=True, help=f"a preset ({presets}) or a path (.npy/.npz, image folder, idx)")
-    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
-    _config_args(p)
-
-    p = sub.add_parser("distill", help="distil a teacher into a few-step student", epilog=_distill_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="a teacher run folder or a diffusers model folder")
-    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
-    p.add_argument("--method", default=None, help="dmd2 (default), dmd, fdistill, tdm, msd: each as published")
-    p.add_argument("--recipe", default=None, help="a named recipe (a method plus measured levers; listed below)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="the student's sampling steps K (default 1)")
-    p.add_argument("--data", default=None, help="training data (default: the teacher's)")
-    _config_args(p)
-
+def _model_commands(sub) -> None:
+    """The commands that use a finished model: sample, evaluate, export."""
     p = sub.add_parser("sample", help="draw samples from a teacher or student")
     p.add_argument("--model", required=True, help="a teacher or student run folder, or a diffusers model folder")
     p.add_argument("--n", type=_positive_int, required=True, help="number of samples")
@@ -118,6 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a student as a folder stock diffusers loads (DiffusionPipeline)")
     p.add_argument("--model", required=True, help="a student run folder (of a diffusers teacher)")
     p.add_argument("--out", required=True, help="a new folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import list_presets
+
+    presets = ", ".join(list_presets())
+    parser = _Parser(prog="distmatch", description="Distil a many-step diffusion teacher into a 1-4 step student.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("teacher", help="train a teacher (or take the exact one for Gaussian-mixture presets)")
+    p.add_argument("--data", required=True, help=f"a preset ({presets}) or a path (.npy/.npz, image folder, idx)")
+    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
+    _config_args(p)
+
+    p = sub.add_parser("distill", help="distil a teacher into a few-step student", epilog=_distill_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="a teacher run folder or a diffusers model folder")
+    p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
+    p.add_argument("--method", default=None, help="dmd2 (default), dmd, fdistill, tdm, msd: each as published")
+    p.add_argument("--recipe", default=None, help="a named recipe (a method plus measured levers; listed below)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="the student's sampling steps K (default 1)")
+    p.add_argument("--data", default=None, help="training data (default: the teacher's)")
+    _config_args(p)
+
+    _model_commands(sub)
 
     p = sub.add_parser("demo", help="the main job: teacher, DMD2 student, evaluation and an HTML report")
     p.add_argument("--data", default="8gaussians", help=f"a preset ({presets}) or a path")

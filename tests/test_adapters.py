@@ -261,3 +261,14 @@ def test_sample_chooses_a_teachers_solver_and_refuses_one_it_does_not_know(tmp_p
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
     assert_user_error(capsys, ["sample", "--model", str(tmp_path / "t"), "--n", "4", "--solver", "rk4", "--out",
                                str(tmp_path / "y.npy")], "unknown solver", "ancestral")
+
+
+def test_dmd_pairs_of_a_clipping_teacher_are_its_clipped_ode_samples():
+    from distmatch.methods.pairs import make_pairs
+
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    adapter = VPAdapter(tiny_unet(), alphas)
+    top = float(adapter.schedule().sigma_max)
+    for limit in ({"range": 1.0}, None):
+        y = make_pairs(adapter, 8, (1, 8, 8), 3, "heun", top, [], 0, "cpu", limit=limit)["sample"]
+        assert (y.abs().max() <= 1) == (limit is not None), y.abs().max()

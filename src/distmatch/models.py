@@ -104,12 +104,12 @@ class LoadedModel:
 
     def _sample_batch(self, z, steps, cond, g):
         schedule = self.schedule
-        if self.kind == "teacher" and self.config["solver"] == "ancestral":
-            return ancestral_sample(self.denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max,
-                                    self.config.get("x0_limit"), g)
         if self.kind == "teacher":
-            return ode_sample(self.denoiser, z, steps, self.config["solver"], cond, schedule.sigma_min,
-                              schedule.sigma_max, self.config.get("x0_limit"))
+            solver, limit = self.config["solver"], self.config.get("x0_limit")
+            if solver == "ancestral":
+                return ancestral_sample(self.denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max,
+                                        limit, g)
+            return ode_sample(self.denoiser, z, steps, solver, cond, schedule.sigma_min, schedule.sigma_max, limit)
         sigmas = self.config["sigmas"][:steps]
         renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
         return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))

@@ -12,6 +12,8 @@ import torch
 from .schedules import SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 Denoiser = Callable[..., torch.Tensor]
+ODE_SOLVERS = ("heun", "euler")
+SOLVERS = ODE_SOLVERS + ("ancestral",)  # ancestral: DDPM's stochastic sampler, for teachers only
 
 
 def _full(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -58,7 +60,7 @@ def ode_trajectory(denoiser: Denoiser, noise: torch.Tensor, steps: int, solver: 
                    sigma_max: float = SIGMA_MAX, limit: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """ode_sample, and the ODE's states at `levels` (each in (0, sigma_max)), which join the solver's grid;
     `limit`: the teacher's own x̂_0 limit (see limit_x0)."""
-    if solver not in ("euler", "heun"):
+    if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown solver {solver!r} (choose euler or heun)")
     denoiser = limit_x0(denoiser, limit)
     sig = teacher_grid(steps, sigma_min, sigma_max)
@@ -95,9 +97,6 @@ def ancestral_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, cond=N
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x = x0 + r * (x - x0) + s_next * (1 - r) ** 0.5 * eps
     return x
-
-
-SOLVERS = ("heun", "euler", "ancestral")
 
 
 def teacher_nfe(steps: int, solver: str) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
-from ..samplers import ode_trajectory
+from ..samplers import ODE_SOLVERS, ode_trajectory
 from ..schedules import SIGMA_MIN
 
 PAIRS_FILE = "dmd_pairs.safetensors"
@@ -75,7 +75,7 @@ def teacher_fingerprint(teacher) -> str:
 def ode_solver(teacher) -> str:
     """DMD's pairs are the teacher's deterministic noise -> sample map: its ODE solver, Heun for a teacher that
     samples with the (stochastic) ancestral sampler."""
-    return teacher.config["solver"] if teacher.config["solver"] in ("heun", "euler") else "heun"
+    return teacher.config["solver"] if teacher.config["solver"] in ODE_SOLVERS else "heun"
 
 
 def check_ode_init(section: str, share: float, count: int, weight: float = 0.0) -> None:

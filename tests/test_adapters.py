@@ -12,9 +12,9 @@ from distmatch.teachers.gmm import GaussianMixture
 diffusers = pytest.importorskip("diffusers")
 
 
-def tiny_unet(seed=0, num_class_embeds=None):
+def tiny_unet(seed=0, num_class_embeds=None, out_channels=1):
     torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(8, 16),
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4,
                                  num_class_embeds=num_class_embeds).eval()
@@ -160,6 +160,37 @@ class lambda_net(torch.nn.Module):
 
     def forward(self, x, sigma):
         return self.net(x)
+
+
+@pytest.mark.parametrize("variance", ["learned_range", "learned"])
+def test_a_unet_that_learns_its_variance_gives_its_predictions_x0(tmp_path, variance):
+    """A UNet with 2C output channels (ε and a learned variance, as improved DDPM / ADM models): the loaded
+    folder's D equals DDPMScheduler.step(...).pred_original_sample, which splits the output the same way."""
+    from distmatch.models import load_model
+
+    unet = tiny_unet(out_channels=2)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type=variance, clip_sample=False)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path)
+    teacher = load_model(tmp_path)
+    g = torch.Generator().manual_seed(2)
+    for t in (999, 400, 0):
+        x_t = torch.randn(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = sched.step(unet(x_t, torch.tensor([t, t])).sample, t, x_t, generator=g).pred_original_sample
+            sigma = ((1 - sched.alphas_cumprod[t]) / sched.alphas_cumprod[t]).sqrt().expand(2).float()
+            got = teacher.denoiser(x_t * (1 + sigma[0] ** 2).sqrt(), sigma)
+        assert got.shape == x_t.shape
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (t, (got - want).abs().max())
+
+
+def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():
+    from distmatch import wrap_teacher
+
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    with pytest.raises(UserError, match=r"prediction has shape \(3, 8, 8\) for samples of shape \(1, 8, 8\)"):
+        wrap_teacher(tiny_unet(out_channels=3), (1, 8, 8), alphas_cumprod=alphas)
+    with pytest.raises(UserError, match=r"fails on samples of shape \(2, 8, 8\): .*expected input"):
+        wrap_teacher(tiny_unet(), (2, 8, 8), prediction="epsilon")
 
 
 def test_vp_adapter_refuses_what_it_cannot_read():

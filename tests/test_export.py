@@ -82,6 +82,23 @@ def test_exported_student_gives_the_same_images_in_stock_diffusers(ddpm_folder, 
     assert np.load(tmp_path / "x.npy").std() > 0.05  # real images, not a constant
 
 
+def test_a_student_of_a_unet_that_learns_its_variance_exports_its_prediction_only(ddpm_folder, tmp_path):
+    """A teacher with 2C output channels (ε and a learned variance): the exported UNet keeps the C channels the
+    student was trained on, which LCMScheduler can step, and gives the same images."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = tmp_path / "learned"
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(variance_type="learned_range")
+                           ).save_pretrained(folder)
+    student = run_distill(folder, tmp_path / "s", steps=2, overrides=QUIET)
+    out = export_student(student, tmp_path / "export")
+    assert json.loads((out / "unet" / "config.json").read_text())["out_channels"] == 1
+    printed, diff = same_images(student, out, 2, 3, tmp_path)
+    assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
+
+
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):
     teacher = load_model(ddpm_folder)
     assert teacher.kind == "teacher" and teacher.spec.shape == (1, 8, 8) and teacher.nfe() == 35

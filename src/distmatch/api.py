@@ -204,7 +204,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
         adapter = EDMAdapter(net, prediction or "x0", num_classes, features)
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
-    adapter.probe_features(shape)
+    adapter.probe(shape)
     kind = "vector" if len(shape) == 1 else "image"
     common = dict(kind=kind, shape=shape, source="", dtype="float32", class_names=list(range(num_classes)))
     if kind == "vector":

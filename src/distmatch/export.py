@@ -126,9 +126,23 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
         scheduler, record["timesteps"] = make(adapter, record["sigmas"])
     except UserError as e:
         raise UserError(f"{student_dir}: {e}") from None
-    DDPMPipeline(unet=adapter.net, scheduler=scheduler).save_pretrained(folder)
+    DDPMPipeline(unet=without_variance(adapter.net), scheduler=scheduler).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     ckpt.atomic_write_json(folder / "model_index.json", {**index, "_distmatch": record})
+
+
+def without_variance(unet):
+    """A UNet that also learns its variance (2C output channels) as one with its prediction's C channels only:
+    the student was trained on those, and LCMScheduler does not split a model's output."""
+    c = unet.config
+    if c.out_channels != 2 * c.in_channels:
+        return unet
+    slim = type(unet).from_config({**c, "out_channels": c.in_channels})
+    state = unet.state_dict()
+    for name in ("conv_out.weight", "conv_out.bias"):
+        state[name] = state[name][: c.in_channels]
+    slim.load_state_dict(state)
+    return slim.eval()
 
 
 def model_card(record: dict, custom: bool = False) -> str:

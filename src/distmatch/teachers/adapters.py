@@ -65,17 +65,25 @@ class TeacherAdapter(nn.Module):
         finally:
             hook.remove()
 
-    def probe_features(self, shape) -> None:
-        """Run the network once on zeros to learn the features' channels and size (for the GAN head)."""
-        if self.features is None:
-            return
+    def probe(self, shape) -> None:
+        """Run the network once on zeros: its prediction must have the sample's shape, and the GAN head learns
+        the features' channels and size."""
         p = next(self.parameters(), None)
         x = torch.zeros((1,) + tuple(shape), device=p.device if p is not None else "cpu")
         cond = torch.zeros(1, dtype=torch.long, device=x.device) if self.num_classes else None
-        with torch.no_grad():
-            _, f = self(x, torch.ones(1, device=x.device), cond, return_features=True)
-        self.feature_dim = int(f.shape[1])
-        self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
+        try:
+            with torch.no_grad():
+                out = self(x, torch.ones(1, device=x.device), cond, return_features=self.features is not None)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise UserError(f"the network fails on samples of shape {tuple(shape)}: {str(e).splitlines()[0]}") from None
+        x0, f = out if self.features is not None else (out, None)
+        if x0.shape != x.shape:
+            raise UserError(f"the network's prediction has shape {tuple(x0.shape[1:])} for samples of shape "
+                            f"{tuple(shape)}; a teacher predicts one value per sample value (an image network "
+                            "may add as many channels again for a learned variance)")
+        if f is not None:
+            self.feature_dim = int(f.shape[1])
+            self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
 
     def config(self) -> dict:
         """What rebuilds this adapter around a fresh copy of the network: for a diffusers model its class and
@@ -116,13 +124,23 @@ def network_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def prediction_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An image network's prediction for x: its output, or the first C channels of a 2C-channel output (a network
+    that also learns its variance, as improved DDPM, ADM and DiT do; diffusers' schedulers split it the same way)."""
+    if x.ndim == 4 and out.ndim == 4 and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
+        return out[:, : x.shape[1]]
+    return out
+
+
 def call_with_labels(net: nn.Module, x, t, cond):
     """net(x, t) or, with labels, net(x, t, class_labels=...) for diffusers models and net(x, t, cond) otherwise."""
     if cond is None:
-        return network_output(net(x, t))
-    if "class_labels" in inspect.signature(net.forward).parameters:
-        return network_output(net(x, t, class_labels=cond))
-    return network_output(net(x, t, cond))
+        out = net(x, t)
+    elif "class_labels" in inspect.signature(net.forward).parameters:
+        out = net(x, t, class_labels=cond)
+    else:
+        out = net(x, t, cond)
+    return prediction_of(network_output(out), x)
 
 
 VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")

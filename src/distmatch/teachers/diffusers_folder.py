@@ -88,7 +88,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     shape = (c.in_channels, *size)
     classes = int(c.num_class_embeds or 0)
     adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
-    adapter.probe_features(shape)
+    adapter.probe(shape)
     spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
                     class_names=list(range(classes)))
     config = {"kind": "teacher", "teacher": "diffusers", "folder": str(path.resolve()), "network": adapter.config(),

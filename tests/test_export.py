@@ -112,6 +112,17 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
     pipe.save_pretrained(v)
     with pytest.raises(UserError, match="no alphas_cumprod"):
         run_distill(v, tmp_path / "s", overrides=QUIET)
+    latent = tmp_path / "ldm"
+    pipe.save_pretrained(latent)
+    index = json.loads((latent / "model_index.json").read_text())
+    (latent / "model_index.json").write_text(json.dumps({**index, "vqvae": ["diffusers", "VQModel"]}))
+    with pytest.raises(UserError, match="a latent diffusion model .*vqvae/"):
+        run_distill(latent, tmp_path / "s", overrides=QUIET)
+    dit = tmp_path / "dit"
+    for part in ("transformer", "scheduler"):
+        (dit / part).mkdir(parents=True)
+    with pytest.raises(UserError, match="its model is a transformer/"):
+        load_model(dit)
     bad = tmp_path / "data.npy"
     np.save(bad, np.zeros((16, 10, 10), dtype=np.uint8) + np.arange(10, dtype=np.uint8))
     with pytest.raises(UserError, match="shape .* but the teacher makes"):

@@ -1,5 +1,6 @@
 """A diffusers model folder as a teacher: a pipeline folder (`model_index.json`) or one holding `unet/` and
-`scheduler/`, read with `from_pretrained` from local disk only.
+`scheduler/`, read with `from_pretrained` from local disk only. Latent models (a `vae/` or `vqvae/`) and
+transformers are refused in one line.
 
 A UNet2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler, LCM, ...) becomes a
 VPAdapter with the scheduler's prediction type, with FlowMatchEulerDiscreteScheduler a FlowAdapter with its
@@ -17,9 +18,25 @@ from ..errors import UserError
 SUPPORTED_MODELS = ("UNet2DModel",)
 
 
+LATENT = ("vae", "vqvae")
+
+
 def is_diffusers_folder(path: str | Path) -> bool:
     path = Path(path)
-    return (path / "model_index.json").is_file() or ((path / "unet").is_dir() and (path / "scheduler").is_dir())
+    return (path / "model_index.json").is_file() or (
+        any((path / m).is_dir() for m in ("unet", "transformer")) and (path / "scheduler").is_dir())
+
+
+def check_readable(path: Path) -> None:
+    """Refuse, in one line, the folders distmatch would misread: a latent model (its samples are a VAE's latents,
+    not images) and a transformer."""
+    index = path / "model_index.json"
+    names = set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
+    if latent := sorted(names & set(LATENT)):
+        raise UserError(f"{path}: a latent diffusion model (its {latent[0]}/ decodes the network's latents); "
+                        "distmatch distils pixel-space teachers only")
+    if "transformer" in names and "unet" not in names:
+        raise UserError(f"{path}: its model is a transformer/; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
 
 
 def _component(path: Path, name: str) -> tuple[Path, str]:
@@ -74,6 +91,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     from ..models import LoadedModel
 
     path = Path(path)
+    check_readable(path)
     unet_dir, unet_class = _component(path, "unet")
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:

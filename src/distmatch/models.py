@@ -70,6 +70,13 @@ class LoadedModel:
             return None
         return replace(self, denoiser=self.init_net, config={**self.config, "teacher": "network"})
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (the CPU for one without any)."""
+        t = next(self.denoiser.parameters(), None)
+        t = t if t is not None else next(self.denoiser.buffers(), None)
+        return t.device if t is not None else torch.device("cpu")
+
     def class_index(self, label) -> int:
         names = [str(c) for c in self.spec.class_names]
         if not names:
@@ -86,9 +93,12 @@ class LoadedModel:
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
-               batch_size: int = 2048, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n samples (normalised space) and the class indices they were drawn for (None if unconditional)."""
+               batch_size: int = 2048, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples (normalised space, on the CPU) and the class indices they were drawn for (None if
+        unconditional); drawn on `device`, by default the model's. The noise comes from a CPU generator, so a seed
+        gives the same samples on any device."""
         steps = self.check_steps(steps)
+        device = device or self.device
         g = torch.Generator().manual_seed(seed)
         if isinstance(cond, int):
             cond = torch.full((n,), cond, dtype=torch.long)

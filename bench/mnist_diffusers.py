@@ -53,8 +53,9 @@ def make_unet():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
 
 
-def train(out: Path, images: np.ndarray, iters: int) -> Path:
-    """diffusers' DDPM recipe on `images` (uint8 N x 28 x 28); returns the DDPMPipeline folder of the EMA weights."""
+def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Path:
+    """diffusers' DDPM recipe on `images` (uint8 N x 28 x 28); returns the DDPMPipeline folder of the EMA weights.
+    The draws come from CPU generators on any device, so a run's batches do not depend on where it trains."""
     from diffusers import DDPMPipeline, DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -64,7 +65,7 @@ def train(out: Path, images: np.ndarray, iters: int) -> Path:
     if (folder / "model_index.json").exists():
         return folder
     x0 = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
-    unet, scheduler = make_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    unet, scheduler = make_unet().to(device), DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     opt = torch.optim.AdamW(unet.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
                             weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
     lr = get_scheduler("cosine", optimizer=opt, num_warmup_steps=RECIPE["warmup"], num_training_steps=iters)
@@ -72,7 +73,7 @@ def train(out: Path, images: np.ndarray, iters: int) -> Path:
                    inv_gamma=RECIPE["ema_inv_gamma"], power=RECIPE["ema_power"])
     state, it, seconds = out / "train-state.pt", 0, 0.0
     if state.exists():
-        s = torch.load(state, weights_only=False)
+        s = torch.load(state, weights_only=False, map_location=device)
         unet.load_state_dict(s["unet"]), opt.load_state_dict(s["opt"]), lr.load_state_dict(s["lr"])
         ema.load_state_dict(s["ema"])
         it, seconds = s["it"], s["seconds"]
@@ -83,6 +84,7 @@ def train(out: Path, images: np.ndarray, iters: int) -> Path:
         batch = x0[torch.randint(len(x0), (RECIPE["batch"],), generator=g)]
         noise = torch.randn(batch.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
+        batch, noise, t = batch.to(device), noise.to(device), t.to(device)
         loss = F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), RECIPE["clip"])
@@ -95,7 +97,7 @@ def train(out: Path, images: np.ndarray, iters: int) -> Path:
             os.replace(tmp, state)
     ema.copy_to(unet.parameters())
     tmp = out / "teacher.tmp"
-    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(tmp)
+    DDPMPipeline(unet=unet.eval().cpu(), scheduler=scheduler).save_pretrained(tmp)
     (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0, **RECIPE}))
     os.replace(tmp, folder)
     return folder

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 STUDENTS = {"k4-seed0": (4, 0), "k1-seed0": (1, 0), "k4-seed1": (4, 1)}
-RESERVE = 40.0  # seconds kept for sampling and saving after the last stage
+RESERVE = 30.0  # seconds kept for sampling and saving after the last stage
 
 
 def save_npz(dest: Path, arrays: dict) -> None:

@@ -58,6 +58,8 @@ def distill(teacher: Path, data: Path, run: Path, k: int, seed: int, iters: int,
         if time.time() > deadline:
             proc.send_signal(signal.SIGINT)
             proc.wait()
+            if not (run / "log.jsonl").exists():
+                return False  # stopped before its first iteration
             reached = int(last_logged(run)["it"])
             subprocess.run(cmd + ["--set", f"train.iters={reached}"], env=env, check=True)
             return False
@@ -78,11 +80,16 @@ def sample_student(run: Path, n: int) -> tuple[np.ndarray, float]:
 
 def grow(name: str, work: Path, data: Path, samples: Path, n: int, deadline: float) -> None:
     """One student: distilled to 2000 iterations (the default), sampled, then resumed as far as the budget goes."""
+    from distmatch.checkpoint import MODEL
+
     k, seed = STUDENTS[name]
     run, out = work / f"student-{name}", samples / f"{name}.npz"
     arrays, target, started = {}, 2000, time.time()
     while True:
         finished = distill(work / "teacher", data, run, k, seed, target, deadline - RESERVE)
+        if not (run / MODEL).exists():
+            log(samples, name, error="no iteration finished within the budget")
+            return
         reached = int(last_logged(run)["it"])
         x, seconds = sample_student(run, n)
         arrays[f"it{reached}"] = x
@@ -125,12 +132,15 @@ def run(args) -> None:
     samples.mkdir(parents=True, exist_ok=True)
     if args.teacher and not (work / "teacher").exists():  # a teacher trained elsewhere by mnist_diffusers.train
         shutil.copytree(args.teacher, work / "teacher")
+    if args.train_state and not (work / "train-state.pt").exists():  # its training, part-done elsewhere: resumed
+        shutil.copy(args.train_state, work / "train-state.pt")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     t0 = time.time()
     folder = train(work, np.load(args.data), args.train_iters, device)
     if not args.teacher:
         log(samples, "teacher", train_s=round(time.time() - t0, 1), iters=args.train_iters, device=device)
+        shutil.make_archive(str(samples / "teacher-folder"), "tar", work, "teacher")  # the teacher comes back too
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     procs = [subprocess.Popen([sys.executable, __file__, "grow", name, "--work", str(work), "--data", args.data,
                                "--samples", str(samples), "--n", str(args.n), "--deadline", str(deadline)], env=env)
@@ -171,6 +181,7 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=480)
     r.add_argument("--train-iters", type=int, default=5000)
     r.add_argument("--teacher", default=None, help="a trained teacher folder (skips training)")
+    r.add_argument("--train-state", default=None, help="a teacher's part-done train-state.pt to resume")
     r.add_argument("--n", type=int, default=1000)
     r.add_argument("--threads", type=int, default=4)
     r.add_argument("--students", nargs="*", default=list(STUDENTS))

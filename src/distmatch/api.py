@@ -182,8 +182,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
     An image network returning twice the sample's channels (its prediction and a learned variance, as improved
     DDPM and ADM) is read as its first half. `num_classes` > 0: class-conditional, with the label `num_classes`
-    meaning "no class" if the network was trained for classifier-free guidance. `features`: the sub-module whose output a GAN head reads (the network's
-    bottleneck), for methods with a GAN. `solver`: how distmatch samples the teacher, heun or euler (its
+    meaning "no class" if the network was trained for classifier-free guidance. `features`: the sub-module whose
+    output a GAN head reads (the network's bottleneck), for methods with a GAN. `solver`: how distmatch samples the teacher, heun or euler (its
     probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic sampler). `clip_sample`: clamp
     x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE for regression pairs), as a
     diffusers scheduler with `clip_sample=True` does; leave it None when your own sampler does not clip."""

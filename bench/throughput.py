@@ -60,7 +60,7 @@ def bare_seconds_per_iter(teacher, real: torch.Tensor, iters: int, n: int = 64, 
     sigma0 = schedule.student_levels(1, 7.0, 0.35)[0]
     scale0 = schedule.input_scale(sigma0)
     gen = copy.deepcopy(adapter).requires_grad_(True).train()
-    critic = Critic(copy.deepcopy(adapter).requires_grad_(True).train(), gan=True)
+    critic = Critic(copy.deepcopy(adapter).requires_grad_(True).train(), gan=True).to(device)  # its head too
     ema = ema_copy(gen)
     opt_g = torch.optim.AdamW(gen.parameters(), lr=1e-4, weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=1e-4, weight_decay=0.0)

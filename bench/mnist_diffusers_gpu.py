@@ -7,6 +7,7 @@ defaults, resumed with a larger `train.iters`), on a GPU with a time budget: eac
 
     python bench/mnist_diffusers_gpu.py run --work DIR --data mnist20k.npy --samples OUT --budget 480 [--teacher T]
     python bench/mnist_diffusers_gpu.py score --samples OUT --out bench/out/mnist-gpu --inception default_1.pt
+        [--picture bench/results/mnist_diffusers_gpu.png]
 """
 from __future__ import annotations
 
@@ -169,6 +170,12 @@ def score(args) -> None:
             plan.append((name, (nfe, lambda n, g, x=x, s=seconds: (x[:n], s))))
     for row in score_rows(plan, out, args.n, inception_path(args.inception), prepare=lambda x: x.clamp(-1, 1)):
         print(json.dumps(row))
+    if args.picture:  # the first 32 samples of every row, side by side
+        from distmatch.report.plots import image_grid_panels
+
+        panels = [(name.replace("dmd2 student, ", "").replace(" DDPMPipeline (its own)", ""),
+                   sample(32, None)[0].numpy()) for name, (_, sample) in plan]
+        print(image_grid_panels(panels, args.picture, nrow=4, max_images=32))
 
 
 def main() -> None:
@@ -196,6 +203,7 @@ def main() -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--inception", default=None)
     s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--picture", default=None, help="a PNG of each row's first samples")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args)

@@ -5,7 +5,9 @@ defaults, resumed with a larger `train.iters`), on a GPU with a time budget: eac
 2000 iterations and again at the most iterations the budget allows. Samples (N, seed 0, in [-1, 1]) come back as
 .npz files; the Inception scoring runs on any machine afterwards.
 
-    python bench/mnist_diffusers_gpu.py run --work DIR --data mnist20k.npy --samples OUT --budget 480 [--teacher T]
+    python bench/mnist_diffusers_gpu.py teacher --work W --data mnist20k.npy        # optional, on a CPU
+    python bench/mnist_diffusers_gpu.py run --work DIR --data mnist20k.npy --samples OUT --budget 480 \
+        [--teacher W/teacher]
     python bench/mnist_diffusers_gpu.py score --samples OUT --out bench/out/mnist-gpu --inception default_1.pt
         [--picture bench/results/mnist_diffusers_gpu.png]
 """
@@ -198,6 +200,11 @@ def main() -> None:
         g.add_argument(a, required=True)
     g.add_argument("--n", type=int, default=1000)
     g.add_argument("--deadline", type=float, required=True)
+    t = sub.add_parser("teacher", help="train the teacher only (on a CPU, say), for `run --teacher`")
+    t.add_argument("--work", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--train-iters", type=int, default=5000)
+    t.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("score")
     s.add_argument("--samples", required=True)
     s.add_argument("--out", required=True)
@@ -207,6 +214,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "run":
         run(args)
+    elif args.cmd == "teacher":
+        from mnist_diffusers import train
+
+        torch.set_num_threads(args.threads)
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        print(train(Path(args.work), np.load(args.data), args.train_iters))
     elif args.cmd == "grow":
         grow(args.name, Path(args.work), Path(args.data), Path(args.samples), args.n, args.deadline)
     else:

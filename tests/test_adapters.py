@@ -183,6 +183,28 @@ def test_a_unet_that_learns_its_variance_gives_its_predictions_x0(tmp_path, vari
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (t, (got - want).abs().max())
 
 
+@pytest.mark.parametrize("scheduler", ["DDPMScheduler", "EulerDiscreteScheduler"])
+def test_a_zero_terminal_snr_teacher_ends_at_a_finite_level_with_the_schedulers_x0(scheduler):
+    """ᾱ_999 = 0 (rescale_betas_zero_snr; Euler puts 2^-24 there): the top level becomes a finite σ, where D equals
+    the scheduler's x̂_0 = -v up to √ᾱ_top x_t (3.2e-5 x_t), and every level below is exact."""
+    unet = tiny_unet()
+    cls = getattr(diffusers, scheduler)
+    sched = cls(num_train_timesteps=1000, rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    ddpm = diffusers.DDPMScheduler(num_train_timesteps=1000, rescale_betas_zero_snr=True,
+                                   prediction_type="v_prediction", clip_sample=False)
+    adapter = VPAdapter(unet, sched.alphas_cumprod, "v_prediction")
+    sigmas = adapter.schedule().grid
+    assert torch.isfinite(sigmas).all() and (sigmas[1:] > sigmas[:-1]).all() and 1e4 < sigmas[-1] < 1e5
+    g = torch.Generator().manual_seed(3)
+    for t, tol in ((999, 2e-4), (998, 1e-5), (500, 1e-5), (0, 1e-5)):
+        x_t = torch.randn(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = ddpm.step(unet(x_t, torch.tensor([t, t])).sample, t, x_t).pred_original_sample
+            sigma = sigmas[t].expand(2).float()
+            got = adapter(x_t * (1 + sigmas[t].double() ** 2).sqrt().float(), sigma)
+        assert torch.allclose(got, want, atol=tol * (1 + want.abs().max())), (t, (got - want).abs().max())
+
+
 def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():
     from distmatch import wrap_teacher
 

@@ -99,6 +99,21 @@ def test_a_student_of_a_unet_that_learns_its_variance_exports_its_prediction_onl
     assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_zero_terminal_snr_v_teachers_student_exports_and_gives_the_same_images(ddpm_folder, tmp_path, k):
+    """A v-prediction teacher with ᾱ_999 = 0 (rescale_betas_zero_snr): its student starts at the finite top level
+    that stands for σ = ∞, and the export's scheduler runs it exactly."""
+    folder = tmp_path / "zsnr"
+    pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
+    pipe.scheduler = diffusers.DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    pipe.save_pretrained(folder)
+    student = run_distill(folder, tmp_path / "s", steps=k, overrides=QUIET)
+    out = export_student(student, tmp_path / "export")
+    assert json.loads((out / "model_index.json").read_text())["_distmatch"]["timesteps"][0] == 999
+    printed, diff = same_images(student, out, k, 4, tmp_path)
+    assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
+
+
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):
     teacher = load_model(ddpm_folder)
     assert teacher.kind == "teacher" and teacher.spec.shape == (1, 8, 8) and teacher.nfe() == 35

@@ -146,6 +146,16 @@ def call_with_labels(net: nn.Module, x, t, cond):
 VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
+def finite_top(a: torch.Tensor) -> torch.Tensor:
+    """A zero-terminal-SNR table (ᾱ_T = 0, or the 2^-24 that diffusers' Euler schedulers put there) ends at σ = ∞.
+    Its top level becomes the log-linear continuation of the two below it, a finite σ (about 3e4 for a rescaled
+    linear table) at which a v- or x0-prediction network's x̂_0 differs from its ᾱ_T = 0 value by √ᾱ_T x_t."""
+    if a.ndim == 1 and len(a) >= 3 and 0 < a[-2] < a[-3] < 1 and not 0 < a[-1] < a[-2]:
+        a = a.clone()
+        a[-1] = a[-2] ** 2 / a[-3]
+    return a
+
+
 class VPAdapter(TeacherAdapter):
     """A network called as net(x_t, t[, labels]) on the variance-preserving x_t of a T-step schedule ᾱ_0..ᾱ_{T-1},
     predicting ε (`epsilon`), v (`v_prediction`) or x_0 (`sample`), as diffusers' DDPMScheduler defines them.
@@ -162,7 +172,7 @@ class VPAdapter(TeacherAdapter):
             raise UserError(f"a DDPM-style network predicts one of {', '.join(VP_PREDICTIONS)}, got {prediction!r}")
         if timesteps not in ("continuous", "discrete"):
             raise UserError(f"timesteps must be continuous or discrete, got {timesteps!r}")
-        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        a = finite_top(torch.as_tensor(alphas_cumprod, dtype=torch.float64))
         if a.ndim != 1 or len(a) < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
             raise UserError("alphas_cumprod must be a falling 1-D table of values in (0, 1), one per timestep")
         self.prediction, self.timesteps = prediction, timesteps

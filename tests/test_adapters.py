@@ -205,6 +205,44 @@ def test_a_zero_terminal_snr_teacher_ends_at_a_finite_level_with_the_schedulers_
         assert torch.allclose(got, want, atol=tol * (1 + want.abs().max())), (t, (got - want).abs().max())
 
 
+def test_a_dit_folder_is_a_class_conditional_teacher_with_the_schedulers_x0_and_a_gan_on_its_tokens(tmp_path):
+    """transformer/ + scheduler/ with a DiTTransformer2DModel (learned variance, 3 classes and a null one): D equals
+    DDPMScheduler.step's x̂_0 for each label, the GAN head reads the middle block's tokens as a 4x4 map, and a
+    1-step student distils with its GAN on and samples a chosen class."""
+    import numpy as np
+
+    from distmatch.methods import run_distill
+    from distmatch.models import load_model
+
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=2,
+                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=3,
+                                          norm_num_groups=1).eval()
+    sched = diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    dit.save_pretrained(tmp_path / "t" / "transformer")
+    sched.save_pretrained(tmp_path / "t" / "scheduler")
+    teacher = load_model(tmp_path / "t")
+    assert teacher.num_classes == 3 and teacher.spec.shape == (1, 8, 8)
+    assert (teacher.denoiser.feature_dim, teacher.denoiser.feature_size) == (16, (4, 4))
+    g = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0, 2, 3])  # 3: the null label
+    for t in (999, 500, 0):
+        x_t = torch.randn(3, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = sched.step(dit(x_t, torch.tensor([t] * 3), class_labels=labels).sample, t, x_t,
+                              generator=g).pred_original_sample
+            sigma = ((1 - sched.alphas_cumprod[t]) / sched.alphas_cumprod[t]).sqrt().expand(3).float()
+            got = teacher.denoiser(x_t * (1 + sigma[0] ** 2).sqrt(), sigma, labels)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (t, (got - want).abs().max())
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", images=rng.integers(0, 255, (32, 8, 8), dtype=np.uint8),
+             labels=rng.integers(0, 3, 32))
+    student = run_distill(tmp_path / "t", tmp_path / "s", steps=1, data_source=str(tmp_path / "data.npz"),
+                          overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
+    x, cls = load_model(student).sample(2, cond=1)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all() and cls.tolist() == [1, 1]
+
+
 def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():
     from distmatch import wrap_teacher
 

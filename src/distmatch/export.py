@@ -44,7 +44,7 @@ def check_exportable(model: LoadedModel) -> None:
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
                         "with a DDPM-family or flow scheduler; this one is neither")
     if model.num_classes:
-        raise UserError(f"{model.path}: a class-conditional student of a diffusers UNet needs a pipeline that passes "
+        raise UserError(f"{model.path}: a class-conditional student of a diffusers model needs a pipeline that passes "
                         "class labels, which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
 
 

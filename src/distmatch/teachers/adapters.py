@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from contextlib import contextmanager
 
 import torch
@@ -59,7 +60,7 @@ class TeacherAdapter(nn.Module):
                             "wrap_teacher(..., features='<sub-module>') or turn the method's GAN off")
         seen = []
         hook = self.net.get_submodule(self.features).register_forward_hook(
-            lambda _m, _i, out: seen.append(out[0] if isinstance(out, (tuple, list)) else out))
+            lambda _m, _i, out: seen.append(as_map(out[0] if isinstance(out, (tuple, list)) else out)))
         try:
             yield seen
         finally:
@@ -95,6 +96,15 @@ class TeacherAdapter(nn.Module):
             config = {k: v for k, v in self.net.config.items() if not k.startswith("_")}  # not its load path
             out.update(kind="diffusers", diffusers_class=cls.__name__, net_config=json.loads(json.dumps(config)))
         return out
+
+
+def as_map(f: torch.Tensor) -> torch.Tensor:
+    """A transformer's tokens (B, N, D) over a square patch grid as a (B, D, √N, √N) map, which the GAN's image
+    head reads as it reads a UNet's bottleneck; any other features as they are."""
+    side = math.isqrt(f.shape[1]) if f.ndim == 3 else 0
+    if side < 2 or side * side != f.shape[1]:
+        return f
+    return f.transpose(1, 2).reshape(f.shape[0], f.shape[2], side, side)
 
 
 class EDMAdapter(TeacherAdapter):

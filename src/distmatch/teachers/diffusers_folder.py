@@ -1,11 +1,12 @@
-"""A diffusers model folder as a teacher: a pipeline folder (`model_index.json`) or one holding `unet/` and
-`scheduler/`, read with `from_pretrained` from local disk only. Latent models (a `vae/` or `vqvae/`) and
-transformers are refused in one line.
+"""A diffusers model folder as a teacher: a pipeline folder (`model_index.json`) or one holding `unet/` (or
+`transformer/`) and `scheduler/`, read with `from_pretrained` from local disk only. Latent models (a `vae/` or
+`vqvae/`) are refused in one line.
 
-A UNet2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler, LCM, ...) becomes a
-VPAdapter with the scheduler's prediction type, with FlowMatchEulerDiscreteScheduler a FlowAdapter with its
-shift; the sample shape comes from the model's config; a
-class-conditional model (`num_class_embeds`) keeps its classes; the GAN head reads the model's `mid_block`.
+A UNet2DModel or DiTTransformer2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler,
+LCM, ...) becomes a VPAdapter with the scheduler's prediction type, with FlowMatchEulerDiscreteScheduler a
+FlowAdapter with its shift; the sample shape comes from the model's config; a class-conditional model
+(`num_class_embeds`; a DiT always is) keeps its classes; the GAN head reads the UNet's `mid_block` or the DiT's
+middle block.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 from ..data.spec import DataSpec
 from ..errors import UserError
 
-SUPPORTED_MODELS = ("UNet2DModel",)
+# model class -> (its folder, its class count in the config); a DiT is always class-conditional
+MODELS = {"UNet2DModel": ("unet", "num_class_embeds"), "DiTTransformer2DModel": ("transformer", "num_embeds_ada_norm")}
+SUPPORTED_MODELS = tuple(MODELS)
 
 
 LATENT = ("vae", "vqvae")
@@ -29,14 +32,19 @@ def is_diffusers_folder(path: str | Path) -> bool:
 
 def check_readable(path: Path) -> None:
     """Refuse, in one line, the folders distmatch would misread: a latent model (its samples are a VAE's latents,
-    not images) and a transformer."""
+    not images)."""
     index = path / "model_index.json"
     names = set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
     if latent := sorted(names & set(LATENT)):
         raise UserError(f"{path}: a latent diffusion model (its {latent[0]}/ decodes the network's latents); "
                         "distmatch distils pixel-space teachers only")
-    if "transformer" in names and "unet" not in names:
-        raise UserError(f"{path}: its model is a transformer/; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
+
+
+def model_folder(path: Path) -> str:
+    """unet, or transformer for a folder (or pipeline) that has one and no unet."""
+    index = path / "model_index.json"
+    names = set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir()}
+    return "transformer" if "transformer" in names and "unet" not in names else "unet"
 
 
 def _component(path: Path, name: str) -> tuple[Path, str]:
@@ -54,23 +62,28 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
     return folder, json.loads(cfg.read_text()).get("_class_name", "")
 
 
+def gan_features(net) -> str:
+    """The sub-module whose output a GAN head reads: a UNet's mid_block, a DiT's middle transformer block."""
+    return "mid_block" if hasattr(net, "mid_block") else f"transformer_blocks.{len(net.transformer_blocks) // 2}"
+
+
 def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
     """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod) or flow matching."""
     from .adapters import FlowAdapter, VPAdapter
 
-    cfg = scheduler.config
+    cfg, features = scheduler.config, gan_features(unet)
     if sched_class == "FlowMatchEulerDiscreteScheduler":
         if cfg.get("use_dynamic_shifting"):
             raise UserError(f"{path}: a flow scheduler with resolution-dependent shifting (use_dynamic_shifting) is "
                             "not supported; save it with a fixed shift")
-        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, num_classes=classes, features="mid_block")
+        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, num_classes=classes, features=features)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
                         "(variance-preserving) schedulers and FlowMatchEulerDiscreteScheduler")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
-    return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features="mid_block")
+    return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features=features)
 
 
 def x0_limit(cfg) -> dict | None:
@@ -92,7 +105,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
 
     path = Path(path)
     check_readable(path)
-    unet_dir, unet_class = _component(path, "unet")
+    unet_dir, unet_class = _component(path, model_folder(path))
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:
         raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
@@ -104,7 +117,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
     shape = (c.in_channels, *size)
-    classes = int(c.num_class_embeds or 0)
+    classes = int(c.get(MODELS[unet_class][1]) or 0)
     adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
     adapter.probe(shape)
     spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],

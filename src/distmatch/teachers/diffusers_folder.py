@@ -30,20 +30,22 @@ def is_diffusers_folder(path: str | Path) -> bool:
         any((path / m).is_dir() for m in ("unet", "transformer")) and (path / "scheduler").is_dir())
 
 
-def check_readable(path: Path) -> None:
+def components(path: Path) -> set[str]:
+    """The folder's component names: model_index.json's entries, or its sub-folders."""
+    index = path / "model_index.json"
+    return set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
+
+
+def check_readable(names: set[str], path: Path) -> None:
     """Refuse, in one line, the folders distmatch would misread: a latent model (its samples are a VAE's latents,
     not images)."""
-    index = path / "model_index.json"
-    names = set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
     if latent := sorted(names & set(LATENT)):
         raise UserError(f"{path}: a latent diffusion model (its {latent[0]}/ decodes the network's latents); "
                         "distmatch distils pixel-space teachers only")
 
 
-def model_folder(path: Path) -> str:
+def model_folder(names: set[str]) -> str:
     """unet, or transformer for a folder (or pipeline) that has one and no unet."""
-    index = path / "model_index.json"
-    names = set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir()}
     return "transformer" if "transformer" in names and "unet" not in names else "unet"
 
 
@@ -104,8 +106,9 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     from ..models import LoadedModel
 
     path = Path(path)
-    check_readable(path)
-    unet_dir, unet_class = _component(path, model_folder(path))
+    names = components(path)
+    check_readable(names, path)
+    unet_dir, unet_class = _component(path, model_folder(names))
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:
         raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")

@@ -16,9 +16,10 @@ from pathlib import Path
 from ..data.spec import DataSpec
 from ..errors import UserError
 
-# model class -> (its folder, its class count in the config); a DiT is always class-conditional
-MODELS = {"UNet2DModel": ("unet", "num_class_embeds"), "DiTTransformer2DModel": ("transformer", "num_embeds_ada_norm")}
-SUPPORTED_MODELS = tuple(MODELS)
+# model class -> the config key of its class count (a DiT is always class-conditional)
+CLASS_COUNT = {"UNet2DModel": "num_class_embeds", "DiTTransformer2DModel": "num_embeds_ada_norm"}
+SUPPORTED_MODELS = tuple(CLASS_COUNT)
+MODEL_FOLDERS = ("unet", "transformer")
 
 
 LATENT = ("vae", "vqvae")
@@ -27,7 +28,7 @@ LATENT = ("vae", "vqvae")
 def is_diffusers_folder(path: str | Path) -> bool:
     path = Path(path)
     return (path / "model_index.json").is_file() or (
-        any((path / m).is_dir() for m in ("unet", "transformer")) and (path / "scheduler").is_dir())
+        any((path / m).is_dir() for m in MODEL_FOLDERS) and (path / "scheduler").is_dir())
 
 
 def components(path: Path) -> set[str]:
@@ -120,7 +121,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
     shape = (c.in_channels, *size)
-    classes = int(c.get(MODELS[unet_class][1]) or 0)
+    classes = int(c.get(CLASS_COUNT[unet_class]) or 0)
     adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
     adapter.probe(shape)
     spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],

@@ -189,3 +189,52 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
     assert (out / "pipeline.py").is_file() and "trust_remote_code=True" in (out / "README.md").read_text()
     printed, diff = same_images(student, out, 2, 4, tmp_path, RELOAD_OWN)
     assert "loaded without" not in printed and "DistmatchStudentPipeline" in printed and diff < 1e-4, (printed, diff)
+
+
+RELOAD_LABELS = RELOAD_OWN.replace("generator=torch.manual_seed(seed),",
+                                   "generator=torch.manual_seed(seed), class_labels=LABELS,")
+
+
+def class_folder(tmp_path, kind: str):
+    """A tiny class-conditional teacher (3 classes): a UNet2DModel DDPM, a flow one, or a DiT that learns its
+    variance; and labelled data for it."""
+    torch.manual_seed(0)
+    if kind == "dit":
+        net = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
+                                              out_channels=2, num_layers=2, sample_size=8, patch_size=2,
+                                              num_embeds_ada_norm=3, norm_num_groups=1)
+    else:
+        net = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                    down_block_types=("DownBlock2D", "DownBlock2D"), num_class_embeds=3,
+                                    up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    scheduler = (diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0) if kind == "flow" else
+                 diffusers.DDPMScheduler(variance_type="learned_range" if kind == "dit" else "fixed_small"))
+    net.save_pretrained(tmp_path / "t" / ("transformer" if kind == "dit" else "unet"))
+    scheduler.save_pretrained(tmp_path / "t" / "scheduler")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (48, 8, 8), dtype=np.uint8),
+             labels=rng.integers(0, 3, 48))
+    return tmp_path / "t", str(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("kind,k", [("unet", 2), ("flow", 2), ("dit", 1)])
+def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(tmp_path, kind, k):
+    """The stock network and scheduler plus pipeline.py: the same images as distmatch sample from the same seed,
+    with labels drawn as distmatch draws them (the teacher's classes, uniformly) or given by index or class name."""
+    teacher, data = class_folder(tmp_path, kind)
+    student = run_distill(teacher, tmp_path / "s", steps=k, data_source=data, overrides=QUIET)
+    out = export_student(student, tmp_path / "export")
+    name = "transformer" if kind == "dit" else "unet"
+    index = json.loads((out / "model_index.json").read_text())
+    assert index[name][1] == type(load_model(student).denoiser.net).__name__ and (out / "pipeline.py").is_file()
+    assert index["class_weights"] == pytest.approx([1 / 3] * 3) and index["class_names"] == ["0", "1", "2"]
+    assert "trust_remote_code=True" in (out / "README.md").read_text()
+    printed, diff = same_images(student, out, k, 4, tmp_path, RELOAD_OWN)
+    assert "loaded without" not in printed and "DistmatchClassPipeline" in printed and diff < 1e-4, (printed, diff)
+    drawn = np.load(tmp_path / "x.npy")
+    for labels, cond in (("[2, 2, 2]", 2), ("'1'", 1)):
+        ours, _ = load_model(student).sample(3, cond=cond, seed=4)
+        printed, _ = same_images(student, out, k, 4, tmp_path, RELOAD_LABELS.replace("LABELS", labels))
+        given = np.load(tmp_path / "x.npy")
+        assert np.abs((ours / 2 + 0.5).clamp(0, 1).numpy() - given).max() < 1e-4, labels
+    assert np.abs(given - drawn).max() > 1e-3  # the labels reach the network

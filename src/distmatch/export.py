@@ -4,7 +4,8 @@ A student of a diffusers UNet2DModel teacher exports as a DDPMPipeline: its UNet
 parameterisation, the student's weights) and a scheduler that runs exactly the student's K trained levels, so
 `pipe(num_inference_steps=K)` runs the student (x̂_0 at each level, re-noised to the next): for a DDPM-family
 teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
-with `stochastic_sampling=True`. The same seed gives the same images as `distmatch sample --seed`.
+with `stochastic_sampling=True`. The same seed gives the same images as `distmatch sample --seed`. A
+class-conditional student keeps that network and scheduler with a pipeline.py that passes labels (export_classes.py).
 A student of distmatch's own U-Net exports with its code in the folder instead (export_own.py), loaded with
 `trust_remote_code=True`. The distillation's record goes into model_index.json under "_distmatch" (diffusers
 ignores keys starting with _) and a model card (README.md).
@@ -43,9 +44,6 @@ def check_exportable(model: LoadedModel) -> None:
     if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow") or "router" in model.config:
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
                         "with a DDPM-family or flow scheduler; this one is neither")
-    if model.num_classes:
-        raise UserError(f"{model.path}: a class-conditional student of a diffusers model needs a pipeline that passes "
-                        "class labels, which stock DDPMPipeline does not; sample it with `distmatch sample --class`")
 
 
 def vp_scheduler(adapter, sigmas: list[float]):
@@ -102,10 +100,10 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
             from .export_own import export_own_student
 
             export_own_student(model, load_weights(model.path), tmp, record)
-            card = model_card(record, custom=True)
+            card = model_card(record, custom="own")
         else:
             write_stock(model, tmp, record, student_dir)
-            card = model_card(record)
+            card = model_card(record, custom="classes" if model.num_classes else None)
         ckpt.atomic_write_bytes(tmp / "README.md", card.encode())
         if out.exists():
             out.rmdir()
@@ -117,7 +115,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
 
 
 def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> None:
-    """A DDPMPipeline: the student's UNet and a scheduler that runs its trained levels."""
+    """A DDPMPipeline: the student's UNet and a scheduler that runs its trained levels (a class-conditional
+    student: its network, that scheduler and a pipeline that passes labels, export_classes)."""
     from diffusers import DDPMPipeline
 
     adapter = model.denoiser
@@ -126,6 +125,10 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
         scheduler, record["timesteps"] = make(adapter, record["sigmas"])
     except UserError as e:
         raise UserError(f"{student_dir}: {e}") from None
+    if model.num_classes:
+        from .export_classes import export_class_student
+
+        return export_class_student(model, adapter.net, scheduler, folder, record)
     DDPMPipeline(unet=without_variance(adapter.net), scheduler=scheduler).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     ckpt.atomic_write_json(folder / "model_index.json", {**index, "_distmatch": record})
@@ -145,15 +148,21 @@ def without_variance(unet):
     return slim.eval()
 
 
-def model_card(record: dict, custom: bool = False) -> str:
+def model_card(record: dict, custom: str | None = None) -> str:
+    """The folder's README.md; `custom`: "own" (distmatch's U-Net and sampler in the folder's code) or "classes"
+    (a stock network and scheduler driven by the folder's pipeline.py, which passes class labels)."""
     how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
     sigmas = f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}"
     trained = f"timesteps {record['timesteps']} ({sigmas})" if "timesteps" in record else sigmas
     load = ('DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)' if custom
             else 'DiffusionPipeline.from_pretrained("path/to/this/folder")')
-    remote = ("\nThe network and its sampler are not in diffusers: `pipeline.py` and `student/distmatch_student.py` "
-              "hold their code (torch and diffusers only), which is why loading asks for `trust_remote_code=True`; "
-              "read them first. Class-conditional students take `class_labels=`.\n" if custom else "")
+    remote = {None: "", "own": "\nThe network and its sampler are not in diffusers: `pipeline.py` and "
+              "`student/distmatch_student.py` hold their code (torch and diffusers only), which is why loading asks "
+              "for `trust_remote_code=True`; read them first. Class-conditional students take `class_labels=`.\n",
+              "classes": "\nThe network and the scheduler are stock diffusers classes; no stock pixel pipeline passes "
+              "class labels, so `pipeline.py` (torch and diffusers only: the scheduler's loop with `class_labels=`) "
+              "does, which is why loading asks for `trust_remote_code=True`; read it first. Pass `class_labels=` "
+              "(indices or class names); without them labels are drawn as in the training data.\n"}[custom]
     return f"""---
 library_name: diffusers
 tags: [distmatch, distillation, few-step]

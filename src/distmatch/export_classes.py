@@ -1,0 +1,83 @@
+"""Export of class-conditional students of diffusers models: the stock network and scheduler, and a small pipeline.
+
+Stock diffusers has no pixel-space pipeline that passes class labels to a UNet2DModel (DDPMPipeline passes none;
+DiTPipeline needs a VAE), so the folder holds the student's network in the teacher's own class (`unet/` or
+`transformer/`), the scheduler that runs its K trained levels (as for unconditional students) and `pipeline.py`:
+the scheduler's loop with `class_labels=`, loaded with `trust_remote_code=True`. Labels not given are drawn from
+the data's class frequencies with the caller's generator, before the noise, as `distmatch sample` draws them, so
+the same seed gives the same images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint as ckpt
+
+PIPELINE = '''"""A distmatch few-step class-conditional student as a diffusers pipeline (torch and diffusers only)."""
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class DistmatchClassPipeline(DiffusionPipeline):
+    """The scheduler's K steps over MODEL(x_t, t, class_labels): x̂_0 at each trained level, re-noised to the next."""
+
+    def __init__(self, MODEL, scheduler, sample_shape=(1, 32, 32), trained_steps=1, class_names=(),
+                 class_weights=()):
+        super().__init__()
+        self.register_modules(MODEL=MODEL, scheduler=scheduler)
+        self.register_to_config(sample_shape=list(sample_shape), trained_steps=trained_steps,
+                                class_names=list(class_names), class_weights=list(class_weights))
+
+    def labels(self, class_labels, batch_size, generator):
+        """Class indices (or names) for the batch; drawn from the data's class frequencies when not given."""
+        names = [str(c) for c in self.config.class_names]
+        if class_labels is None:
+            w = torch.tensor(self.config.class_weights or [1.0] * len(names), dtype=torch.float64)
+            return torch.multinomial(w, batch_size, replacement=True, generator=generator)
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        if not torch.is_tensor(class_labels):
+            class_labels = [names.index(str(c)) if isinstance(c, str) else int(c) for c in class_labels]
+        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size or not ((labels >= 0) & (labels < len(names))).all():
+            raise ValueError(f"class_labels: {batch_size} indices in 0..{len(names) - 1} (or names), or one")
+        return labels
+
+    @torch.no_grad()
+    def __call__(self, batch_size=1, num_inference_steps=None, generator=None, class_labels=None,
+                 output_type="pil", return_dict=True):
+        device = self.MODEL.device
+        labels = self.labels(class_labels, batch_size, generator).to(device)
+        c = self.config.sample_shape[0]
+        x = randn_tensor((batch_size, *self.config.sample_shape), generator=generator, device=device)
+        self.scheduler.set_timesteps(num_inference_steps or self.config.trained_steps, device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            out = self.MODEL(x, t.expand(batch_size), class_labels=labels).sample[:, :c]  # learned variance: cut
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        images = (x / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            images = images.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+'''
+
+
+def export_class_student(model, network, scheduler, folder: Path, record: dict) -> None:
+    """Write `folder`: the network under its teacher's component name, the scheduler, pipeline.py, and
+    model_index.json naming them with the pipeline's config (sample shape, class names and frequencies)."""
+    import diffusers
+
+    name = "transformer" if "Transformer" in type(network).__name__ else "unet"
+    network.save_pretrained(folder / name)
+    scheduler.save_pretrained(folder / "scheduler")
+    ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.replace("MODEL", name).encode())
+    ckpt.atomic_write_json(folder / "model_index.json", {
+        "_class_name": ["pipeline", "DistmatchClassPipeline"], "_diffusers_version": diffusers.__version__,
+        name: ["diffusers", type(network).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
+        "sample_shape": list(model.spec.shape), "trained_steps": record["steps"],
+        "class_names": [str(c) for c in model.spec.class_names],
+        "class_weights": [float(w) for w in model.class_weights], "_distmatch": record})

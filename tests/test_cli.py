@@ -141,6 +141,26 @@ def test_sample_writes_users_layout(capsys, teacher_dir, tmp_path):
     assert "7 network evaluations" in out  # Heun, 4 steps
 
 
+def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, teacher_dir, tmp_path):
+    """--device auto takes a GPU when one is seen (here the CPU: the same samples as --device cpu); a device that
+    is not there, or no device at all, is one line."""
+    import torch
+
+    outs = []
+    for device in ("cpu", "auto"):
+        code, _, err = run_cli(capsys, "sample", "--model", str(teacher_dir), "--n", "6", "--steps", "3",
+                               "--device", device, "--out", str(tmp_path / f"{device}.npy"))
+        assert code == 0, err
+        outs.append(np.load(tmp_path / f"{device}.npy"))
+    assert np.array_equal(*outs)
+    argv = ["sample", "--model", str(teacher_dir), "--n", "2", "--out", str(tmp_path / "y.npy"), "--device"]
+    assert_user_error(capsys, argv + ["tpu7"], "unknown device 'tpu7'")
+    if not torch.cuda.is_available():
+        assert_user_error(capsys, argv + ["cuda"], "device 'cuda' is not available", "0 CUDA device")
+    assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", "moons", "--n", "8",
+                               "--out", str(tmp_path / "e.json"), "--device", "cuda:9"], "'cuda:9' is not available")
+
+
 def test_real_process_prints_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "distmatch.cli", "teacher", "--data", str(tmp_path / "none.npz"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)

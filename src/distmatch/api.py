@@ -136,21 +136,25 @@ def users_network(teacher: LoadedModel) -> torch.nn.Module | None:
     return teacher.init_net.net if isinstance(teacher.init_net, TeacherAdapter) else None
 
 
-def load(path, network: torch.nn.Module | None = None) -> Model:
-    """A teacher or student run folder; `network`: an instance of your own network class, for a student distilled
-    from a network you wrapped with wrap_teacher."""
-    return Model(load_model(path, network=network))
+def load(path, network: torch.nn.Module | None = None, device: str = "cpu") -> Model:
+    """A teacher or student run folder, or a diffusers model folder; `network`: an instance of your own network
+    class, for a student distilled from a network you wrapped with wrap_teacher; `device`: where it samples (cpu,
+    cuda, cuda:N, mps, or auto for a GPU when one is seen). A seed gives the same samples on any device."""
+    from .models import resolve_device
+
+    return Model(load_model(path, device=resolve_device(device), network=network))
 
 
 def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None,
-             inception=None, solver: str | None = None) -> dict:
+             inception=None, solver: str | None = None, device: str = "cpu") -> dict:
     """`n` samples of `model` (a Model or a run folder) scored against `data` (a preset means its held-out split; a
     path; or an array with labels=): the `evaluate` command's JSON as a dict. Images are scored on Inception-v3
     features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network.
-    `solver` (a teacher only): heun, euler or ancestral instead of the teacher's own."""
+    `solver` (a teacher only): heun, euler or ancestral instead of the teacher's own. `device`: where a model
+    given as a folder samples (see load); the scores are computed on the CPU."""
     from .eval.evaluate import evaluate_model
 
-    model = model if isinstance(model, Model) else load(model)
+    model = model if isinstance(model, Model) else load(model, device=device)
     if solver is not None:
         model = Model(model.loaded.with_solver(solver))
     if isinstance(data, (str, Path)):

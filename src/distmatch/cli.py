@@ -11,6 +11,8 @@ EXIT_INTERRUPTED = 130
 
 SOLVER_HELP = ("a teacher's sampler: heun or euler (its probability-flow ODE) or ancestral (DDPM's stochastic "
                "sampler, often better for a DDPM-trained teacher); default: the teacher's own")
+DEVICE_HELP = ("where the model samples: cpu (default), cuda, cuda:N, mps, or auto (a GPU when one is seen); "
+               "a seed gives the same samples on any device")
 
 
 def _positive_int(text: str) -> int:
@@ -82,6 +84,7 @@ def _model_commands(sub) -> None:
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--class", dest="cls", default=None, help="a class label as it was in the data")
     p.add_argument("--solver", default=None, help=SOLVER_HELP)
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     p = sub.add_parser("evaluate", help="measure a model against data (quality and speed), write JSON")
     p.add_argument("--model", required=True)
@@ -94,6 +97,7 @@ def _model_commands(sub) -> None:
     p.add_argument("--inception", default=None, metavar="FILE",
                    help="a local Inception-v3 TorchScript file for FID/KID (default $DISTMATCH_INCEPTION; without "
                         "one, images are scored on an in-domain network)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + "; scores are computed on the CPU")
 
     p = sub.add_parser("export", help="write a student as a folder stock diffusers loads (DiffusionPipeline)")
     p.add_argument("--model", required=True, help="a student run folder (of a diffusers teacher)")

@@ -39,12 +39,12 @@ def _write_npy(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def sample(args) -> int:
-    from .models import load_model
+    from .models import load_model, resolve_device
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"--out must end in .npy or .npz, got {args.out}")
-    model = load_model(args.model)
+    model = load_model(args.model, device=resolve_device(args.device))
     if args.solver is not None:
         model = model.with_solver(args.solver)
     cond = model.class_index(args.cls) if args.cls is not None else None
@@ -64,7 +64,7 @@ def evaluate(args) -> int:
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
     result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed,
-                            inception=args.inception, solver=args.solver)
+                            inception=args.inception, solver=args.solver, device=args.device)
     ckpt.atomic_write_json(out, result)
     json.dump({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, sys.stdout, indent=1)
     print()

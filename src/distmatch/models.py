@@ -136,14 +136,35 @@ def _strip(weights: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A device name as a user gives it (cpu, cuda, cuda:1, mps; None or auto: a GPU when one is seen), refused in
+    one line when it is not there."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise UserError(f"device {name!r} is not available here: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name!r} is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)")
+    return device
+
+
 def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | None = None) -> LoadedModel:
-    """A run folder's teacher or student; `network`: an instance of the user's own network class, for a student
-    distilled from a network given in Python."""
+    """A run folder's teacher or student (or a diffusers model folder's teacher), its network on `device`;
+    `network`: an instance of the user's own network class, for a student distilled from a network given in
+    Python."""
     from .teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher
 
     run_dir = Path(run_dir)
     if is_diffusers_folder(run_dir):
-        return load_diffusers_teacher(run_dir)
+        model = load_diffusers_teacher(run_dir)
+        model.denoiser.to(device)
+        return model
     cfg = ckpt.read_model_config(run_dir)
     kind = cfg.get("kind")
     if kind not in ("teacher", "student"):

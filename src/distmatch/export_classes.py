@@ -3,9 +3,9 @@
 Stock diffusers has no pixel-space pipeline that passes class labels to a UNet2DModel (DDPMPipeline passes none;
 DiTPipeline needs a VAE), so the folder holds the student's network in the teacher's own class (`unet/` or
 `transformer/`), the scheduler that runs its K trained levels (as for unconditional students) and `pipeline.py`:
-the scheduler's loop with `class_labels=`, loaded with `trust_remote_code=True`. Labels not given are drawn from
-the data's class frequencies with the caller's generator, before the noise, as `distmatch sample` draws them, so
-the same seed gives the same images.
+the scheduler's loop with `class_labels=`, loaded with `trust_remote_code=True`. Labels not given are drawn by the
+student's class weights (uniform for a diffusers teacher) with the caller's generator, before the noise, as
+`distmatch sample` draws them, so the same seed gives the same images.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class DistmatchClassPipeline(DiffusionPipeline):
                                 class_names=list(class_names), class_weights=list(class_weights))
 
     def labels(self, class_labels, batch_size, generator):
-        """Class indices (or names) for the batch; drawn from the data's class frequencies when not given."""
+        """Class indices (or names) for the batch; drawn by the class weights when not given."""
         names = [str(c) for c in self.config.class_names]
         if class_labels is None:
             w = torch.tensor(self.config.class_weights or [1.0] * len(names), dtype=torch.float64)
@@ -71,7 +71,9 @@ def export_class_student(model, network, scheduler, folder: Path, record: dict) 
     model_index.json naming them with the pipeline's config (sample shape, class names and frequencies)."""
     import diffusers
 
-    name = "transformer" if "Transformer" in type(network).__name__ else "unet"
+    from .teachers.diffusers_folder import MODEL_FOLDER
+
+    name = MODEL_FOLDER[type(network).__name__]
     network.save_pretrained(folder / name)
     scheduler.save_pretrained(folder / "scheduler")
     ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.replace("MODEL", name).encode())

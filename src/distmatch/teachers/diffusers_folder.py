@@ -19,7 +19,8 @@ from ..errors import UserError
 # model class -> the config key of its class count (a DiT is always class-conditional)
 CLASS_COUNT = {"UNet2DModel": "num_class_embeds", "DiTTransformer2DModel": "num_embeds_ada_norm"}
 SUPPORTED_MODELS = tuple(CLASS_COUNT)
-MODEL_FOLDERS = ("unet", "transformer")
+MODEL_FOLDER = {"UNet2DModel": "unet", "DiTTransformer2DModel": "transformer"}  # where a pipeline keeps the class
+MODEL_FOLDERS = tuple(dict.fromkeys(MODEL_FOLDER.values()))
 
 
 LATENT = ("vae", "vqvae")

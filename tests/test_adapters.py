@@ -241,6 +241,8 @@ def test_a_dit_folder_is_a_class_conditional_teacher_with_the_schedulers_x0_and_
                           overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
     x, cls = load_model(student).sample(2, cond=1)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all() and cls.tolist() == [1, 1]
+    grids = sorted(p.name for p in (student / "previews").iterdir())  # image grids of the student while it trained
+    assert grids == ["it0000000.png", "it0000003.png"]
 
 
 def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -58,6 +59,26 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
     log = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["it"] for r in log] == sorted({r["it"] for r in log})  # one run, no repeated iterations
     assert log[-1]["time"] > 1000.0  # its clock goes on from the first half's (made 1000 s long): training time
+
+
+def test_previews_draw_the_student_as_sample_loads_it_and_leave_training_alone(tiny_teacher, tmp_path):
+    """A picture at the start, at every checkpoint and at the end; each is the saved model's samples (the EMA
+    weights, seed 0), and drawing them changes nothing the run computes."""
+    from matplotlib.image import imread
+
+    from distmatch.models import load_model
+    from distmatch.training.preview import write_preview
+
+    run_distill(tiny_teacher, tmp_path / "on", steps=2, overrides=distill_args(["train.iters=14"]))
+    run_distill(tiny_teacher, tmp_path / "off", steps=2, overrides=distill_args(["train.iters=14",
+                                                                                "train.preview=false"]))
+    shown = tmp_path / "on" / "previews"
+    assert sorted(p.name for p in shown.iterdir()) == ["it0000000.png", "it0000007.png", "it0000014.png"]
+    assert not (tmp_path / "off" / "previews").exists()
+    assert_same_weights(tmp_path / "on", tmp_path / "off")
+    redrawn = write_preview(tmp_path / "redrawn", load_model(tmp_path / "on"), 14)
+    assert np.array_equal(imread(shown / "it0000014.png"), imread(redrawn))
+    assert not np.array_equal(imread(shown / "it0000000.png"), imread(redrawn))  # training moved the samples
 
 
 def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, monkeypatch):

@@ -147,19 +147,22 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}
+    spec = data.spec if data is not None and not teacher.spec.source else teacher.spec  # samples as the data
+    model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": spec.to_dict(),
+                 "network": student_network_config(teacher.config["network"], cfg.student),
+                 "num_classes": teacher.num_classes,
+                 "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
+                 "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": teacher_id(teacher),
+                 "schedule": teacher.schedule.config(),
+                 "teacher_nfe": teacher.nfe()}
+
+    def as_student(m, it: int) -> LoadedModel:  # the student being trained, as `sample` will load it
+        return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights)
+
     result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas),
-                   f"distilling ({method}, {len(sigmas)}-step)")
+                   f"distilling ({method}, {len(sigmas)}-step)", preview=as_student)
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()
-        spec = data.spec if data is not None and not teacher.spec.source else teacher.spec  # samples as the data
-        model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": spec.to_dict(),
-                     "network": student_network_config(teacher.config["network"], cfg.student),
-                     "num_classes": teacher.num_classes,
-                     "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
-                     "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": teacher_id(teacher),
-                     "schedule": teacher.schedule.config(),
-                     "teacher_nfe": teacher.nfe()}
-        model_cfg.update(extra)
-        ckpt.save_model(out, weights, model_cfg)
+        ckpt.save_model(out, weights, {**model_cfg, **extra})
     result.ctx.accelerator.wait_for_everyone()
     return out

@@ -350,6 +350,9 @@ class StudentCriticMethod(DistributionMatching, Method):
     def export(self):
         return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
 
+    def sampler(self):
+        return self.ema
+
     def batch_and_labels(self, batch) -> tuple[int, torch.Tensor | None]:
         """The batch size, and the batch's labels, or labels drawn with the data's class frequencies."""
         n = self.ctx.train.batch_size

@@ -32,6 +32,7 @@ from ..training.teacher import edm_denoising_loss
 from .common import (Critic, DistributionMatching, FewStepStudent, RealScore, check_dm_range, draw_labels,
                      init_copy, refuse_student_options, student_network_config)
 from .losses import dm_loss
+from .router import ClassRouter
 
 # Students own few classes each and get train.iters / K iterations: on vectors Adam's beta1 0.9 and the rate 1e-4
 # serve them better than the single-student settings.
@@ -260,6 +261,9 @@ class MSD(DistributionMatching, Method):
     def export(self):
         weights = {f"students.{i}.{k}": v for i, ema in enumerate(self.emas) for k, v in ema.state_dict().items()}
         return weights, {"router": {"networks": self.net_cfgs, "owner": list(self.owner)}}
+
+    def sampler(self):
+        return ClassRouter(self.emas, self.owner).to(self.ctx.device)
 
 
 Method = MSD

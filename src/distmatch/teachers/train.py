@@ -100,16 +100,25 @@ def train_teacher(data_source: str, out: str | Path, config_file: str | None = N
         net = build_denoiser(net_cfg, data.spec.shape, k, cfg.sigma_data)
         return TeacherTraining(ctx, net, cfg.sigma_data, cfg.p_mean, cfg.p_std, cfg.label_dropout, exact)
 
+    model_cfg = {"kind": "teacher", "teacher": "gmm" if exact is not None else "network",
+                 "spec": data.spec.to_dict(), "network": net_cfg, "num_classes": k,
+                 "class_weights": class_weights(data, k), "sigma_data": cfg.sigma_data,
+                 "solver": cfg.solver, "sample_steps": cfg.sample_steps}
+    if exact is not None:
+        model_cfg["mixture"] = exact.config()
+
+    def as_teacher(m, it: int):  # the network being trained (for an exact teacher: the one fitted to it)
+        from ..models import LoadedModel
+
+        if it == 0:  # an untrained network's noise: nothing to look at
+            return None
+        return LoadedModel("teacher", {**model_cfg, "teacher": "network"}, data.spec, m.sampler(),
+                           class_weights=model_cfg["class_weights"])
+
     desc = "fitting a network to the exact teacher" if exact is not None else "training teacher"
-    method = train(out, run_config, cfg.train, data, build, desc)
+    method = train(out, run_config, cfg.train, data, build, desc, preview=as_teacher)
     if method.ctx.accelerator.is_main_process:
         weights, _ = method.export()
-        model_cfg = {"kind": "teacher", "teacher": "gmm" if exact is not None else "network",
-                     "spec": data.spec.to_dict(), "network": net_cfg, "num_classes": k,
-                     "class_weights": class_weights(data, k), "sigma_data": cfg.sigma_data,
-                     "solver": cfg.solver, "sample_steps": cfg.sample_steps}
-        if exact is not None:
-            model_cfg["mixture"] = exact.config()
         ckpt.save_model(out, {f"net.{n}": t for n, t in weights.items()}, model_cfg)
     method.ctx.accelerator.wait_for_everyone()
     return out

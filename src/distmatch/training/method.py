@@ -5,6 +5,7 @@ The trainer owns the loop, devices, logging and checkpoints; a method owns its n
     optimizers() -> the optimizers to save and to schedule
     step(batch, it) -> dict of float logs
     export()     -> (weights, model_config) that `distmatch sample` needs to rebuild the trained sampler
+    sampler()    -> the network `distmatch sample` will run once the run is saved (its EMA), for previews
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ class Method:
         raise NotImplementedError
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict]:
+        raise NotImplementedError
+
+    def sampler(self) -> nn.Module:
         raise NotImplementedError
 
     def on_resume(self, it: int) -> None:

@@ -72,3 +72,6 @@ class TeacherTraining(Method):
 
     def export(self):
         return self.ema.state_dict(), {}
+
+    def sampler(self):
+        return self.ema

@@ -45,6 +45,8 @@ class TrainConfig:
     ckpt_every: int = 500         # iterations between checkpoints (also on Ctrl-C and at the end)
     log_every: int = 25           # iterations between log lines (log.jsonl, TensorBoard)
     progress: bool = True         # show a progress bar
+    preview: bool = True          # picture the model's samples (same seed each time) at every checkpoint and
+                                  # at the end (a student also at its start): previews/it*.png and TensorBoard
 
     def validate(self):
         for key in ("iters", "batch_size"):
@@ -70,7 +72,7 @@ class TrainConfig:
 # A distillation run also records the noise levels its student's steps actually use ("levels") and, for K > 1, how
 # the steps are trained ("k_step"), both compared like any setting; so the student.* keys behind them may differ as
 # long as what they resolve to agrees (a 1-step student has level σ_max whatever sigma_top / sigma_last say).
-RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress",
+RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress", "train.preview",
                      "student.sigma_top", "student.sigma_last", "student.sigmas", "student.start_sigma_max",
                      "student.critic_per_step", "student.first_only", "student.backsim")
 
@@ -162,8 +164,11 @@ def _set_lr(optimizers: dict, it: int, cfg: TrainConfig) -> None:
 
 
 def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset,
-          build_method: Callable[[Context], Method], description: str = "training") -> Method:
-    """Run (or resume) a training run in `out_dir`; returns the method with its final state."""
+          build_method: Callable[[Context], Method], description: str = "training",
+          preview: Callable[[Method, int], object] | None = None) -> Method:
+    """Run (or resume) a training run in `out_dir`; returns the method with its final state. `preview(method, it)`:
+    the model being trained as a sampler (a LoadedModel around its EMA weights), for pictures of its samples, or
+    None for no picture at that iteration."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
     rank = accelerator.process_index
@@ -183,11 +188,27 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
         return method
     if accelerator.is_main_process and start > 0:
         print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
-    _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description)
+    show = _previewer(out, train_cfg, method, preview, logger) if accelerator.is_main_process else None
+    if show is not None and start == 0:
+        show(0)
+    _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show)
     return method
 
 
-def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
+def _previewer(out, cfg, method, preview, logger):
+    """A function of the iteration that draws the preview, or None when previews are off."""
+    if preview is None or not cfg.preview:
+        return None
+    from .preview import write_preview
+
+    def show(it: int) -> None:
+        if (model := preview(method, it)) is not None:
+            write_preview(out, model, it, logger.writer)
+
+    return show
+
+
+def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, show=None):
     from tqdm.auto import tqdm
 
     acc = ctx.accelerator
@@ -210,9 +231,13 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description):
                 bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
                 save_checkpoint(out, run_config, method, data, ctx, it)
+                if show is not None:
+                    show(it)
     bar.close()
     logger.flush(it, time.time() - t0)
     save_checkpoint(out, run_config, method, data, ctx, it)
+    if show is not None:
+        show(it)
     logger.close()
     if stop.requested and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "

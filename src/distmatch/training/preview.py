@@ -1,0 +1,47 @@
+"""Pictures of a run's samples while it trains, so a long run can be judged (and stopped) early.
+
+At every checkpoint and at the end (a student also at its start: the teacher in its few steps), the model being
+trained is sampled as `distmatch sample` will sample it once saved (the EMA weights, the same seed every time, so
+the pictures of a run compare frame to frame) and drawn into `previews/it<iteration>.png` and TensorBoard's
+"samples": an image grid, or a scatter for vectors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PREVIEW_DIR = "previews"
+PREVIEW_SEED = 0
+N_IMAGES, N_POINTS = 64, 2000  # a grid of 8 x 8 images; enough points for a scatter to show its modes
+N_TEACHER_POINTS = 500         # a teacher costs 35-79 evaluations a sample: its scatter stays a few % of a run
+
+
+def preview_path(out: Path, it: int) -> Path:
+    return out / PREVIEW_DIR / f"it{it:07d}.png"
+
+
+def preview_samples(model):
+    """The samples a preview draws: the model's first N, from seed PREVIEW_SEED (normalised space)."""
+    n = N_IMAGES if model.spec.kind == "image" else N_TEACHER_POINTS if model.kind == "teacher" else N_POINTS
+    return model.sample(n, seed=PREVIEW_SEED)[0]
+
+
+def write_preview(out: Path, model, it: int, writer=None) -> Path | None:
+    """Draw the model's preview for iteration `it`; None for data a picture cannot show (1-D vectors)."""
+    from ..report import plots
+
+    if model.spec.kind != "image" and model.spec.shape[0] < 2:
+        return None
+    x = preview_samples(model)
+    title = f"iteration {it}"
+    path = preview_path(out, it)
+    if model.spec.kind == "image":
+        if x.shape[1] not in (1, 3):  # a grid shows grey or RGB: other channel counts show their first channel
+            x, title = x[:, :1], f"{title} (channel 0 of {x.shape[1]})"
+        plots.image_grid_panels([(title, x.float().clamp(-1, 1).numpy())], path)
+    else:
+        plots.scatter_panels([(title, x.float().numpy())], path)
+    if writer is not None:
+        from matplotlib.image import imread
+
+        writer.add_image("samples", imread(path)[..., :3], it, dataformats="HWC")
+    return path

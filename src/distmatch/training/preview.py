@@ -12,7 +12,7 @@ from pathlib import Path
 PREVIEW_DIR = "previews"
 PREVIEW_SEED = 0
 N_IMAGES, N_POINTS = 64, 2000  # a grid of 8 x 8 images; enough points for a scatter to show its modes
-N_TEACHER_POINTS = 500         # a teacher costs 35-79 evaluations a sample: its scatter stays a few % of a run
+N_TEACHER_POINTS = 250         # a teacher costs 35-79 evaluations a sample: its previews stay ~2 % of its run
 
 
 def preview_path(out: Path, it: int) -> Path:

@@ -3,7 +3,8 @@
 For each student run folder: the pixel shares (bench/speckle.py: black, faint grey in (-0.9, -0.5), ink) of every
 step's output x̂_0 along its own sampler, and of its last step applied to real images noised to that step's level;
 beside them the data and the teacher's denoiser on the same noised images (at the last level, and at two lower
-ones). N images, seed 0.
+ones), and the samples of the saved student (EMA weights) against those of the raw generator in its last
+checkpoint. N images, seed 0.
 
     python bench/texture_steps.py --teacher W/teacher --data mnist20k.npy RUN... [--n 256] [--threads 1]
 """
@@ -47,6 +48,16 @@ def student_rows(name: str, denoiser, sigmas: list[float], input_scale: float, r
     return rows
 
 
+def ema_and_raw(run: Path, model, n: int) -> list[dict]:
+    """The saved student (its EMA weights) and the raw generator of its last checkpoint, sampled alike."""
+    from distmatch import checkpoint as ckpt
+
+    rows = [{"row": f"{run.name}: samples, EMA weights (the saved student)", **shares(model.sample(n)[0])}]
+    model.denoiser.load_state_dict(ckpt.module_from_tensors("gen", ckpt.load_tensors(run / ckpt.CHECKPOINT)[0]))
+    rows.append({"row": f"{run.name}: samples, raw generator (last checkpoint)", **shares(model.sample(n)[0])})
+    return rows
+
+
 @torch.no_grad()
 def teacher_rows(teacher: Path, real: torch.Tensor, levels: list[float]) -> list[dict]:
     from distmatch.models import load_model
@@ -80,6 +91,7 @@ def main() -> None:
         m = load_model(run)
         rows += student_rows(run.name, m.denoiser, m.config["sigmas"],
                              m.schedule.input_scale(m.config["sigmas"][0]), real)
+        rows += ema_and_raw(run, m, len(real))
     for row in rows:
         print(json.dumps(row, ensure_ascii=False), flush=True)
 

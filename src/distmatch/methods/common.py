@@ -390,13 +390,3 @@ class StudentCriticMethod(DistributionMatching, Method):
 
     def update_generator(self, loss: torch.Tensor, critic: nn.Module) -> None:
         self.end_student_turn(self.gen, self.opt_g, self.ema, critic, self.opt_c, loss)
-
-
-def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:
-    """The generator's GAN weight: fixed, or `weight` x (DM gradient norm / GAN gradient norm) on the samples,
-    so the GAN term's push is a set fraction of the DM term's whatever the data's dimension."""
-    if not balance:
-        return weight
-    g_dm = torch.autograd.grad(loss_dm, x, retain_graph=True)[0]
-    g_gan = torch.autograd.grad(loss_g, x, retain_graph=True)[0]
-    return (weight * g_dm.norm() / (g_gan.norm() + 1e-12)).detach()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
-from .losses import dm_loss, gan_generator_loss
+from .common import StudentCriticMethod, check_dm_range, noised
+from .losses import dm_loss, gan_generator_loss, gan_scale
 from .pairs import OdePairs, check_ode_init
 
 

@@ -19,8 +19,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, check_dm_range, gan_scale, noised
-from .losses import F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss
+from .common import StudentCriticMethod, check_dm_range, noised
+from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss,
+                     gan_scale)
 from .pairs import OdePairs, check_ode_init
 
 

@@ -78,3 +78,13 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3) -> torch.Ten
     """Per-sample pseudo-Huber distance sqrt(||a-b||²/numel + c²) - c (TDM)."""
     d2 = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
     return (d2 + c * c).sqrt() - c
+
+
+def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:
+    """The generator's GAN weight: fixed, or `weight` x (DM gradient norm / GAN gradient norm) on the samples,
+    so the GAN term's push is a set fraction of the DM term's whatever the data's dimension."""
+    if not balance:
+        return weight
+    g_dm = torch.autograd.grad(loss_dm, x, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(loss_g, x, retain_graph=True)[0]
+    return (weight * g_dm.norm() / (g_gan.norm() + 1e-12)).detach()

@@ -188,17 +188,17 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
         return method
     if accelerator.is_main_process and start > 0:
         print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
-    show = _previewer(out, train_cfg, method, preview, logger) if accelerator.is_main_process else None
-    if show is not None and start == 0:
+    show = _previewer(out, train_cfg, method, preview if accelerator.is_main_process else None, logger)
+    if start == 0:
         show(0)
     _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show)
     return method
 
 
 def _previewer(out, cfg, method, preview, logger):
-    """A function of the iteration that draws the preview, or None when previews are off."""
+    """A function of the iteration that draws the preview (doing nothing when previews are off)."""
     if preview is None or not cfg.preview:
-        return None
+        return lambda it: None
     from .preview import write_preview
 
     def show(it: int) -> None:
@@ -208,7 +208,7 @@ def _previewer(out, cfg, method, preview, logger):
     return show
 
 
-def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, show=None):
+def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, show):
     from tqdm.auto import tqdm
 
     acc = ctx.accelerator
@@ -231,13 +231,11 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                 bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
                 save_checkpoint(out, run_config, method, data, ctx, it)
-                if show is not None:
-                    show(it)
+                show(it)
     bar.close()
     logger.flush(it, time.time() - t0)
     save_checkpoint(out, run_config, method, data, ctx, it)
-    if show is not None:
-        show(it)
+    show(it)
     logger.close()
     if stop.requested and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "

@@ -245,6 +245,28 @@ def test_a_dit_folder_is_a_class_conditional_teacher_with_the_schedulers_x0_and_
     assert grids == ["it0000000.png", "it0000003.png"]
 
 
+def test_a_unet_without_a_mid_block_gives_the_gan_its_deepest_down_block(tmp_path):
+    """UNet2DModel(mid_block_type=None) has no mid_block; DMD2's GAN head reads the last down block instead."""
+    import numpy as np
+
+    from distmatch.methods import run_distill
+    from distmatch.teachers.diffusers_folder import load_diffusers_teacher
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), mid_block_type=None,
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "t")
+    adapter = load_diffusers_teacher(tmp_path / "t").denoiser
+    assert adapter.features == "down_blocks.1"
+    _, features = adapter(torch.zeros(2, 1, 8, 8), torch.ones(2), return_features=True)
+    assert features.shape == (2, 16, 4, 4)  # the deepest level's channels, at a quarter of the size
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).integers(0, 255, (32, 8, 8), dtype=np.uint8))
+    student = run_distill(tmp_path / "t", tmp_path / "s", steps=1, data_source=str(tmp_path / "data.npy"),
+                          overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
+    assert "loss_gan_g" in (student / "log.jsonl").read_text()
+
+
 def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():
     from distmatch import wrap_teacher
 

@@ -109,6 +109,22 @@ def test_zero_steps(capsys, teacher_dir, tmp_path):
     assert not (tmp_path / "s").exists() and not (tmp_path / "x.npy").exists()
 
 
+def test_one_set_takes_several_pairs_and_usage_errors_name_the_command_once(capsys, teacher_dir, tmp_path):
+    import json
+
+    code, _, err = run_cli(capsys, "distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
+                           "--set", "train.iters=2", "train.batch_size=16", "--set", "train.progress=false")
+    assert code == 0, err
+    train = json.loads((tmp_path / "s" / "run.json").read_text())["config"]["train"]
+    assert (train["iters"], train["batch_size"], train["progress"]) == (2, 16, False)
+    line = assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s2"),
+                                      "--bogus"], "unrecognized arguments: --bogus")
+    assert line.count("distmatch") == 1, line
+    line = assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s2"),
+                                      "--steps", "x"], "distill: argument --steps")
+    assert line.count("distmatch") == 1, line
+
+
 def test_distill_from_folder_without_teacher(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "s")],

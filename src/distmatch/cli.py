@@ -36,13 +36,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are UserErrors (one line, exit 2)."""
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("distmatch").strip()  # main() already says "distmatch: error:"
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def _config_args(p):
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file of config values")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set train.iters=500 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.iters=500 train.batch_size=32 (repeatable)")
 
 
 def _distill_epilog() -> str:

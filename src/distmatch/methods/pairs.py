@@ -36,18 +36,24 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: float, class_weights: list[float],
-               seed: int, device, chunk: int = 1024, levels: list[float] = (),
-               sigma_min: float = SIGMA_MIN, limit: dict | None = None) -> dict[str, torch.Tensor]:
+               seed: int, device, chunk: int | None = None, levels: list[float] = (),
+               sigma_min: float = SIGMA_MIN, limit: dict | None = None, progress: bool = False
+               ) -> dict[str, torch.Tensor]:
     """n fixed noises z, the teacher's ODE samples y = ODE(σ_max z) and their class labels (drawn with the data's
     class weights; none for unconditional teachers), from a private generator so every process makes the same;
     with `levels`, also the ODE's states there ("states", (n, len(levels), ...)); `limit`: the teacher's own
-    x̂_0 limit, as its sampler applies it (samplers.limit_x0)."""
+    x̂_0 limit, as its sampler applies it (samplers.limit_x0); `progress`: a bar, as this can take minutes."""
+    from tqdm.auto import tqdm
+
+    chunk = chunk or (1024 if len(shape) == 1 else 256)  # images: smaller chunks, so the bar moves
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(shape), generator=g)
     labels = None
     if class_weights:
         labels = torch.multinomial(torch.tensor(class_weights, dtype=torch.float64), n, replacement=True, generator=g)
     ys, states = [], []
+    bar = tqdm(total=n, desc=f"teacher ODE pairs ({steps} {solver} steps)", unit="pair", leave=False,
+               dynamic_ncols=True, disable=not progress, file=sys.stderr)
     for i in range(0, n, chunk):
         c = labels[i:i + chunk].to(device) if labels is not None else None
         y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max,
@@ -55,6 +61,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
         ys.append(y.float().cpu())
         if levels:
             states.append(torch.stack(st, 1).float().cpu())
+        bar.update(len(y))
+    bar.close()
     out = {"noise": z, "sample": torch.cat(ys)}
     if levels:
         out["states"] = torch.cat(states)
@@ -157,7 +165,8 @@ class OdePairs:
             print(f"{path} was made with other settings or another teacher; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
-                           sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"))
+                           sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"),
+                           progress=self.ctx.train.progress and self.ctx.accelerator.is_main_process)
         if path is not None and self.ctx.accelerator.is_main_process:
             ckpt.save_tensors(path, pairs, meta)  # other processes made the same pairs from the same seed
         return pairs

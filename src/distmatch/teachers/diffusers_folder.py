@@ -67,8 +67,11 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
 
 
 def gan_features(net) -> str:
-    """The sub-module whose output a GAN head reads: a UNet's mid_block, a DiT's middle transformer block."""
-    return "mid_block" if hasattr(net, "mid_block") else f"transformer_blocks.{len(net.transformer_blocks) // 2}"
+    """The sub-module whose output a GAN head reads: a UNet's mid_block (its deepest down block when it was built
+    without one, mid_block_type=None), a DiT's middle transformer block."""
+    if hasattr(net, "down_blocks"):
+        return "mid_block" if net.mid_block is not None else f"down_blocks.{len(net.down_blocks) - 1}"
+    return f"transformer_blocks.{len(net.transformer_blocks) // 2}"
 
 
 def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):

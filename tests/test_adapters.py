@@ -267,6 +267,56 @@ def test_a_unet_without_a_mid_block_gives_the_gan_its_deepest_down_block(tmp_pat
     assert "loss_gan_g" in (student / "log.jsonl").read_text()
 
 
+class OwnUNet(torch.nn.Module):
+    """A user's own little U-Net in plain PyTorch, eps = net(x_t, t): 8x8 -> 4x4 -> 8x8."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.down = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 4, 2, 1)
+        self.time, self.mid = torch.nn.Linear(1, 8), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.up, self.out = torch.nn.ConvTranspose2d(8, 8, 4, 2, 1), torch.nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        h = torch.relu(self.enc(x))
+        m = torch.relu(self.mid(self.down(h) + self.time(t[:, None].float() / 1000)[:, :, None, None]))
+        return self.out(torch.cat([h, self.up(m)], 1))
+
+
+def test_wrap_teacher_finds_the_bottleneck_a_gan_head_reads(tmp_path):
+    """features="auto" (the default): a plain U-Net's lowest-resolution stage where the encoder ends, a diffusers
+    UNet's mid_block, a vector network's last hidden layer; dmd2 with its GAN then runs on the network as it is."""
+    import numpy as np
+
+    import distmatch
+
+    alphas = diffusers.DDPMScheduler().alphas_cumprod
+    own = distmatch.wrap_teacher(OwnUNet(), (1, 8, 8), alphas_cumprod=alphas)
+    assert own.loaded.config["network"]["features"] == "mid" and own.loaded.denoiser.feature_size == (4, 4)
+    assert distmatch.wrap_teacher(tiny_unet(), (1, 8, 8), alphas_cumprod=alphas).loaded.config["network"][
+        "features"] == "mid_block"
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.SiLU(), torch.nn.Linear(16, 2))
+    vector = distmatch.wrap_teacher(lambda_net(mlp), (2,))
+    assert vector.loaded.config["network"]["features"] == "net.1"  # the SiLU after the hidden layer
+    assert distmatch.wrap_teacher(OwnUNet(), (1, 8, 8), alphas_cumprod=alphas,
+                                  features=None).loaded.config["network"]["features"] is None
+    images = np.random.default_rng(0).integers(0, 255, (32, 8, 8), dtype=np.uint8)
+    student = distmatch.distill(own, tmp_path / "s", data=images, progress=False,
+                                settings={"train.iters": 3, "train.batch_size": 8})
+    assert "loss_gan_g" in (tmp_path / "s" / "log.jsonl").read_text() and student.sample(2).shape == (2, 8, 8)
+
+
+def lambda_net(mlp):
+    """An x0-predicting σ-space denoiser around an MLP that ignores σ."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp
+
+        def forward(self, x, sigma):
+            return self.net(x)
+    return Net()
+
+
 def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_line():
     from distmatch import wrap_teacher
 

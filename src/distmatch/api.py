@@ -172,7 +172,7 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
 def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = None, alphas_cumprod=None,
                  timesteps: str = "continuous", flow: bool = False, shift: float = 1.0, time_scale: float = 1000.0,
                  num_train_timesteps: int = 1000, value_range=(-1, 1), num_classes: int = 0,
-                 features: str | None = None, sigma_data: float = 0.5, solver: str = "heun",
+                 features: str | None = "auto", sigma_data: float = 0.5, solver: str = "heun",
                  sample_steps: int | None = None, clip_sample: float | None = None) -> Model:
     """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
     `value_range` or a (D,) vector.
@@ -187,7 +187,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     An image network returning twice the sample's channels (its prediction and a learned variance, as improved
     DDPM and ADM) is read as its first half. `num_classes` > 0: class-conditional, with the label `num_classes`
     meaning "no class" if the network was trained for classifier-free guidance. `features`: the sub-module whose
-    output a GAN head reads (the network's bottleneck), for methods with a GAN. `solver`: how distmatch samples
+    output a GAN head reads (the network's bottleneck), for methods with a GAN; "auto" finds it (an image
+    network's lowest-resolution feature map where the encoder ends, a vector network's last hidden layer) and
+    the run records which; None: no features (then turn the method's GAN off). `solver`: how distmatch samples
     the teacher, heun or euler (its probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic
     sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE
     for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave it None when your own

@@ -22,6 +22,9 @@ from ..parameterization import append_dims
 from ..schedules import FLOW_TOP, NoiseSchedule
 
 
+AUTO = "auto"  # features: find the network's bottleneck (TeacherAdapter._bottleneck)
+
+
 class TeacherAdapter(nn.Module):
     """D(x_σ, σ, cond) over a user's network `net`; `features` names the sub-module whose output a GAN head reads."""
 
@@ -33,7 +36,7 @@ class TeacherAdapter(nn.Module):
         self.num_classes = num_classes
         self.features = features
         self.feature_dim, self.feature_size = 0, None
-        if features is not None:
+        if features not in (None, AUTO):
             try:
                 net.get_submodule(features)
             except AttributeError:
@@ -68,10 +71,13 @@ class TeacherAdapter(nn.Module):
 
     def probe(self, shape) -> None:
         """Run the network once on zeros: its prediction must have the sample's shape, and the GAN head learns
-        the features' channels and size."""
+        the features' channels and size (features="auto": first find the network's bottleneck)."""
         p = next(self.parameters(), None)
         x = torch.zeros((1,) + tuple(shape), device=p.device if p is not None else "cpu")
         cond = torch.zeros(1, dtype=torch.long, device=x.device) if self.num_classes else None
+        if self.features == AUTO:
+            self.features = None
+            self.features = self._bottleneck(lambda: self(x, torch.ones(1, device=x.device), cond), shape)
         try:
             with torch.no_grad():
                 out = self(x, torch.ones(1, device=x.device), cond, return_features=self.features is not None)
@@ -85,6 +91,35 @@ class TeacherAdapter(nn.Module):
         if f is not None:
             self.feature_dim = int(f.shape[1])
             self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
+
+    def _bottleneck(self, call, shape) -> str | None:
+        """The sub-module a GAN head reads when the user names none. An image network: of the modules whose output
+        is a feature map of at least 2x2, those at the fewest pixels (where a U-Net turns from encoder to decoder),
+        the outermost, the last of them to run (a diffusers UNet's mid_block). A vector network: its last hidden
+        layer (the last module whose output is a (B, F) row of another width than the sample's). None if none."""
+        seen = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out)))
+                 for name, m in self.net.named_modules() if name]
+        try:
+            with torch.no_grad():
+                call()
+        except (RuntimeError, TypeError, ValueError):
+            seen = []  # the probe that follows says what is wrong with the network
+        finally:
+            for hook in hooks:
+                hook.remove()
+        outs = [(name, o[0] if isinstance(o, (tuple, list)) and o else o) for name, o in seen]
+        outs = [(name, o) for name, o in outs if isinstance(o, torch.Tensor)]
+        if len(shape) == 3:
+            maps = [(name, o.shape[2] * o.shape[3]) for name, o in outs if o.ndim == 4 and min(o.shape[2:]) >= 2]
+            if not maps:
+                return None
+            fewest = min(a for _, a in maps)
+            names = [name for name, a in maps if a == fewest]
+            depth = min(n.count(".") for n in names)
+            return [n for n in names if n.count(".") == depth][-1]
+        rows = [name for name, o in outs if o.ndim == 2 and o.shape[1] != shape[0]]
+        return rows[-1] if rows else None
 
     def config(self) -> dict:
         """What rebuilds this adapter around a fresh copy of the network: for a diffusers model its class and

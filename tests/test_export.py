@@ -238,3 +238,14 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
         given = np.load(tmp_path / "x.npy")
         assert np.abs((ours / 2 + 0.5).clamp(0, 1).numpy() - given).max() < 1e-4, labels
     assert np.abs(given - drawn).max() > 1e-3  # the labels reach the network
+
+
+def test_msd_on_a_diffusers_teacher_with_three_classes_and_its_export_refusal(tmp_path):
+    """msd's default (four students, or one per class when there are fewer) runs on a 3-class diffusers teacher;
+    its class router has no stock pipeline, which export says in one line."""
+    teacher, data = class_folder(tmp_path, "unet")
+    student = run_distill(teacher, tmp_path / "s", method="msd", data_source=data,
+                          overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
+    assert json.loads((student / "config.json").read_text())["router"]["owner"] == [0, 1, 2]
+    with pytest.raises(UserError, match="class router"):
+        export_student(student, tmp_path / "e")

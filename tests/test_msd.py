@@ -156,6 +156,16 @@ def test_msd_refuses_unconditional_teachers_and_too_many_students(labelled_teach
         run_distill(labelled_teacher, tmp_path / "b", method="msd", overrides=QUIET + ["msd.students=9"])
 
 
+def test_msd_default_gives_four_students_or_one_per_class_when_fewer():
+    from types import SimpleNamespace
+
+    from distmatch.methods.msd import Options, class_owners
+
+    assert class_owners(SimpleNamespace(num_classes=3), Options()) == [0, 1, 2]
+    assert class_owners(SimpleNamespace(num_classes=10), Options()) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert class_owners(SimpleNamespace(num_classes=10), Options(students=2)) == [0] * 5 + [1] * 5
+
+
 def test_router_refuses_labels_no_student_owns(tmp_path):
     """The teacher's null label serves guidance during training; a trained multi-student model refuses it."""
     teacher = train_teacher("8gaussians-labeled", tmp_path / "t", overrides=TINY + QUIET)

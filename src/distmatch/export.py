@@ -39,9 +39,12 @@ def check_exportable(model: LoadedModel) -> None:
     net = model.config.get("network", {})
     if model.kind != "student":
         raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
+    if "router" in model.config:
+        raise UserError(f"{model.path}: an msd student is several networks behind a class router, and a diffusers "
+                        "pipeline runs one; sample it with distmatch (distmatch sample, distmatch.load)")
     if net.get("kind") == "unet":
         return  # distmatch's own U-Net: the folder carries its code (export_own)
-    if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow") or "router" in model.config:
+    if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow"):
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
                         "with a DDPM-family or flow scheduler; this one is neither")
 

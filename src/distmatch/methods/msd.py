@@ -38,12 +38,13 @@ from .router import ClassRouter
 # serve them better than the single-student settings.
 DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999], "lr": 1e-4}}}
 PARTITIONS = ("contiguous", "kmeans")
+DEFAULT_STUDENTS = 4
 PRESTAGE_P_MEAN, PRESTAGE_P_STD = -1.2, 1.8  # wide log-normal levels, as for fitting a net to an exact teacher
 
 
 @dataclass
 class Options:
-    students: int = 4                  # K students, each owning a partition of the classes
+    students: int = 0                  # K students, each owning a partition of the classes (0: min(4, classes))
     partition: str = "contiguous"      # contiguous (equal splits of the class indices) | kmeans (of class means)
     critic_ratio: int = 5              # critic updates per student update (two time-scale rule), per student
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
@@ -58,8 +59,8 @@ class Options:
     prestage_lr: float = 1e-3          # learning rate of teacher score matching
 
     def validate(self):
-        if self.students < 1:
-            raise UserError(f"msd.students must be >= 1, got {self.students}")
+        if self.students < 0:
+            raise UserError(f"msd.students must be >= 1 (or 0: min(4, the classes)), got {self.students}")
         if self.partition not in PARTITIONS:
             raise UserError(f"msd.partition must be {' or '.join(PARTITIONS)}, got {self.partition!r}")
         if self.critic_ratio < 1 or self.prestage_iters < 0 or self.prestage_lr <= 0:
@@ -119,15 +120,17 @@ def class_means(teacher) -> torch.Tensor:
 
 
 def class_owners(teacher, opts: Options) -> list[int]:
+    """Each class's student: opts.students of them (0: four, or one per class when there are fewer)."""
     k = teacher.num_classes
     if not k:
         raise UserError("msd needs a class-conditional teacher (its students each own a set of classes); "
                         "this teacher has no classes")
-    if k < opts.students:
-        raise UserError(f"msd.students={opts.students} but the teacher has only {k} classes")
+    students = opts.students or min(DEFAULT_STUDENTS, k)
+    if k < students:
+        raise UserError(f"msd.students={students} but the teacher has only {k} classes")
     if opts.partition == "kmeans":
-        return kmeans_partition(class_means(teacher), opts.students)
-    return contiguous_partition(k, opts.students)
+        return kmeans_partition(class_means(teacher), students)
+    return contiguous_partition(k, students)
 
 
 def small_network(net_cfg: dict, opts: Options) -> dict:
@@ -162,12 +165,13 @@ class MSD(DistributionMatching, Method):
         self.prestage = opts.prestage_iters if opts.small else 0
         self.net_cfgs, self.gens, self.critics, self.emas, self.opt_g, self.opt_c = [], [], [], [], [], []
         self.student_cfg = cfg.student
-        for _ in range(opts.students):
+        self.n_students = max(self.owner) + 1
+        for _ in range(self.n_students):
             self.add_student(teacher)
         if self.prestage:
             params = [p for gen in self.gens for p in gen.parameters()]
             self.opt_pre = ctx.make_optimizer(params, lr=opts.prestage_lr)
-        self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(opts.students)]
+        self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(self.n_students)]
         schedule = teacher.schedule
         self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread",
                                       schedule.input_scale(sigmas[0]))
@@ -194,7 +198,7 @@ class MSD(DistributionMatching, Method):
 
     def modules(self):
         out = {}
-        for i in range(self.opts.students):
+        for i in range(self.n_students):
             out.update({f"gen{i}": self.gens[i], f"critic{i}": self.critics[i], f"ema{i}": self.emas[i]})
         return out
 
@@ -208,7 +212,7 @@ class MSD(DistributionMatching, Method):
     def step(self, batch: Batch, it: int) -> dict[str, float]:
         if it < self.prestage:
             return self.prestage_step(batch)
-        i, turn = (it - self.prestage) % self.opts.students, (it - self.prestage) // self.opts.students
+        i, turn = (it - self.prestage) % self.n_students, (it - self.prestage) // self.n_students
         cond = draw_labels(self.weights[i], self.ctx.train.batch_size, self.ctx.device)
         logs = self.critic_step(i, cond)
         if turn % self.opts.critic_ratio == 0:

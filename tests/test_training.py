@@ -81,6 +81,22 @@ def test_previews_draw_the_student_as_sample_loads_it_and_leave_training_alone(t
     assert not np.array_equal(imread(shown / "it0000000.png"), imread(redrawn))  # training moved the samples
 
 
+def test_a_preview_that_fails_is_reported_once_and_the_run_goes_on(tiny_teacher, tmp_path, monkeypatch, capsys):
+    from distmatch.training import preview
+
+    calls = []
+
+    def broken(out, model, it, writer=None):
+        calls.append(it)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(preview, "write_preview", broken)
+    run_distill(tiny_teacher, tmp_path / "s", steps=2, overrides=distill_args(["train.iters=14"]))
+    warned = [line for line in capsys.readouterr().err.splitlines() if "preview" in line]
+    assert calls == [0] and len(warned) == 1 and "No space left on device" in warned[0], warned
+    assert (tmp_path / "s" / "model.safetensors").is_file()  # the run finished and saved its student
+
+
 def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, monkeypatch):
     """dmd2.ode_init = 0.6 of 20 iterations: stopped at iteration 10 (as by Ctrl-C), inside the regression on the
     teacher's ODE pairs, and re-run, it ends where an uninterrupted run ends, with the cached pairs."""

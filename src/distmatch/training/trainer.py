@@ -201,9 +201,20 @@ def _previewer(out, cfg, method, preview, logger):
         return lambda it: None
     from .preview import write_preview
 
+    failed = []
+
     def show(it: int) -> None:
-        if (model := preview(method, it)) is not None:
-            write_preview(out, model, it, logger.writer)
+        # A picture is not worth a run: one that fails is reported once, and training goes on without pictures.
+        if failed:
+            return
+        try:
+            if (model := preview(method, it)) is not None:
+                write_preview(out, model, it, logger.writer)
+        except Exception as e:  # noqa: BLE001 (any failure of a side product)
+            failed.append(it)
+            line = (str(e).splitlines() or [""])[0]
+            print(f"distmatch: warning: the preview at iteration {it} failed ({type(e).__name__}: {line}); "
+                  "training goes on without previews (train.preview=false turns them off)", file=sys.stderr)
 
     return show
 

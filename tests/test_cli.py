@@ -125,6 +125,13 @@ def test_one_set_takes_several_pairs_and_usage_errors_name_the_command_once(caps
     assert line.count("distmatch") == 1, line
 
 
+def test_student_timesteps_need_a_ddpm_family_teacher(capsys, teacher_dir, tmp_path):
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"), "--steps", "2",
+                               "--set", "student.timesteps=[700,60]"], "DDPM-family", "student.sigmas")
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"), "--steps", "2",
+                               "--set", "student.timesteps=[60,700]"], "strictly decreasing")
+
+
 def test_distill_from_folder_without_teacher(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "s")],

@@ -145,6 +145,17 @@ def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
         export_student(student, tmp_path / "e")
 
 
+def test_student_levels_given_as_the_teachers_timesteps(ddpm_folder, tmp_path):
+    """student.timesteps: a DDPM teacher's own timesteps for the K levels (here a last step at t = 60, which no
+    K-step LCM scheduler runs, so export says so)."""
+    student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,60]"])
+    a = diffusers.DDPMScheduler().alphas_cumprod.double()
+    want = ((1 - a[[700, 60]]) / a[[700, 60]]).sqrt().tolist()
+    assert json.loads((student / "run.json").read_text())["levels"] == pytest.approx(want, rel=1e-6)
+    with pytest.raises(UserError, match=r"trained at timesteps \[700, 60\]"):
+        export_student(student, tmp_path / "e")
+
+
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tmp_path, k):
     flow = tmp_path / "flow"

@@ -129,6 +129,18 @@ class NoiseSchedule:
             return float((1 + sigma ** 2) ** 0.5)
         return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
+    def timestep_levels(self, timesteps: list[int]) -> list[float]:
+        """σ of a DDPM-family teacher's training timesteps (student.timesteps; the grid holds σ(t) at index t)."""
+        from .errors import UserError
+
+        if self.kind != "vp":
+            raise UserError("student.timesteps names a DDPM-family teacher's training timesteps; this teacher has "
+                            "none (give student.sigmas)")
+        if max(timesteps) >= len(self.grid):
+            raise UserError(f"student.timesteps go up to {max(timesteps)}, but the teacher was trained on timesteps "
+                            f"0 to {len(self.grid) - 1}")
+        return [float(self.grid[t]) for t in timesteps]
+
     def student_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float = 0.0) -> list[float]:
         """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
         to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for

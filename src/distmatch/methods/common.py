@@ -22,6 +22,7 @@ from .losses import critic_loss, dm_gradient, gan_discriminator_loss
 class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K levels it starts its steps from (default: the teacher's schedule)
+    timesteps: list[int] | None = None    # or, for a DDPM-family teacher, the K training timesteps of those levels
     sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
     sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
@@ -47,6 +48,13 @@ class StudentConfig:
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
         if self.start_sigma_max < 0:
             raise UserError(f"student.start_sigma_max must be >= 0, got {self.start_sigma_max}")
+        if self.timesteps is not None:
+            if self.sigmas is not None:
+                raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
+            if len(self.timesteps) != self.steps:
+                raise UserError(f"student.timesteps has {len(self.timesteps)} entries but --steps is {self.steps}")
+            if any(b >= a for a, b in zip(self.timesteps, self.timesteps[1:])) or min(self.timesteps) < 0:
+                raise UserError("student.timesteps must be non-negative and strictly decreasing")
         if self.sigmas is not None:
             if len(self.sigmas) != self.steps:
                 raise UserError(f"student.sigmas has {len(self.sigmas)} levels but --steps is {self.steps}")
@@ -58,6 +66,8 @@ class StudentConfig:
         start_sigma_max: its x̂_0 carries ε̂'s error times √(1+σ²))."""
         if self.sigmas is not None:
             return list(self.sigmas)
+        if self.timesteps is not None:
+            return (schedule or NoiseSchedule.karras()).timestep_levels(self.timesteps)
         return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last,
                                                                    self.start_sigma_max if epsilon else 0.0)
 

@@ -140,20 +140,28 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
 
 
 def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
-    student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.sigmas=[150.0,1.0]"])
-    with pytest.raises(UserError, match="trained at timesteps"):
+    """A last level at t = 0, where LCM's boundary condition returns its input whatever the network says."""
+    student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,0]"])
+    with pytest.raises(UserError, match="none at 0"):
         export_student(student, tmp_path / "e")
 
 
-def test_student_levels_given_as_the_teachers_timesteps(ddpm_folder, tmp_path):
-    """student.timesteps: a DDPM teacher's own timesteps for the K levels (here a last step at t = 60, which no
-    K-step LCM scheduler runs, so export says so)."""
-    student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,60]"])
+@pytest.mark.parametrize("k,timesteps", [(2, "[700,60]"), (4, "[700,500,180,5]")])
+def test_student_levels_given_as_the_teachers_timesteps_export_with_a_pipeline_that_passes_them(
+        ddpm_folder, tmp_path, k, timesteps):
+    """student.timesteps: a DDPM teacher's own timesteps for the K levels (a last step below 180 here, which no K-step
+    LCM schedule holds): the export's pipeline.py gives the stock LCMScheduler those timesteps, and stock diffusers
+    draws the same images as distmatch sample."""
+    student = run_distill(ddpm_folder, tmp_path / "s", steps=k, overrides=QUIET + [f"student.timesteps={timesteps}"])
+    trained = json.loads(timesteps)
     a = diffusers.DDPMScheduler().alphas_cumprod.double()
-    want = ((1 - a[[700, 60]]) / a[[700, 60]]).sqrt().tolist()
+    want = ((1 - a[trained]) / a[trained]).sqrt().tolist()
     assert json.loads((student / "run.json").read_text())["levels"] == pytest.approx(want, rel=1e-6)
-    with pytest.raises(UserError, match=r"trained at timesteps \[700, 60\]"):
-        export_student(student, tmp_path / "e")
+    out = export_student(student, tmp_path / "export")
+    assert json.loads((out / "model_index.json").read_text())["trained_timesteps"] == trained
+    script = RELOAD_OWN + "print(type(pipe.scheduler).__name__, pipe.scheduler.timesteps.tolist())\n"
+    printed, diff = same_images(student, out, k, 5, tmp_path, script)
+    assert f"LCMScheduler {trained}" in printed and "loaded without" not in printed and "DistmatchPipeline" in printed and diff < 1e-4, (printed, diff)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -241,7 +249,7 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
     assert index["class_weights"] == pytest.approx([1 / 3] * 3) and index["class_names"] == ["0", "1", "2"]
     assert "trust_remote_code=True" in (out / "README.md").read_text()
     printed, diff = same_images(student, out, k, 4, tmp_path, RELOAD_OWN)
-    assert "loaded without" not in printed and "DistmatchClassPipeline" in printed and diff < 1e-4, (printed, diff)
+    assert "loaded without" not in printed and "DistmatchPipeline" in printed and diff < 1e-4, (printed, diff)
     drawn = np.load(tmp_path / "x.npy")
     for labels, cond in (("[2, 2, 2]", 2), ("'1'", 1)):
         ours, _ = load_model(student).sample(3, cond=cond, seed=4)

@@ -50,7 +50,8 @@ def check_exportable(model: LoadedModel) -> None:
 
 
 def vp_scheduler(adapter, sigmas: list[float]):
-    """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), and those timesteps.
+    """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), those timesteps, and
+    whether the scheduler must be given them (custom levels, student.timesteps: no K-step LCM schedule has them).
 
     A student that starts below the teacher's top level t_max (student.start_sigma_max) gets the teacher's first
     T = t_0 + 1 training steps: the same ᾱ_t at every t it runs, and LCM's pinned timesteps are then its own."""
@@ -59,14 +60,18 @@ def vp_scheduler(adapter, sigmas: list[float]):
     steps = len(sigmas)
     trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(sigmas))]
     num_train = min(trained[0] + 1, len(adapter.alphas_cumprod))
-    pinned = lcm_timesteps(num_train, steps)
-    if trained != pinned:
-        raise UserError(f"the student was trained at timesteps {trained}, but a K-step LCM scheduler runs {pinned}; "
-                        "distil with the default student levels to export")
+    custom = trained != lcm_timesteps(num_train, steps)
+    if custom and (trained[0] != num_train - 1 or min(trained) < 1 or len(set(trained)) < steps):
+        raise UserError(f"the student was trained at timesteps {trained}; an LCM scheduler runs its first at the "
+                        "teacher's top level and none at 0: distil with the default student levels to export")
+    # Custom levels: every training timestep is on the schedule (no warning when the pipeline passes them), and
+    # LCM's boundary condition x̂_0 = c_skip x_t + c_out F is made exact (c_skip < 3e-9 from t = 1).
     scheduler = LCMScheduler(num_train_timesteps=num_train,
                              trained_betas=betas_from(adapter.alphas_cumprod[:num_train]),
-                             original_inference_steps=steps, prediction_type=adapter.prediction, clip_sample=False)
-    return scheduler, trained
+                             original_inference_steps=num_train if custom else steps,
+                             prediction_type=adapter.prediction, clip_sample=False,
+                             **({"timestep_scaling": 1e4} if custom else {}))
+    return scheduler, trained, custom
 
 
 def flow_scheduler(adapter, sigmas: list[float]):
@@ -82,7 +87,7 @@ def flow_scheduler(adapter, sigmas: list[float]):
                           rtol=1e-6):
         raise UserError("the student was not trained at the flow scheduler's levels; distil with the default "
                         "student levels to export")
-    return scheduler, [round(float(t), 4) for t in scheduler.timesteps]
+    return scheduler, [round(float(t), 4) for t in scheduler.timesteps], False
 
 
 def export_student(student_dir: str | Path, out: str | Path) -> Path:
@@ -105,8 +110,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
             export_own_student(model, load_weights(model.path), tmp, record)
             card = model_card(record, custom="own")
         else:
-            write_stock(model, tmp, record, student_dir)
-            card = model_card(record, custom="classes" if model.num_classes else None)
+            custom = write_stock(model, tmp, record, student_dir)
+            card = model_card(record, custom=custom)
         ckpt.atomic_write_bytes(tmp / "README.md", card.encode())
         if out.exists():
             out.rmdir()
@@ -117,24 +122,28 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> None:
+def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> str | None:
     """A DDPMPipeline: the student's UNet and a scheduler that runs its trained levels (a class-conditional
-    student: its network, that scheduler and a pipeline that passes labels, export_classes)."""
+    student, or one trained at levels the scheduler does not pick itself: its network, that scheduler and a
+    pipeline that passes labels and timesteps, export_classes). Returns what the folder's own code does for the
+    model card: None, "classes" or "timesteps"."""
     from diffusers import DDPMPipeline
 
     adapter = model.denoiser
     make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
     try:
-        scheduler, record["timesteps"] = make(adapter, record["sigmas"])
+        scheduler, record["timesteps"], custom = make(adapter, record["sigmas"])
     except UserError as e:
         raise UserError(f"{student_dir}: {e}") from None
-    if model.num_classes:
-        from .export_classes import export_class_student
+    if model.num_classes or custom:
+        from .export_classes import export_pipeline_student
 
-        return export_class_student(model, adapter.net, scheduler, folder, record)
+        export_pipeline_student(model, adapter.net, scheduler, folder, record, custom)
+        return "classes" if model.num_classes else "timesteps"
     DDPMPipeline(unet=without_variance(adapter.net), scheduler=scheduler).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     ckpt.atomic_write_json(folder / "model_index.json", {**index, "_distmatch": record})
+    return None
 
 
 def without_variance(unet):
@@ -152,8 +161,9 @@ def without_variance(unet):
 
 
 def model_card(record: dict, custom: str | None = None) -> str:
-    """The folder's README.md; `custom`: "own" (distmatch's U-Net and sampler in the folder's code) or "classes"
-    (a stock network and scheduler driven by the folder's pipeline.py, which passes class labels)."""
+    """The folder's README.md; `custom`: "own" (distmatch's U-Net and sampler in the folder's code), "classes" or
+    "timesteps" (a stock network and scheduler driven by the folder's pipeline.py, which passes class labels, or
+    timesteps the scheduler would not pick)."""
     how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
     sigmas = f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}"
     trained = f"timesteps {record['timesteps']} ({sigmas})" if "timesteps" in record else sigmas
@@ -165,7 +175,11 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "classes": "\nThe network and the scheduler are stock diffusers classes; no stock pixel pipeline passes "
               "class labels, so `pipeline.py` (torch and diffusers only: the scheduler's loop with `class_labels=`) "
               "does, which is why loading asks for `trust_remote_code=True`; read it first. Pass `class_labels=` "
-              "(indices or class names); without them labels are drawn as in the training data.\n"}[custom]
+              "(indices or class names); without them labels are drawn as in the training data.\n",
+              "timesteps": "\nThe network and the scheduler are stock diffusers classes; the student was trained at "
+              "timesteps that no K-step schedule of the scheduler picks itself, so `pipeline.py` (torch and diffusers "
+              "only: the scheduler's loop) passes them to it, which is why loading asks for "
+              "`trust_remote_code=True`; read it first.\n"}[custom]
     return f"""---
 library_name: diffusers
 tags: [distmatch, distillation, few-step]

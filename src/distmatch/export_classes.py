@@ -1,11 +1,13 @@
-"""Export of class-conditional students of diffusers models: the stock network and scheduler, and a small pipeline.
+"""Export of the students of diffusers models that no stock pipeline runs: the stock network and scheduler, and a
+small pipeline.
 
 Stock diffusers has no pixel-space pipeline that passes class labels to a UNet2DModel (DDPMPipeline passes none;
-DiTPipeline needs a VAE), so the folder holds the student's network in the teacher's own class (`unet/` or
-`transformer/`), the scheduler that runs its K trained levels (as for unconditional students) and `pipeline.py`:
-the scheduler's loop with `class_labels=`, loaded with `trust_remote_code=True`. Labels not given are drawn by the
-student's class weights (uniform for a diffusers teacher) with the caller's generator, before the noise, as
-`distmatch sample` draws them, so the same seed gives the same images.
+DiTPipeline needs a VAE), nor one that passes custom timesteps to its scheduler (a K-step student trained at levels
+other than the K an LCMScheduler pins, student.timesteps). So the folder holds the student's network in the
+teacher's own class (`unet/` or `transformer/`), the scheduler that runs its K trained levels and `pipeline.py`:
+the scheduler's loop, with `class_labels=` and the trained timesteps, loaded with `trust_remote_code=True`.
+Labels not given are drawn by the student's class weights (uniform for a diffusers teacher) with the caller's
+generator, before the noise, as `distmatch sample` draws them, so the same seed gives the same images.
 """
 from __future__ import annotations
 
@@ -13,21 +15,23 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 
-PIPELINE = '''"""A distmatch few-step class-conditional student as a diffusers pipeline (torch and diffusers only)."""
+PIPELINE = '''"""A distmatch few-step student as a diffusers pipeline (torch and diffusers only)."""
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
-class DistmatchClassPipeline(DiffusionPipeline):
-    """The scheduler's K steps over MODEL(x_t, t, class_labels): x̂_0 at each trained level, re-noised to the next."""
+class DistmatchPipeline(DiffusionPipeline):
+    """The scheduler's K steps over MODEL(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps
+    when the scheduler would not pick them itself), re-noised to the next."""
 
     def __init__(self, MODEL, scheduler, sample_shape=(1, 32, 32), trained_steps=1, class_names=(),
-                 class_weights=()):
+                 class_weights=(), trained_timesteps=()):
         super().__init__()
         self.register_modules(MODEL=MODEL, scheduler=scheduler)
         self.register_to_config(sample_shape=list(sample_shape), trained_steps=trained_steps,
-                                class_names=list(class_names), class_weights=list(class_weights))
+                                class_names=list(class_names), class_weights=list(class_weights),
+                                trained_timesteps=list(trained_timesteps))
 
     def labels(self, class_labels, batch_size, generator):
         """Class indices (or names) for the batch; drawn by the class weights when not given."""
@@ -50,12 +54,18 @@ class DistmatchClassPipeline(DiffusionPipeline):
     def __call__(self, batch_size=1, num_inference_steps=None, generator=None, class_labels=None,
                  output_type="pil", return_dict=True):
         device = self.MODEL.device
-        labels = self.labels(class_labels, batch_size, generator).to(device)
+        cond = {}
+        if self.config.class_names:
+            cond["class_labels"] = self.labels(class_labels, batch_size, generator).to(device)
         c = self.config.sample_shape[0]
         x = randn_tensor((batch_size, *self.config.sample_shape), generator=generator, device=device)
-        self.scheduler.set_timesteps(num_inference_steps or self.config.trained_steps, device=device)
+        steps = num_inference_steps or self.config.trained_steps
+        if self.config.trained_timesteps and steps == self.config.trained_steps:
+            self.scheduler.set_timesteps(timesteps=list(self.config.trained_timesteps), device=device)
+        else:
+            self.scheduler.set_timesteps(steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
-            out = self.MODEL(x, t.expand(batch_size), class_labels=labels).sample[:, :c]  # learned variance: cut
+            out = self.MODEL(x, t.expand(batch_size), **cond).sample[:, :c]  # learned variance: cut
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
         images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
@@ -66,9 +76,10 @@ class DistmatchClassPipeline(DiffusionPipeline):
 '''
 
 
-def export_class_student(model, network, scheduler, folder: Path, record: dict) -> None:
+def export_pipeline_student(model, network, scheduler, folder: Path, record: dict, custom_timesteps: bool) -> None:
     """Write `folder`: the network under its teacher's component name, the scheduler, pipeline.py, and
-    model_index.json naming them with the pipeline's config (sample shape, class names and frequencies)."""
+    model_index.json naming them with the pipeline's config (sample shape, class names and frequencies, and the
+    trained timesteps when the scheduler needs to be given them)."""
     import diffusers
 
     from .teachers.diffusers_folder import MODEL_FOLDER
@@ -78,8 +89,9 @@ def export_class_student(model, network, scheduler, folder: Path, record: dict) 
     scheduler.save_pretrained(folder / "scheduler")
     ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.replace("MODEL", name).encode())
     ckpt.atomic_write_json(folder / "model_index.json", {
-        "_class_name": ["pipeline", "DistmatchClassPipeline"], "_diffusers_version": diffusers.__version__,
+        "_class_name": ["pipeline", "DistmatchPipeline"], "_diffusers_version": diffusers.__version__,
         name: ["diffusers", type(network).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
         "sample_shape": list(model.spec.shape), "trained_steps": record["steps"],
         "class_names": [str(c) for c in model.spec.class_names],
-        "class_weights": [float(w) for w in model.class_weights], "_distmatch": record})
+        "class_weights": [float(w) for w in model.class_weights],
+        "trained_timesteps": record["timesteps"] if custom_timesteps else [], "_distmatch": record})

@@ -48,18 +48,14 @@ class StudentConfig:
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
         if self.start_sigma_max < 0:
             raise UserError(f"student.start_sigma_max must be >= 0, got {self.start_sigma_max}")
-        if self.timesteps is not None:
-            if self.sigmas is not None:
-                raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
-            if len(self.timesteps) != self.steps:
-                raise UserError(f"student.timesteps has {len(self.timesteps)} entries but --steps is {self.steps}")
-            if any(b >= a for a, b in zip(self.timesteps, self.timesteps[1:])) or min(self.timesteps) < 0:
-                raise UserError("student.timesteps must be non-negative and strictly decreasing")
-        if self.sigmas is not None:
-            if len(self.sigmas) != self.steps:
-                raise UserError(f"student.sigmas has {len(self.sigmas)} levels but --steps is {self.steps}")
-            if any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])) or min(self.sigmas) <= 0:
-                raise UserError("student.sigmas must be positive and strictly decreasing")
+        if self.sigmas is not None and self.timesteps is not None:
+            raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
+        for name, levels, lowest in (("sigmas", self.sigmas, 1e-30), ("timesteps", self.timesteps, 0)):
+            if levels is not None and len(levels) != self.steps:
+                raise UserError(f"student.{name} has {len(levels)} entries but --steps is {self.steps}")
+            if levels is not None and (any(b >= a for a, b in zip(levels, levels[1:])) or min(levels) < lowest):
+                raise UserError(f"student.{name} must be {'positive' if lowest else 'non-negative'} and strictly "
+                                "decreasing")
 
     def resolved_sigmas(self, schedule: NoiseSchedule | None = None, epsilon: bool = False) -> list[float]:
         """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's start capped at

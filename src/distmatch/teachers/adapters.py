@@ -76,7 +76,6 @@ class TeacherAdapter(nn.Module):
         x = torch.zeros((1,) + tuple(shape), device=p.device if p is not None else "cpu")
         cond = torch.zeros(1, dtype=torch.long, device=x.device) if self.num_classes else None
         if self.features == AUTO:
-            self.features = None
             self.features = self._bottleneck(lambda: self(x, torch.ones(1, device=x.device), cond), shape)
         try:
             with torch.no_grad():

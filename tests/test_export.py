@@ -269,3 +269,15 @@ def test_msd_on_a_diffusers_teacher_with_three_classes_and_its_export_refusal(tm
     assert json.loads((student / "config.json").read_text())["router"]["owner"] == [0, 1, 2]
     with pytest.raises(UserError, match="class router"):
         export_student(student, tmp_path / "e")
+
+
+def test_the_export_command_says_how_to_load_the_folder(ddpm_folder, tmp_path, capsys):
+    """With trust_remote_code=True exactly when the folder carries its own pipeline.py."""
+    from distmatch.cli import main
+
+    for name, k, extra, remote in (("plain", 1, [], False), ("custom", 2, ["student.timesteps=[700,60]"], True)):
+        student = run_distill(ddpm_folder, tmp_path / name, steps=k, overrides=QUIET + extra)
+        with pytest.raises(SystemExit) as exc:
+            main(["export", "--model", str(student), "--out", str(tmp_path / f"{name}-export")])
+        printed = capsys.readouterr().out
+        assert exc.value.code == 0 and ("trust_remote_code=True" in printed) == remote, printed

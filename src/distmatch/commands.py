@@ -75,7 +75,8 @@ def export(args) -> int:
     from .export import export_student
 
     out = export_student(args.model, args.out)
-    print(f"exported to {out}: DiffusionPipeline.from_pretrained({str(out)!r})")
+    remote = ", trust_remote_code=True" if (out / "pipeline.py").is_file() else ""  # the folder's own code
+    print(f"exported to {out}: DiffusionPipeline.from_pretrained({str(out)!r}{remote})")
     return 0
 
 

@@ -12,11 +12,19 @@ from . import checkpoint as ckpt
 from .errors import UserError
 
 
+def _announce(line: str) -> None:
+    """Print once, from the main process, however many processes accelerate launched."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(line)
+
+
 def teacher(args) -> int:
     from .teachers.train import train_teacher
 
     out = train_teacher(args.data, args.out, args.config, args.overrides)
-    print(f"teacher ready in {out}")
+    _announce(f"teacher ready in {out}")
     return 0
 
 
@@ -25,7 +33,7 @@ def distill(args) -> int:
 
     out = run_distill(args.teacher, args.out, args.method, args.steps, args.config, args.overrides, args.data,
                       recipe=args.recipe)
-    print(f"student ready in {out}")
+    _announce(f"student ready in {out}")
     return 0
 
 

@@ -107,7 +107,7 @@ def export_own_student(model, weights: dict, folder: Path, record: dict) -> None
     """Write `folder` (a new, empty one): student/ with the network's code, config and weights; pipeline.py;
     model_index.json naming both, with the distillation record under "_distmatch"."""
     net = model.config["network"]
-    if net.get("kind") != "unet" or "router" in model.config:
+    if net.get("kind") != "unet":
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet; "
                         "this one is neither")
     import diffusers

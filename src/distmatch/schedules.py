@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
+
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
@@ -131,8 +133,6 @@ class NoiseSchedule:
 
     def timestep_levels(self, timesteps: list[int]) -> list[float]:
         """σ of a DDPM-family teacher's training timesteps (student.timesteps; the grid holds σ(t) at index t)."""
-        from .errors import UserError
-
         if self.kind != "vp":
             raise UserError("student.timesteps names a DDPM-family teacher's training timesteps; this teacher has "
                             "none (give student.sigmas)")

@@ -52,10 +52,12 @@ def ddpm_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("cap, top", [([], 726), (["student.start_sigma_max=0"], 999)])
-def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_path, monkeypatch, cap, top):
+@pytest.mark.parametrize("cap, top, low", [([], 726, 400), (["student.start_sigma_max=0"], 999, 727),
+                                           (["student.start_sigma_max=1.7", "student.levels_sigma_max=14.62"], 726, 400)])
+def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_path, monkeypatch, cap, top, low):
     """DM, critic and GAN levels are drawn from the teacher's levels up to the student's first one: all of them for
-    a student started at the top (DMD2 as published), none above t = 726 for one started there."""
+    a student started at the top (DMD2 as published), none above t = 726 for one started there; up to
+    student.levels_sigma_max where that is given (a student started at t = 363, scored up to t = 726)."""
     from distmatch.methods.common import DistributionMatching
 
     drawn, levels = [], DistributionMatching.levels
@@ -63,7 +65,7 @@ def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_pat
     run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET + cap)
     sigma = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.pow(-1).sub(1).sqrt().tolist()
     top_drawn = float(torch.cat([s for _, s in drawn]).max())  # the highest of about 30 uniform draws
-    lowest = {726: sigma[400], 999: sigma[726] * 1.001}[top]
+    lowest = sigma[low]
     assert lowest < top_drawn <= sigma[top] * (1 + 1e-5), (top_drawn, sigma[top])
 
 

@@ -30,6 +30,7 @@ class StudentConfig:
                                           # σ <= this (0: its top). Stable Diffusion's top, where DMD2 was
                                           # published, is σ 14.6; a linear-β DDPM's (σ 157) multiplies ε̂'s error
                                           # 157x in x̂_0
+    levels_sigma_max: float = 0.0         # the DM, critic and GAN levels stop at this σ (0: at the student's start)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (not
                                           # DMD2: recipes dmd2+ode, dmd+warmup, fdistill+ode)
@@ -48,6 +49,8 @@ class StudentConfig:
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
         if self.start_sigma_max < 0:
             raise UserError(f"student.start_sigma_max must be >= 0, got {self.start_sigma_max}")
+        if self.levels_sigma_max < 0:
+            raise UserError(f"student.levels_sigma_max must be >= 0, got {self.levels_sigma_max}")
         if self.sigmas is not None and self.timesteps is not None:
             raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
         for name, levels, lowest in (("sigmas", self.sigmas, 1e-30), ("timesteps", self.timesteps, 0)):
@@ -345,7 +348,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         schedule = teacher.schedule
         self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread",
                                       schedule.input_scale(sigmas[0]))
-        self.grid = schedule.levels_up_to(sigmas[0]).float()  # DM, critic and GAN levels: up to the start
+        self.grid = schedule.levels_up_to(student.levels_sigma_max or sigmas[0]).float()  # DM, critic, GAN levels
 
     def modules(self):
         return {"gen": self.gen, "critic": self.critic, "ema": self.ema}

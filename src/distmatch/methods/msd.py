@@ -175,7 +175,7 @@ class MSD(DistributionMatching, Method):
         schedule = teacher.schedule
         self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread",
                                       schedule.input_scale(sigmas[0]))
-        self.grid = schedule.levels_up_to(sigmas[0]).float()  # DM, critic and GAN levels: up to the start
+        self.grid = schedule.levels_up_to(cfg.student.levels_sigma_max or sigmas[0]).float()  # DM, critic, GAN levels
 
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts

@@ -118,7 +118,8 @@ class TDM(OdePairs, StudentCriticMethod):
         # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as
         # the student is saved with it
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
-                   student=StudentConfig(fourier_cap=cfg.student.fourier_cap))
+                   student=StudentConfig(fourier_cap=cfg.student.fourier_cap,
+                                         levels_sigma_max=cfg.student.levels_sigma_max))
         self.shape = tuple(teacher.spec.shape)
 
     def step_levels(self, k: torch.Tensor) -> torch.Tensor:

@@ -47,10 +47,9 @@ class StudentConfig:
             raise UserError(f"student.first_only must be in [0, 1), got {self.first_only}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
-        if self.start_sigma_max < 0:
-            raise UserError(f"student.start_sigma_max must be >= 0, got {self.start_sigma_max}")
-        if self.levels_sigma_max < 0:
-            raise UserError(f"student.levels_sigma_max must be >= 0, got {self.levels_sigma_max}")
+        for name in ("start_sigma_max", "levels_sigma_max"):
+            if getattr(self, name) < 0:
+                raise UserError(f"student.{name} must be >= 0, got {getattr(self, name)}")
         if self.sigmas is not None and self.timesteps is not None:
             raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
         for name, levels, lowest in (("sigmas", self.sigmas, 1e-30), ("timesteps", self.timesteps, 0)):

@@ -161,8 +161,9 @@ def main():
     data = mnist_train(out)
     teacher = mnist_teacher(SHARED)
     students, distill_s = {}, {}
+    settings = {key: yaml.safe_load(v) for key, v in (kv.split("=", 1) for kv in args.set)}
+    settings |= {"train.iters": args.iters} if args.iters else {}
     for k in args.steps:
-        settings = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)} | ({"train.iters": args.iters} if args.iters else {})
         students[k] = distil(teacher, out / f"student-{k}", data, k, settings)
         distill_s[k] = training_seconds(out / f"student-{k}")
     plan = rows_plan(teacher, students)

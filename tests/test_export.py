@@ -52,8 +52,9 @@ def ddpm_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("cap, top, low", [([], 726, 400), (["student.start_sigma_max=0"], 999, 727),
-                                           (["student.start_sigma_max=1.7", "student.levels_sigma_max=14.62"], 726, 400)])
+@pytest.mark.parametrize("cap, top, low", [
+    ([], 726, 400), (["student.start_sigma_max=0"], 999, 727),
+    (["student.start_sigma_max=1.7", "student.levels_sigma_max=14.62"], 726, 400)])
 def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_path, monkeypatch, cap, top, low):
     """DM, critic and GAN levels are drawn from the teacher's levels up to the student's first one: all of them for
     a student started at the top (DMD2 as published), none above t = 726 for one started there; up to

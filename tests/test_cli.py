@@ -184,6 +184,15 @@ def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, tea
                                "--out", str(tmp_path / "e.json"), "--device", "cuda:9"], "'cuda:9' is not available")
 
 
+def test_under_a_multi_process_launch_only_the_main_process_says_it(capsys, monkeypatch, tmp_path):
+    """Every process of `accelerate launch` reads the same input and refuses it alike: one line, from rank 0."""
+    argv = ["distill", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s")]
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(capsys, *argv)[::2] == (2, "")
+    monkeypatch.setenv("RANK", "0")
+    assert_user_error(capsys, argv, "none")
+
+
 def test_real_process_prints_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "distmatch.cli", "teacher", "--data", str(tmp_path / "none.npz"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)

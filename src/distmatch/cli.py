@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -153,13 +154,19 @@ def run(argv: list[str] | None = None) -> int:
     return getattr(commands, args.command)(args) or 0
 
 
+def _main_process() -> bool:
+    """True unless this is a process other than rank 0 of a multi-process launch (torchrun's RANK variable)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .training.trainer import Interrupted
 
     try:
         code = run(argv)
     except UserError as e:
-        print(f"distmatch: error: {e}", file=sys.stderr)
+        if _main_process():  # every process of `accelerate launch` reads the same input: one line, not one each
+            print(f"distmatch: error: {e}", file=sys.stderr)
         code = UserError.exit_code
     except Interrupted as e:
         print(f"distmatch: {e}", file=sys.stderr)

@@ -70,6 +70,20 @@ def test_a_student_is_scored_only_at_levels_up_to_its_start(ddpm_folder, tmp_pat
     assert lowest < top_drawn <= sigma[top] * (1 + 1e-5), (top_drawn, sigma[top])
 
 
+def test_a_dmd2_image_student_is_saved_as_trained_without_an_ema(ddpm_folder, tmp_path):
+    """DMD2's code keeps no EMA of its student, and for a 1-step image student neither does dmd2 by default: the
+    saved student is the generator as last trained (an EMA lagged at the lengths measured); `train.ema` brings an
+    average back, and K-step students keep theirs."""
+    from safetensors.torch import load_file
+
+    for name, k, extra in (("raw", 1, []), ("ema", 1, ["train.ema=0.9"]), ("ema-k2", 2, [])):
+        run_distill(ddpm_folder, tmp_path / name, steps=k, overrides=QUIET + ["dmd2.critic_ratio=1", *extra])
+        saved = load_file(tmp_path / name / "model.safetensors")
+        trained = load_file(tmp_path / name / "checkpoint.safetensors")
+        same = [torch.equal(v, trained["module/gen/" + k.removeprefix("gen.")]) for k, v in saved.items()]
+        assert all(same) if name == "raw" else not all(same), name
+
+
 @pytest.mark.parametrize("k,top", [(1, 726), (2, 726), (4, 726), (1, 999)])
 def test_exported_student_gives_the_same_images_in_stock_diffusers(ddpm_folder, tmp_path, k, top):
     """The linear-β teacher's students start at t = 726 by default (student.start_sigma_max), at 999 without the

@@ -76,8 +76,8 @@ def test_a_dmd2_image_student_is_saved_as_trained_without_an_ema(ddpm_folder, tm
     average back, and K-step students keep theirs."""
     from safetensors.torch import load_file
 
-    for name, k, extra in (("raw", 1, []), ("ema", 1, ["train.ema=0.9"]), ("ema-k2", 2, [])):
-        run_distill(ddpm_folder, tmp_path / name, steps=k, overrides=QUIET + ["dmd2.critic_ratio=1", *extra])
+    for name, steps, extra in (("raw", 1, []), ("ema", 1, ["train.ema=0.9"]), ("ema-k2", 2, [])):
+        run_distill(ddpm_folder, tmp_path / name, steps=steps, overrides=QUIET + ["dmd2.critic_ratio=1", *extra])
         saved = load_file(tmp_path / name / "model.safetensors")
         trained = load_file(tmp_path / name / "checkpoint.safetensors")
         same = [torch.equal(v, trained["module/gen/" + k.removeprefix("gen.")]) for k, v in saved.items()]

@@ -233,7 +233,13 @@ def refuse_student_options(cfg, method: str, backsim: bool = True) -> None:
 class DistributionMatching:
     """The critic update and the generator's distribution-matching update, on the networks, optimizers and EMA
     they are given: one implementation for a single student (StudentCriticMethod) and for several (msd).
-    The host provides ctx, opts, real (RealScore), student (FewStepStudent), grid and sigma_data."""
+    The host provides ctx, opts, real (RealScore) and sigma_data, and calls set_student (student and grid)."""
+
+    def set_student(self, schedule, sigmas, shape, device, student: StudentConfig) -> None:
+        """The K-step student on `sigmas`, and the DM, critic and GAN levels: the teacher's, up to its start."""
+        self.student = FewStepStudent(list(sigmas), shape, device, student.backsim == "spread",
+                                      schedule.input_scale(sigmas[0]))
+        self.grid = schedule.levels_up_to(student.levels_sigma_max or sigmas[0]).float()
 
     def levels(self, n: int, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid indices uniform in [lo, hi] and their σ: fractions of the N levels of `grid`, the teacher's up to the
@@ -344,10 +350,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
-        schedule = teacher.schedule
-        self.student = FewStepStudent(list(sigmas), teacher.spec.shape, ctx.device, student.backsim == "spread",
-                                      schedule.input_scale(sigmas[0]))
-        self.grid = schedule.levels_up_to(student.levels_sigma_max or sigmas[0]).float()  # DM, critic, GAN levels
+        self.set_student(teacher.schedule, sigmas, teacher.spec.shape, ctx.device, student)
 
     def modules(self):
         return {"gen": self.gen, "critic": self.critic, "ema": self.ema}

@@ -29,7 +29,7 @@ from ..schedules import sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import (Critic, DistributionMatching, FewStepStudent, RealScore, check_dm_range, draw_labels,
+from .common import (Critic, DistributionMatching, RealScore, check_dm_range, draw_labels,
                      init_copy, refuse_student_options, student_network_config)
 from .losses import dm_loss
 from .router import ClassRouter
@@ -172,10 +172,7 @@ class MSD(DistributionMatching, Method):
             params = [p for gen in self.gens for p in gen.parameters()]
             self.opt_pre = ctx.make_optimizer(params, lr=opts.prestage_lr)
         self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(self.n_students)]
-        schedule = teacher.schedule
-        self.student = FewStepStudent(sigmas, teacher.spec.shape, ctx.device, cfg.student.backsim == "spread",
-                                      schedule.input_scale(sigmas[0]))
-        self.grid = schedule.levels_up_to(cfg.student.levels_sigma_max or sigmas[0]).float()  # DM, critic, GAN levels
+        self.set_student(teacher.schedule, sigmas, teacher.spec.shape, ctx.device, cfg.student)
 
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from distmatch.cli import main
@@ -162,6 +163,19 @@ def test_sample_writes_users_layout(capsys, teacher_dir, tmp_path):
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (10, 2) and x.dtype == np.float32
     assert "7 network evaluations" in out  # Heun, 4 steps
+
+
+def test_sampling_a_teacher_shows_its_network_evaluations_and_changes_no_sample(capsys, teacher_dir, tmp_path):
+    """A teacher's many-step sampler runs under a bar that counts its network evaluations (Heun 4 steps: 7 per
+    batch); the samples are those drawn without it."""
+    from distmatch.models import load_model
+
+    teacher = load_model(teacher_dir)
+    capsys.readouterr()
+    shown, _ = teacher.sample(10, steps=4, seed=3, batch_size=4, progress=True)
+    bar = capsys.readouterr().err
+    assert torch.equal(shown, teacher.sample(10, steps=4, seed=3, batch_size=4)[0])
+    assert "sampling the teacher (4 steps)" in bar and "0/21 [" in bar  # 3 batches x 7 evaluations
 
 
 def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, teacher_dir, tmp_path):

@@ -56,7 +56,7 @@ def sample(args) -> int:
     if args.solver is not None:
         model = model.with_solver(args.solver)
     cond = model.class_index(args.cls) if args.cls is not None else None
-    x, labels = model.sample(args.n, args.steps, cond, seed=args.seed)
+    x, labels = model.sample(args.n, args.steps, cond, seed=args.seed, progress=True)
     arrays = {"samples": model.spec.to_user(x)}
     if labels is not None:
         arrays["labels"] = np.asarray([model.spec.class_names[i] for i in labels.tolist()])

@@ -6,6 +6,7 @@ Both expose one interface, so `sample`, `evaluate`, the report and the benchmark
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,18 @@ from .networks import build_denoiser
 from .samplers import SOLVERS, ancestral_sample, few_step_sample, ode_sample, teacher_nfe
 from .schedules import NoiseSchedule
 from .teachers.gmm import GaussianMixture
+
+
+class _Counted:
+    """A denoiser that moves a progress bar by one per call."""
+
+    def __init__(self, denoiser, bar):
+        self.denoiser, self.bar = denoiser, bar
+
+    def __call__(self, *args, **kwargs):
+        out = self.denoiser(*args, **kwargs)
+        self.bar.update(1)
+        return out
 
 
 @dataclass
@@ -93,10 +106,13 @@ class LoadedModel:
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
-               batch_size: int = 2048, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               batch_size: int = 2048, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples (normalised space, on the CPU) and the class indices they were drawn for (None if
         unconditional); drawn on `device`, by default the model's. The noise comes from a CPU generator, so a seed
-        gives the same samples on any device."""
+        gives the same samples on any device. `progress`: a bar over a teacher's network evaluations (a 1000-step
+        sampler takes minutes; a student's K evaluations need none)."""
+        from tqdm.auto import tqdm
+
         steps = self.check_steps(steps)
         device = device or self.device
         g = torch.Generator().manual_seed(seed)
@@ -104,22 +120,27 @@ class LoadedModel:
             cond = torch.full((n,), cond, dtype=torch.long)
         if cond is None:
             cond = self.draw_labels(n, g)
+        batches = range(0, n, batch_size)
+        bar = tqdm(total=len(batches) * self.nfe(steps), desc=f"sampling the teacher ({steps} steps)",
+                   unit="NFE", leave=False, dynamic_ncols=True, file=sys.stderr,
+                   disable=not (progress and self.kind == "teacher"))
         out = []
-        for i in range(0, n, batch_size):
+        for i in batches:
             m = min(batch_size, n - i)
             z = torch.randn((m,) + tuple(self.spec.shape), generator=g).to(device)
             c = cond[i:i + m].to(device) if cond is not None else None
-            out.append(self._sample_batch(z, steps, c, g).cpu())
+            out.append(self._sample_batch(z, steps, c, g, bar).cpu())
+        bar.close()
         return torch.cat(out), cond
 
-    def _sample_batch(self, z, steps, cond, g):
+    def _sample_batch(self, z, steps, cond, g, bar=None):
         schedule = self.schedule
         if self.kind == "teacher":
             solver, limit = self.config["solver"], self.config.get("x0_limit")
+            denoiser = self.denoiser if bar is None or bar.disable else _Counted(self.denoiser, bar)
             if solver == "ancestral":
-                return ancestral_sample(self.denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max,
-                                        limit, g)
-            return ode_sample(self.denoiser, z, steps, solver, cond, schedule.sigma_min, schedule.sigma_max, limit)
+                return ancestral_sample(denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max, limit, g)
+            return ode_sample(denoiser, z, steps, solver, cond, schedule.sigma_min, schedule.sigma_max, limit)
         sigmas = self.config["sigmas"][:steps]
         renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
         return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))

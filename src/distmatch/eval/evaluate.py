@@ -54,7 +54,7 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space)."""
     steps = model.check_steps(steps)
     t0 = time.perf_counter()
-    samples, labels = model.sample(n, steps, seed=seed)
+    samples, labels = model.sample(n, steps, seed=seed, progress=True)
     seconds = time.perf_counter() - t0
     if not torch.isfinite(samples).all():
         bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())

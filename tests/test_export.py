@@ -156,6 +156,23 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
         run_distill(ddpm_folder, tmp_path / "s2", overrides=QUIET[:3], data_source=str(bad))
 
 
+def test_a_teacher_folder_is_scored_on_data_in_their_own_range_and_on_its_students_network(ddpm_folder, tmp_path):
+    """A diffusers teacher knows no data: scored against data in another value range (digits, 0..16) it sees them
+    mapped to its [-1, 1] exactly as its students were trained on them, and the in-domain classifier is trained on
+    the same data's training split, as for its students (not an autoencoder on the 360 test images)."""
+    import distmatch
+    from distmatch.data import load_data
+
+    teacher = load_model(ddpm_folder)
+    reference = load_data("digits", split="test", spec=teacher.spec)
+    student = load_model(run_distill(ddpm_folder, tmp_path / "s", overrides=QUIET, data_source="digits"))
+    assert torch.equal(reference.x, load_data("digits", split="test", spec=student.spec).x)
+    assert float(reference.x.min()) == -1 and float(reference.x.max()) == 1
+    scores = [distmatch.evaluate(ddpm_folder, "digits", n=40, steps=2, solver="euler"),
+              distmatch.evaluate(tmp_path / "s", "digits", n=40)]
+    assert [(r["feature_net"], r["feature_net_trained_on"]) for r in scores] == [("classifier", "training data")] * 2
+
+
 def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
     """A last level at t = 0, where LCM's boundary condition returns its input whatever the network says."""
     student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,0]"])

@@ -163,7 +163,8 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     else:
         split, name = "given", "in-memory data"
         reference = from_arrays(data, labels, spec=model.spec)
-    result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed, inception=inception)
+    result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed, inception=inception,
+                            data=name if split != "given" else None)
     where = str(model.path.resolve()) if model.path is not None else "in memory"
     result.update({"model": where, "data": name, "split": split})
     return result

@@ -68,10 +68,19 @@ def _dataset(raw: RawData, origin: str, spec: DataSpec | None, mixture) -> Datas
     else:
         _check_compatible(raw, spec, origin)
     labels = _label_indices(raw.labels, spec.class_names, origin)
-    x = spec.normalise(raw.array, layout=raw.layout)
+    x = _scale_spec(raw, spec, origin).normalise(raw.array, layout=raw.layout)
     if mixture is not None:
         mixture = mixture.affine(torch.tensor(spec.shift), torch.tensor(spec.scale))
     return Dataset(x, labels, spec, mixture)
+
+
+def _scale_spec(raw: RawData, spec: DataSpec, origin: str) -> DataSpec:
+    """The spec that maps these data into the model's space. A foreign teacher (a diffusers folder, a network
+    wrapped in Python) works on [-1, 1] images and knows no data: the data keep their own value range, mapped there,
+    as when it is distilled."""
+    if spec.kind == "image" and not spec.source:
+        return DataSpec.fit(raw.array, None, [], origin, raw.layout)
+    return spec
 
 
 def _read_source(source: str, split: str, layout: str) -> tuple[RawData, str]:
@@ -101,7 +110,7 @@ def _check_compatible(raw: RawData, spec: DataSpec, origin: str) -> None:
     if normalised_sample_shape(sample_shape, raw.layout) != tuple(spec.shape):
         raise UserError(f"data '{origin}' has samples of shape {sample_shape} "
                         f"but the model was trained on {spec.sample_shape}")
-    if kind == "image" and (raw.array.dtype.kind == "f") != (np.dtype(spec.dtype).kind == "f"):
+    if kind == "image" and spec.source and (raw.array.dtype.kind == "f") != (np.dtype(spec.dtype).kind == "f"):
         print(f"warning: data '{origin}' are {raw.array.dtype} images but the model was trained on {spec.dtype} "
               f"ones; scaling them by the model's value range {spec.value_range}", file=sys.stderr)
 

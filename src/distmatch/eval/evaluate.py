@@ -19,12 +19,15 @@ from .speed import measure_throughput
 from .vectors import vector_metrics
 
 
-def feature_training_data(model, reference: Dataset) -> Dataset:
-    """The model's training data when it can still be read, else the reference itself (said in the result)."""
-    source = model.spec.source
+def feature_training_data(model, reference: Dataset, data: str | None = None) -> Dataset:
+    """The model's training data when it can still be read, else (a foreign teacher knows none) the training split
+    of the data it is scored on, so it and its students are scored on one network; else the reference itself (said
+    in the result)."""
+    own = bool(model.spec.source) or model.spec.kind != "image"
+    source = model.spec.source or data
     if source and (Path(source).exists() or "/" not in source):
-        try:
-            return load_data(source, spec=model.spec)
+        try:  # a foreign teacher's data keep their own labels and value range (mapped to [-1, 1])
+            return load_data(source, spec=model.spec if own else None)
         except UserError:
             pass
     return reference
@@ -50,8 +53,9 @@ def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inc
 
 
 def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None = None, seed: int = 0,
-                   speed: bool = True, train: Dataset | None = None, inception=None) -> dict:
-    """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space)."""
+                   speed: bool = True, train: Dataset | None = None, inception=None, data: str | None = None) -> dict:
+    """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space);
+    `data`: where the reference came from (a preset or a path), for the in-domain network's training data."""
     steps = model.check_steps(steps)
     t0 = time.perf_counter()
     samples, labels = model.sample(n, steps, seed=seed, progress=True)
@@ -66,8 +70,8 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     if model.spec.kind == "vector":
         result.update(vector_metrics(samples, reference.x, reference.mixture))
     else:
-        result.update(image_scores(samples, labels, reference, train or feature_training_data(model, reference),
-                                   inception))
+        train = train or feature_training_data(model, reference, data)
+        result.update(image_scores(samples, labels, reference, train, inception))
     if speed:
         batch = min(n, 1024 if model.spec.kind == "vector" else 256)
         result["speed"] = measure_throughput(lambda b: model.sample(b, steps, seed=seed, batch_size=b), n=batch,

@@ -178,6 +178,15 @@ def test_sampling_a_teacher_shows_its_network_evaluations_and_changes_no_sample(
     assert "sampling the teacher (4 steps)" in bar and "0/21 [" in bar  # 3 batches x 7 evaluations
 
 
+def test_evaluate_times_a_many_step_sampler_once(teacher_dir):
+    """Speed is the median of 3 timed repeats after a warm-up, except for a sampler of 100 or more network
+    evaluations, which warms itself up and is timed once (a 1000-step teacher would pay minutes more)."""
+    import distmatch
+
+    few, many = (distmatch.evaluate(teacher_dir, "8gaussians", n=64, steps=s)["speed"]["repeats"] for s in (4, 60))
+    assert (few, many) == (3, 1)
+
+
 def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, teacher_dir, tmp_path):
     """--device auto takes a GPU when one is seen (here the CPU: the same samples as --device cpu); a device that
     is not there, or no device at all, is one line."""

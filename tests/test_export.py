@@ -131,6 +131,23 @@ def test_a_zero_terminal_snr_v_teachers_student_exports_and_gives_the_same_image
     assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
 
 
+def test_the_low_start_recipe_starts_an_epsilon_teachers_1_step_student_at_sigma_1_7(ddpm_folder, tmp_path):
+    """`--recipe dmd2+low-start` is dmd2 with a 1-step student of an ε teacher started at σ <= 1.7 (t = 363 on a
+    linear-β schedule); it is refused, with a line, for K-step students and for teachers that do not predict ε."""
+    student = load_model(run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET, recipe="dmd2+low-start"))
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["method"] == "dmd2" and run["config"]["student"]["start_sigma_max"] == 1.7
+    assert 1.6 < student.config["sigmas"][0] <= 1.7
+    with pytest.raises(UserError, match="defined for 1-step students on image data of ε-predicting teachers only"):
+        run_distill(ddpm_folder, tmp_path / "k2", steps=2, overrides=QUIET, recipe="dmd2+low-start")
+    v = tmp_path / "v"
+    pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
+    pipe.scheduler = diffusers.DDPMScheduler(prediction_type="v_prediction")
+    pipe.save_pretrained(v)
+    with pytest.raises(UserError, match="this teacher predicts v_prediction: use --method dmd2"):
+        run_distill(v, tmp_path / "v-s", steps=1, overrides=QUIET, recipe="dmd2+low-start")
+
+
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):
     teacher = load_model(ddpm_folder)
     assert teacher.kind == "teacher" and teacher.spec.shape == (1, 8, 8) and teacher.nfe() == 35

@@ -72,7 +72,7 @@ def _distill_epilog() -> str:
             lines.append(f"    {key} = {dv}" + (f" [{di}]" if di != dv else "") + f"  ({typ})")
     lines.append("\nrecipes (--recipe NAME: a method plus levers measured to help it; runs in bench/RESULTS.md):")
     for name, recipe in RECIPES.items():
-        lines.append(f"  {name} ({', '.join(recipe.kinds())} data): {recipe.about}; measured: {recipe.effect}")
+        lines.append(f"  {name} ({recipe.where()}): {recipe.about}; measured: {recipe.effect}")
     return "\n".join(lines)
 
 

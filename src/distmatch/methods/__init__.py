@@ -142,6 +142,10 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
     epsilon = getattr(teacher.denoiser, "prediction", None) == "epsilon"  # its x̂_0 amplifies ε̂'s error
+    if recipe is not None and get_recipe(recipe).epsilon_only and not epsilon:
+        predicts = getattr(teacher.denoiser, "prediction", None) or "x̂_0 (EDM)"
+        raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
+                        f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

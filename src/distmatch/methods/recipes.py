@@ -19,9 +19,20 @@ class Recipe:
     about: str           # what it adds to the method, one line
     settings: dict       # {kind or kind:K: {section: {key: value}}}
     effect: str = ""     # what it measured, one line
+    epsilon_only: bool = False  # its levers act on an ε-predicting teacher's student only
 
     def kinds(self) -> list[str]:
         return sorted({k.split(":")[0] for k in self.settings})
+
+    def where(self) -> str:
+        """Where it was measured, as a user reads it: 'vector data', '1-step students on image data'."""
+        steps = {k.split(":")[1] for k in self.settings if ":" in k}
+        if any(":" not in k for k in self.settings) or not steps:
+            scope = ""
+        else:
+            scope = " and ".join(f"{s}-step" if s != "K" else "K-step" for s in sorted(steps)) + " students on "
+        teachers = " of ε-predicting teachers" if self.epsilon_only else ""
+        return f"{scope}{' and '.join(self.kinds())} data{teachers}"
 
 
 # The regression on the teacher's ODE noise->sample pairs beside the DM loss (DMD's, dropped by DMD2), with the
@@ -53,6 +64,13 @@ RECIPES = {
         {"vector": {"tdm": {"huber_c": 1.0, "ode_weight": 1.0}}},
         "4-step SWD x teacher 0.81-1.12 on the five 2-D presets, 0.98 on an 8-D mixture (tdm as published: "
         "1.40-6.21, 3.41)"),
+    # An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.
+    "dmd2+low-start": Recipe(
+        "dmd2", "dmd2 with a 1-step student of an ε-predicting teacher started at σ <= 1.7 (its DM, critic and GAN "
+        "levels stop there) instead of 14.62",
+        {"image:1": {"student": {"start_sigma_max": 1.7}}},
+        "MNIST DDPM (linear β) FID x teacher 2.9x at 1000 iterations, 2.2x at 2000, two seeds each (as published: "
+        "4.3-4.6x, 3.9x); 8x8 digits DDPMs, linear and cosine β: FD DIGITS", epsilon_only=True),
 }
 
 
@@ -69,4 +87,8 @@ def recipe_settings(name: str, kind: str, steps: int) -> list[dict]:
         raise UserError(f"recipe '{name}' is defined for {' and '.join(recipe.kinds())} data only (it was measured "
                         f"there); use --method {recipe.method} for {kind} data")
     s = recipe.settings
-    return [s.get(kind, {}), s.get(f"{kind}:K", {}) if steps > 1 else {}, s.get(f"{kind}:{steps}", {})]
+    layers = [s.get(kind, {}), s.get(f"{kind}:K", {}) if steps > 1 else {}, s.get(f"{kind}:{steps}", {})]
+    if not any(layers):
+        raise UserError(f"recipe '{name}' is defined for {recipe.where()} only (it was measured there); use "
+                        f"--method {recipe.method} for a {steps}-step student")
+    return layers

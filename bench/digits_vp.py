@@ -1,0 +1,144 @@
+"""Where should a 1-step student of an ε-predicting DDPM start? The same question on small teachers of two noise schedules.
+
+On the MNIST teachers (bench/RESULTS.md) a 1-step dmd2 student that starts lower than the default
+(`student.start_sigma_max=1.7` against 14.62) scored a third better. This script asks whether that holds on other
+teachers: it trains small diffusers DDPM teachers on scikit-learn's 8x8 digits with diffusers' recipe (as
+bench/mnist_diffusers.py does for MNIST), one per `beta_schedule`, then for each start and seed runs
+
+    distmatch distill --teacher <out>/<schedule>/teacher --data digits --steps 1 --out S \
+        --set student.start_sigma_max=X train.seed=N
+    distmatch evaluate --model S --data digits --steps 1 --out S.json
+
+and scores the teacher itself with its own sampler (`--solver ancestral`, 1000 steps). Scores are Fréchet distances
+on the in-domain digits classifier (`distmatch evaluate`'s fallback when no Inception file is given).
+
+    python bench/digits_vp.py --out bench/out/digits-vp [--schedules linear squaredcos_cap_v2]
+        [--starts 14.62 1.7] [--seeds 0 1] [--teacher-iters 6000] [--threads 1]
+
+Every stage resumes (teacher from its last 1000 iterations, students and scores from their folders).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from mnist_diffusers import RECIPE  # noqa: E402  (the same diffusers recipe, smaller images)
+
+
+def make_unet():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(32, 64), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def train(out: Path, schedule: str, iters: int) -> Path:
+    """diffusers' DDPM recipe on the digits train split (values 0..16 -> [-1, 1]); a DDPMPipeline folder."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from distmatch.data.presets import digits
+
+    folder = out / "teacher"
+    if (folder / "model_index.json").exists():
+        return folder
+    out.mkdir(parents=True, exist_ok=True)
+    x0 = torch.from_numpy(digits("train").array).float().div(8).sub(1).unsqueeze(1)
+    unet, scheduler = make_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule)
+    opt = torch.optim.AdamW(unet.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
+                            weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
+    lr = get_scheduler("cosine", optimizer=opt, num_warmup_steps=RECIPE["warmup"], num_training_steps=iters)
+    ema = EMAModel(unet.parameters(), decay=RECIPE["ema_max_decay"], use_ema_warmup=True,
+                   inv_gamma=RECIPE["ema_inv_gamma"], power=RECIPE["ema_power"])
+    state, it, seconds = out / "train-state.pt", 0, 0.0
+    if state.exists():
+        s = torch.load(state, weights_only=False)
+        unet.load_state_dict(s["unet"]), opt.load_state_dict(s["opt"]), lr.load_state_dict(s["lr"])
+        ema.load_state_dict(s["ema"])
+        it, seconds = s["it"], s["seconds"]
+    t0 = time.perf_counter() - seconds
+    for it in tqdm(range(it, iters), initial=it, total=iters, desc=f"training the {schedule} teacher"):
+        g = torch.Generator().manual_seed(it)
+        batch = x0[torch.randint(len(x0), (RECIPE["batch"],), generator=g)]
+        noise = torch.randn(batch.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
+        loss = F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), RECIPE["clip"])
+        opt.step(), lr.step(), opt.zero_grad()
+        ema.step(unet.parameters())
+        if (it + 1) % 1000 == 0 or it + 1 == iters:
+            tmp = state.with_suffix(".tmp")
+            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr": lr.state_dict(),
+                        "ema": ema.state_dict(), "it": it + 1, "seconds": time.perf_counter() - t0}, tmp)
+            os.replace(tmp, state)
+    ema.copy_to(unet.parameters())
+    tmp = out / "teacher.tmp"
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(tmp)
+    (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0,
+                                                "schedule": schedule, **RECIPE}))
+    os.replace(tmp, folder)
+    return folder
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "distmatch", *args], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def score(model: Path, dest: Path, *extra: str) -> dict:
+    if not dest.exists():
+        cli("evaluate", "--model", str(model), "--data", "digits", "--out", str(dest), *extra)
+    return json.loads(dest.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--schedules", nargs="+", default=["linear", "squaredcos_cap_v2"])
+    p.add_argument("--starts", nargs="+", type=float, default=[14.62, 1.7])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--teacher-iters", type=int, default=6000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], help="more distill settings for every student")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    rows = []
+    for schedule in a.schedules:
+        base = a.out / schedule
+        teacher = train(base, schedule, a.teacher_iters)
+        for start in a.starts:
+            for seed in a.seeds:
+                run = base / f"start{start:g}-seed{seed}"
+                if not (run / "model.safetensors").exists() and not (run / "model").exists():
+                    cli("distill", "--teacher", str(teacher), "--data", "digits", "--steps", "1", "--out", str(run),
+                        "--set", f"student.start_sigma_max={start}", f"train.seed={seed}", *a.set)
+                rows.append((schedule, f"1-step dmd2, start σ <= {start:g}", seed,
+                             score(run, base / f"start{start:g}-seed{seed}.json", "--steps", "1")))
+        own = score(teacher, base / "teacher-ancestral-1000.json", "--solver", "ancestral", "--steps", "1000")
+        rows.append((schedule, "teacher, ancestral 1000", "", own))
+    print("| schedule | model | seed | FD | x teacher |\n|---|---|---|---|---|")
+    fd_of = {s: r["fd"] for s, name, _, r in rows if name.startswith("teacher")}
+    for schedule, name, seed, r in rows:
+        print(f"| {schedule} | {name} | {seed} | {r['fd']:.3f} | {r['fd'] / fd_of[schedule]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Where should a 1-step student of an ε-predicting DDPM start? The same question on small teachers of two noise schedules.
+"""Where should a 1-step student of an ε-predicting DDPM start? Asked again on small teachers of two noise schedules.
 
 On the MNIST teachers (bench/RESULTS.md) a 1-step dmd2 student that starts lower than the default
 (`student.start_sigma_max=1.7` against 14.62) scored a third better. This script asks whether that holds on other

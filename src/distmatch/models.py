@@ -5,8 +5,8 @@ Both expose one interface, so `sample`, `evaluate`, the report and the benchmark
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch

@@ -24,17 +24,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist_diffusers import RECIPE  # noqa: E402  (the same diffusers recipe, smaller images)
+from mnist_diffusers import train_recipe  # noqa: E402  (the same diffusers recipe, smaller images)
 
 
 def make_unet():
@@ -48,53 +46,13 @@ def make_unet():
 
 def train(out: Path, schedule: str, iters: int) -> Path:
     """diffusers' DDPM recipe on the digits train split (values 0..16 -> [-1, 1]); a DDPMPipeline folder."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
+    from diffusers import DDPMScheduler
 
     from distmatch.data.presets import digits
 
-    folder = out / "teacher"
-    if (folder / "model_index.json").exists():
-        return folder
-    out.mkdir(parents=True, exist_ok=True)
     x0 = torch.from_numpy(digits("train").array).float().div(8).sub(1).unsqueeze(1)
-    unet, scheduler = make_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule)
-    opt = torch.optim.AdamW(unet.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
-                            weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
-    lr = get_scheduler("cosine", optimizer=opt, num_warmup_steps=RECIPE["warmup"], num_training_steps=iters)
-    ema = EMAModel(unet.parameters(), decay=RECIPE["ema_max_decay"], use_ema_warmup=True,
-                   inv_gamma=RECIPE["ema_inv_gamma"], power=RECIPE["ema_power"])
-    state, it, seconds = out / "train-state.pt", 0, 0.0
-    if state.exists():
-        s = torch.load(state, weights_only=False)
-        unet.load_state_dict(s["unet"]), opt.load_state_dict(s["opt"]), lr.load_state_dict(s["lr"])
-        ema.load_state_dict(s["ema"])
-        it, seconds = s["it"], s["seconds"]
-    t0 = time.perf_counter() - seconds
-    for it in tqdm(range(it, iters), initial=it, total=iters, desc=f"training the {schedule} teacher"):
-        g = torch.Generator().manual_seed(it)
-        batch = x0[torch.randint(len(x0), (RECIPE["batch"],), generator=g)]
-        noise = torch.randn(batch.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
-        loss = F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), RECIPE["clip"])
-        opt.step(), lr.step(), opt.zero_grad()
-        ema.step(unet.parameters())
-        if (it + 1) % 1000 == 0 or it + 1 == iters:
-            tmp = state.with_suffix(".tmp")
-            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr": lr.state_dict(),
-                        "ema": ema.state_dict(), "it": it + 1, "seconds": time.perf_counter() - t0}, tmp)
-            os.replace(tmp, state)
-    ema.copy_to(unet.parameters())
-    tmp = out / "teacher.tmp"
-    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(tmp)
-    (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0,
-                                                "schedule": schedule, **RECIPE}))
-    os.replace(tmp, folder)
-    return folder
+    return train_recipe(out, x0, make_unet, DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule), iters,
+                        every=1000, about={"schedule": schedule})
 
 
 def cli(*args: str) -> None:

@@ -54,9 +54,21 @@ def make_unet():
 
 
 def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Path:
-    """diffusers' DDPM recipe on `images` (uint8 N x 28 x 28); returns the DDPMPipeline folder of the EMA weights.
-    The draws come from CPU generators on any device, so a run's batches do not depend on where it trains."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    """diffusers' DDPM recipe on `images` (uint8 N x 28 x 28); returns the DDPMPipeline folder of the EMA weights."""
+    from diffusers import DDPMScheduler
+
+    x0 = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
+    return train_recipe(out, x0, make_unet, DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear"), iters,
+                        device, every=500)
+
+
+def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, device: str = "cpu", every: int = 500,
+                 about: dict | None = None) -> Path:
+    """diffusers' DDPM recipe: the network `make()` trained on images `x0` in [-1, 1] under `scheduler`, resumable
+    from a state saved every `every` iterations; the DDPMPipeline folder of the EMA weights (`about`: more to
+    record in its train.json). The draws come from CPU generators on any device, so a run's batches do not
+    depend on where it trains."""
+    from diffusers import DDPMPipeline
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -64,8 +76,8 @@ def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Pat
     folder = out / "teacher"
     if (folder / "model_index.json").exists():
         return folder
-    x0 = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
-    unet, scheduler = make_unet().to(device), DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    out.mkdir(parents=True, exist_ok=True)
+    unet = make().to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
                             weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
     lr = get_scheduler("cosine", optimizer=opt, num_warmup_steps=RECIPE["warmup"], num_training_steps=iters)
@@ -90,7 +102,7 @@ def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Pat
         torch.nn.utils.clip_grad_norm_(unet.parameters(), RECIPE["clip"])
         opt.step(), lr.step(), opt.zero_grad()
         ema.step(unet.parameters())
-        if (it + 1) % 500 == 0 or it + 1 == iters:
+        if (it + 1) % every == 0 or it + 1 == iters:
             tmp = state.with_suffix(".tmp")
             torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr": lr.state_dict(),
                         "ema": ema.state_dict(), "it": it + 1, "seconds": time.perf_counter() - t0}, tmp)
@@ -98,7 +110,8 @@ def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Pat
     ema.copy_to(unet.parameters())
     tmp = out / "teacher.tmp"
     DDPMPipeline(unet=unet.eval().cpu(), scheduler=scheduler).save_pretrained(tmp)
-    (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0, **RECIPE}))
+    (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0, **RECIPE,
+                                                **(about or {})}))
     os.replace(tmp, folder)
     return folder
 

@@ -157,6 +157,15 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_run_is_not_relabelled_shorter_than_it_was_trained(tiny_teacher, tmp_path):
+    """Asking a run trained to 6 iterations for 3 would save its 6-iteration weights under the settings of 3."""
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6"]))
+    before = (tmp_path / "s" / "run.json").read_text()
+    with pytest.raises(UserError, match="trained to iteration 6, past train.iters=3"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=3"]))
+    assert (tmp_path / "s" / "run.json").read_text() == before
+
+
 def test_sigint_checkpoints_and_resume_matches(tiny_teacher, tmp_path):
     iters = 400
     cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(tiny_teacher), "--steps", "1"]

@@ -179,6 +179,9 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     method = build_method(ctx)
     data = DataStream(dataset, train_cfg.batch_size, train_cfg.seed * 1000 + rank + 17, accelerator.device)
     start = _resume(out, run_config, method, data, ctx)
+    if start > train_cfg.iters:  # its weights are past the length asked for: a run cannot be shortened
+        raise UserError(f"{out} is trained to iteration {start}, past train.iters={train_cfg.iters}; use another "
+                        f"--out, or train.iters >= {start} to go on")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / "run.json", run_config)

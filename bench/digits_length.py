@@ -43,6 +43,14 @@ def trained_to(run: Path) -> int:
     return json.loads(meta.read_text())["config"]["train"]["iters"] if meta.exists() else 0
 
 
+def fd_at(teacher: Path, run: Path, seed: int, it: int, *sets: str) -> float:
+    """FD of `run` trained to `it` iterations (trained there and scored unless its score is on disk)."""
+    dest = run.parent / f"{run.name}-it{it}.json"
+    if not dest.exists():
+        distill(teacher, run, seed, it, *sets)
+    return score(run, dest, "--steps", "1")["fd"]
+
+
 def follow(teacher: Path, run: Path, seed: int, a) -> dict[int, float]:
     """FD after each chunk of `a.every` iterations from `a.first` to `a.to`, one run resumed chunk by chunk."""
     fd = {}
@@ -50,12 +58,10 @@ def follow(teacher: Path, run: Path, seed: int, a) -> dict[int, float]:
         dest = run.parent / f"{run.name}-it{it}.json"
         if it < a.first:
             continue
-        if not dest.exists():
-            if trained_to(run) > it:  # scored only right after its chunk: the folder holds the latest weights
-                print(f"seed {seed}, {it} iterations: not scored, the run is past it", flush=True)
-                continue
-            distill(teacher, run, seed, it)
-        fd[it] = score(run, dest, "--steps", "1")["fd"]
+        if not dest.exists() and trained_to(run) > it:  # scored right after its chunk, or never
+            print(f"seed {seed}, {it} iterations: not scored, the run is past it", flush=True)
+            continue
+        fd[it] = fd_at(teacher, run, seed, it)
         print(f"seed {seed}, {it} iterations: FD {fd[it]:.3f}", flush=True)
     return fd
 
@@ -102,11 +108,7 @@ def main() -> None:
     for name, *sets in a.variant:
         variants[name] = {}
         for seed in a.seeds:
-            run = base / f"length-{name}-seed{seed}"
-            dest = run.parent / f"{run.name}-it{a.variant_iters}.json"
-            if not dest.exists():
-                distill(teacher, run, seed, a.variant_iters, *sets)
-            variants[name][seed] = score(run, dest, "--steps", "1")["fd"]
+            variants[name][seed] = fd_at(teacher, base / f"length-{name}-seed{seed}", seed, a.variant_iters, *sets)
     print(f"\nteacher (ancestral 1000): FD {teacher_fd:.3f}")
     print("| seed | " + " | ".join(str(i) for i in curves[a.seeds[0]]) + " | mean |")
     print("|---" * (len(curves[a.seeds[0]]) + 2) + "|")

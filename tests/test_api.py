@@ -81,6 +81,19 @@ def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
     distmatch.distill(teacher, tmp_path / "s3", settings={"train.iters": 2, "dmd2.gan": False}, progress=False)
 
 
+def test_a_refused_call_leaves_the_folder_free_for_the_corrected_one(tmp_path):
+    """Data of the wrong shape are refused after the run folder saved them: the corrected call must run there,
+    not be told that the folder holds a run on other data."""
+    teacher = distmatch.wrap_teacher(Shrink(), sample_shape=(2,), features="mid")
+    rng = np.random.default_rng(0)
+    quick = {"train.iters": 2, "train.batch_size": 16}
+    with pytest.raises(UserError, match="shape"):
+        distmatch.distill(teacher, tmp_path / "s", data=rng.normal(size=(64, 3)), settings=quick, progress=False)
+    distmatch.distill(teacher, tmp_path / "s", data=rng.normal(size=(64, 2)), settings=quick, progress=False)
+    with pytest.raises(UserError, match="other data"):  # once it has run, the folder keeps its data
+        distmatch.distill(teacher, tmp_path / "s", data=rng.normal(size=(64, 2)), settings=quick, progress=False)
+
+
 def test_evaluate_gives_the_commands_json(tmp_path):
     import json
     import subprocess

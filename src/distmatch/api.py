@@ -94,7 +94,9 @@ def _source(data, labels, out: Path) -> str | None:
         arrays["labels"] = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
     np.savez(buf, **arrays)
     path = out / DATA_FILE
-    if path.exists():
+    # a call refused before its first checkpoint leaves its data behind: that file holds no run yet
+    started = any((out / name).exists() for name in (ckpt.CHECKPOINT, ckpt.MODEL))
+    if path.exists() and started:
         kept = load_data(str(path))
         if kept.spec.fingerprint != dataset.spec.fingerprint:
             raise UserError(f"{out} already holds a run on other data ({path}); use another folder")

@@ -71,6 +71,9 @@ def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
                                 settings={"train.iters": 4, "train.batch_size": 16}, progress=False)
     x = student.sample(8)
     assert x.shape == (8, 2) and np.isfinite(x).all()
+    for n in (2.5, 0, "8"):
+        with pytest.raises(UserError, match="whole number"):
+            student.sample(n)
     with pytest.raises(UserError, match="network defined in Python.*Shrink"):
         distmatch.load(tmp_path / "s")
     again = distmatch.load(tmp_path / "s", network=Shrink())

@@ -56,8 +56,8 @@ class Model:
     def sample(self, n: int, steps: int | None = None, cls=None, seed: int = 0, return_labels: bool = False):
         """n samples as a numpy array like the training data; `cls`: a class label as it was in the data (default:
         classes drawn as in the data); with `return_labels`, also each sample's label."""
-        if n < 1:
-            raise UserError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise UserError(f"n must be a whole number >= 1, got {n!r}")
         cond = self.loaded.class_index(cls) if cls is not None else None
         x, labels = self.loaded.sample(n, steps, cond, seed=seed)
         out = self.spec.to_user(x)

@@ -152,9 +152,13 @@ def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, t
 def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
     before = weights(tmp_path / "s")
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*") if p.is_file()}
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
     after = weights(tmp_path / "s")
     assert all(torch.equal(before[k], after[k]) for k in before)
+    now = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert now.keys() == files.keys()  # no second TensorBoard file, no new log
+    assert all(now[p] == files[p] for p in files if p.name in ("run.json", "log.jsonl"))
 
 
 def test_a_run_is_not_relabelled_shorter_than_it_was_trained(tiny_teacher, tmp_path):

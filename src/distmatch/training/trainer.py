@@ -182,6 +182,8 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     if start > train_cfg.iters:  # its weights are past the length asked for: a run cannot be shortened
         raise UserError(f"{out} is trained to iteration {start}, past train.iters={train_cfg.iters}; use another "
                         f"--out, or train.iters >= {start} to go on")
+    if start == train_cfg.iters > 0:  # finished: its settings, log and TensorBoard files stay as they are
+        return method
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / "run.json", run_config)

@@ -178,6 +178,21 @@ def test_grayscale_folder_is_one_channel(tmp_path):
     assert data.x.shape == (3, 1, 5, 5) and data.labels is None
 
 
+def test_what_reading_a_folder_loses_is_said(tmp_path, capsys):
+    """Alpha channels are dropped and 16-bit grayscale is rescaled to 8 bits: each said once, with a count."""
+    Image.new("RGBA", (5, 5), (200, 10, 20, 128)).save(tmp_path / "a.png")
+    Image.new("RGBA", (5, 5), (100, 10, 20, 255)).save(tmp_path / "b.png")
+    _write_png(tmp_path / "c.png", (5, 5), "RGB", 60)
+    data = load_data(str(tmp_path))
+    assert data.x.shape == (3, 3, 5, 5)
+    assert "2 image(s) with an alpha channel, dropped" in capsys.readouterr().err
+    (tmp_path / "deep").mkdir()
+    Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(tmp_path / "deep" / "d.png")
+    deep = load_data(str(tmp_path / "deep"))
+    assert deep.spec.to_user(deep.x).max() == 255
+    assert "1 image(s) 16-bit, rescaled to 8" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- bad input: one-line UserErrors
 
 @pytest.mark.parametrize("array,match", [

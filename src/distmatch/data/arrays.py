@@ -12,6 +12,7 @@ import gzip
 import re
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,8 +187,8 @@ def _labelled_files(folder: Path) -> list[tuple[Path, str | None]]:
     return [(f, None) for f in top]
 
 
-def _open_image(path: Path) -> np.ndarray:
-    """(H, W) uint8 for grayscale images, (H, W, 3) uint8 otherwise."""
+def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """(H, W) uint8 for grayscale images, (H, W, 3) uint8 otherwise, and what was lost on the way, if anything."""
     from PIL import Image
 
     try:
@@ -195,10 +196,11 @@ def _open_image(path: Path) -> np.ndarray:
             img.load()
             if img.mode.startswith("I"):  # 16/32-bit grayscale: rescale the 16-bit range to 8 bits
                 wide = np.asarray(img).astype(np.float64)
-                return np.rint(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8)
+                return np.rint(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8), "16-bit, rescaled to 8"
             if img.mode in GRAYSCALE_MODES:
-                return np.asarray(img.convert("L"), dtype=np.uint8)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+                return np.asarray(img.convert("L"), dtype=np.uint8), None
+            alpha = "with an alpha channel, dropped" if "A" in img.getbands() or "transparency" in img.info else None
+            return np.asarray(img.convert("RGB"), dtype=np.uint8), alpha
     except Exception as e:  # PIL raises many kinds for damaged files
         raise UserError(f"cannot read image {path}: {_short(e)}") from None
 
@@ -206,14 +208,18 @@ def _open_image(path: Path) -> np.ndarray:
 def read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, H, W, C) uint8 images and the folder-name labels (None without class sub-folders)."""
     files = _labelled_files(folder)
-    pixels = []
+    pixels, lost = [], Counter()
     for path, _ in files:
-        img = _open_image(path)
+        img, loss = _open_image(path)
+        if loss:
+            lost[loss] += 1
         if pixels and img.shape[:2] != pixels[0].shape[:2]:
             first = files[0][0]
             raise UserError(f"{folder}: images differ in size: {first.name} is {_size(pixels[0])}, "
                             f"{path.relative_to(folder)} is {_size(img)}; resize them to one size")
         pixels.append(img)
+    for loss, count in lost.items():
+        print(f"warning: {folder}: {count} image(s) {loss}", file=sys.stderr)
     grayscale = sum(p.ndim == 2 for p in pixels)
     if 0 < grayscale < len(pixels):
         print(f"warning: {folder}: converted {grayscale} grayscale image(s) to RGB to match the "

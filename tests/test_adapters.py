@@ -327,6 +327,20 @@ def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_l
         wrap_teacher(tiny_unet(), (2, 8, 8), prediction="epsilon")
 
 
+def test_a_network_that_is_not_finite_at_its_lowest_level_is_refused_at_load(tmp_path):
+    """A UNet with a Fourier time embedding takes log(t): with a DDPM scheduler it is NaN at t = 0, where every
+    sampler of the teacher ends. Loading says so, rather than sampling NaN images with exit status 0."""
+    from distmatch.models import load_model
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                 layers_per_block=1, norm_num_groups=4, time_embedding_type="fourier")
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "t")
+    with pytest.raises(UserError, match=r"non-finite values at σ = 0.01, the lowest of the levels"):
+        load_model(tmp_path / "t")
+
+
 def test_vp_adapter_refuses_what_it_cannot_read():
     alphas = diffusers.DDPMScheduler().alphas_cumprod
     with pytest.raises(UserError, match="predicts one of epsilon, v_prediction, sample"):

@@ -82,6 +82,12 @@ def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
     with pytest.raises(UserError, match="give the data"):
         distmatch.distill(teacher, tmp_path / "s2", settings={"train.iters": 2}, progress=False)
     distmatch.distill(teacher, tmp_path / "s3", settings={"train.iters": 2, "dmd2.gan": False}, progress=False)
+    net = Shrink()
+    broken = distmatch.wrap_teacher(net, sample_shape=(2,), features="mid")
+    with torch.no_grad():
+        net.a[0] = float("nan")  # after the load-time check: NaN samples are refused, not handed back
+    with pytest.raises(UserError, match="teacher produced 5 non-finite samples out of 5: its network returns NaN"):
+        broken.sample(5)
 
 
 def test_a_refused_call_leaves_the_folder_free_for_the_corrected_one(tmp_path):

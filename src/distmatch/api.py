@@ -60,6 +60,7 @@ class Model:
             raise UserError(f"n must be a whole number >= 1, got {n!r}")
         cond = self.loaded.class_index(cls) if cls is not None else None
         x, labels = self.loaded.sample(n, steps, cond, seed=seed)
+        self.loaded.check_finite(x)
         out = self.spec.to_user(x)
         if not return_labels:
             return out

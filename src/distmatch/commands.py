@@ -57,6 +57,7 @@ def sample(args) -> int:
         model = model.with_solver(args.solver)
     cond = model.class_index(args.cls) if args.cls is not None else None
     x, labels = model.sample(args.n, args.steps, cond, seed=args.seed, progress=True)
+    model.check_finite(x)
     arrays = {"samples": model.spec.to_user(x)}
     if labels is not None:
         arrays["labels"] = np.asarray([model.spec.class_names[i] for i in labels.tolist()])

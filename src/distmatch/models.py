@@ -133,6 +133,14 @@ class LoadedModel:
         bar.close()
         return torch.cat(out), cond
 
+    def check_finite(self, x: torch.Tensor) -> torch.Tensor:
+        """x, or one line saying how many samples are NaN or infinite and whose they are."""
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            why = "its network returns NaN or inf along the sampler" if self.kind == "teacher" else "it has diverged"
+            raise UserError(f"the {self.kind} produced {bad} non-finite samples out of {len(x)}: {why}")
+        return x
+
     def _sample_batch(self, z, steps, cond, g, bar=None):
         schedule = self.schedule
         if self.kind == "teacher":

@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..data import Dataset, load_data
 from ..errors import UserError
 from .features import default_cache_dir, extract, get_feature_net
@@ -60,9 +58,7 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     t0 = time.perf_counter()
     samples, labels = model.sample(n, steps, seed=seed, progress=True)
     seconds = time.perf_counter() - t0
-    if not torch.isfinite(samples).all():
-        bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
-        raise UserError(f"the model produced {bad} non-finite samples out of {n}; it has diverged")
+    model.check_finite(samples)
     result = {"kind": model.kind, "method": model.config.get("method"), "steps": steps, "nfe": model.nfe(steps),
               "n": n, "n_reference": len(reference.x), "sampling_seconds": round(seconds, 4)}
     if model.kind == "teacher":

@@ -90,6 +90,19 @@ class TeacherAdapter(nn.Module):
         if f is not None:
             self.feature_dim = int(f.shape[1])
             self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
+        self._check_finite_at_the_ends(x, cond)
+
+    def _check_finite_at_the_ends(self, x, cond) -> None:
+        """Samplers run a teacher down to its lowest training level and start at its highest: a network that is
+        not finite there (a log(t) time embedding fed t = 0) is refused now, not met as NaN samples later."""
+        ends = self.schedule()
+        sigma = torch.tensor([ends.sigma_min, ends.sigma_max], device=x.device)
+        with torch.no_grad():
+            x0 = self(x.expand(2, *x.shape[1:]), sigma, None if cond is None else cond.expand(2))
+        for i, end in enumerate(("lowest", "highest")):
+            if not torch.isfinite(x0[i]).all():
+                raise UserError(f"the network returns non-finite values at σ = {sigma[i].item():.4g}, the {end} "
+                                "of the levels it was trained on, where distmatch's samplers call it")
 
     def _bottleneck(self, call, shape) -> str | None:
         """The sub-module a GAN head reads when the user names none. An image network: of the modules whose output

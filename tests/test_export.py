@@ -310,6 +310,25 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
     assert np.abs(given - drawn).max() > 1e-3  # the labels reach the network
 
 
+def test_a_foreign_teachers_classes_are_the_numbers_its_data_are_labelled_with(tmp_path):
+    """Data holding classes 1 and 2 of a 3-class teacher train on its classes 1 and 2 (not renumbered 0 and 1);
+    labels the teacher does not have are refused in one line."""
+    from distmatch.methods import distill_data
+
+    teacher, _ = class_folder(tmp_path, "unet")
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "some.npz", images=images, labels=np.array([1, 2] * 4))
+    data = distill_data(load_model(teacher), str(tmp_path / "some.npz"), True, "dmd2")
+    assert data.labels.tolist() == [1, 2] * 4 and data.spec.class_names == [0, 1, 2]
+    student = run_distill(teacher, tmp_path / "s", data_source=str(tmp_path / "some.npz"), overrides=QUIET)
+    x, labels = load_model(student).sample(6, cond=2)
+    assert labels.tolist() == [2] * 6
+    for labels, bad in (([0, 3] * 4, "3"), (["a", "b"] * 4, "'a'")):
+        np.savez(tmp_path / "bad.npz", images=images, labels=np.array(labels))
+        with pytest.raises(UserError, match=f"labels {bad}.*teacher's classes are the numbers 0..2"):
+            distill_data(load_model(teacher), str(tmp_path / "bad.npz"), True, "dmd2")
+
+
 def test_msd_on_a_diffusers_teacher_with_three_classes_and_its_export_refusal(tmp_path):
     """msd's default (four students, or one per class when there are fewer) runs on a 3-class diffusers teacher;
     its class router has no stock pipeline, which export says in one line."""

@@ -10,6 +10,8 @@ import importlib
 from dataclasses import field
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint as ckpt
 from .. import config as config_mod
 from ..data import Dataset, load_data
@@ -117,6 +119,8 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
         if tuple(data.spec.shape) != tuple(teacher.spec.shape):
             raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape} (channels, height, "
                             f"width {tuple(data.spec.shape)}) but the teacher makes {tuple(teacher.spec.shape)}")
+        if teacher.num_classes and data.labels is not None:
+            data = as_teachers_classes(data, teacher.num_classes, source)
     else:
         data = load_data(source, spec=teacher.spec)
     if teacher.num_classes and data.labels is None:
@@ -124,6 +128,18 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not teacher.num_classes:
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
+
+
+def as_teachers_classes(data: Dataset, classes: int, source: str) -> Dataset:
+    """A foreign class-conditional teacher numbers its classes 0..C-1: the data's labels are those numbers (a
+    data set holding classes 1 and 2 only must not become classes 0 and 1)."""
+    names = data.spec.class_names
+    number = [int(n) if str(n).strip().lstrip("-").isdigit() else None for n in names]
+    if bad := [n for n, i in zip(names, number) if i is None or not 0 <= i < classes]:
+        raise UserError(f"data '{source}' carry labels {', '.join(map(repr, bad[:3]))}, but the teacher's classes "
+                        f"are the numbers 0..{classes - 1}")
+    labels = torch.tensor(number)[data.labels]
+    return Dataset(data.x, labels, dataclasses.replace(data.spec, class_names=list(range(classes))), data.mixture)
 
 
 def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str | None = None,

@@ -250,3 +250,15 @@ def test_python_dash_m_is_the_command():
     r = subprocess.run([sys.executable, "-m", "distmatch", "export", "--model", "/nonexistent", "--out", "x"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.startswith("distmatch: error:") and "/nonexistent" in r.stderr
+
+
+def test_an_output_path_through_a_file_is_one_line(capsys, tmp_path, teacher_dir):
+    """--out naming a file (a run folder) or inside one (an output file) is the user's path, not a traceback;
+    sample and evaluate say so before they sample."""
+    (tmp_path / "afile").write_text("")
+    assert_user_error(capsys, ["teacher", "--data", "8gaussians", "--out", str(tmp_path / "afile"), *TINY],
+                      "afile", "exists")
+    for argv in (["sample", "--model", str(teacher_dir), "--n", "4", "--out", str(tmp_path / "afile" / "x.npy")],
+                 ["evaluate", "--model", str(teacher_dir), "--data", "8gaussians",
+                  "--out", str(tmp_path / "afile" / "e.json")]):
+        assert_user_error(capsys, argv, "afile is a file, not a folder")

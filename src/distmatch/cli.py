@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         if _main_process():  # every process of `accelerate launch` reads the same input: one line, not one each
             print(f"distmatch: error: {e}", file=sys.stderr)
         code = UserError.exit_code
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # a path given that the file system refuses (--out naming a file, a folder without write access)
+        if _main_process():
+            print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}", file=sys.stderr)
+        code = UserError.exit_code
     except Interrupted as e:
         print(f"distmatch: {e}", file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -46,12 +46,19 @@ def _write_npy(path: Path, arrays: dict[str, np.ndarray]) -> None:
     ckpt.atomic_write_bytes(path, buf.getvalue())
 
 
+def check_folder_of(out: Path) -> None:
+    """Before the work: an output file's folder must not be a file."""
+    if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise UserError(f"cannot write {out}: {file} is a file, not a folder")
+
+
 def sample(args) -> int:
     from .models import load_model, resolve_device
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"--out must end in .npy or .npz, got {args.out}")
+    check_folder_of(out)
     model = load_model(args.model, device=resolve_device(args.device))
     if args.solver is not None:
         model = model.with_solver(args.solver)
@@ -72,6 +79,7 @@ def evaluate(args) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
+    check_folder_of(out)
     result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed,
                             inception=args.inception, solver=args.solver, device=args.device)
     ckpt.atomic_write_json(out, result)

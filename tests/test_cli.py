@@ -262,3 +262,18 @@ def test_an_output_path_through_a_file_is_one_line(capsys, tmp_path, teacher_dir
                  ["evaluate", "--model", str(teacher_dir), "--data", "8gaussians",
                   "--out", str(tmp_path / "afile" / "e.json")]):
         assert_user_error(capsys, argv, "afile is a file, not a folder")
+
+
+def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size():
+    """conditional=yes is the documented value (YAML 1.1 made it a boolean and refused it); a boolean setting
+    still takes yes/no; a zero among network.channels is refused naming that key, not met inside a conv."""
+    from distmatch.config import resolve
+    from distmatch.errors import UserError
+    from distmatch.teachers.train import TeacherConfig
+
+    cfg = resolve(TeacherConfig, overrides=["conditional=yes", "train.preview=no", "train.progress=true"])
+    assert cfg.conditional == "yes" and cfg.train.preview is False and cfg.train.progress is True
+    for bad, key in (("network.channels=[8,0]", "network.channels"), ("network.width=0", "network.width"),
+                     ("network.depth=-1", "network.depth")):
+        with pytest.raises(UserError, match=f"'{key}' must be"):
+            resolve(TeacherConfig, overrides=[bad]).network.validate()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,24 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+
+WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false. yes, no, on and off stay words, so a string setting takes
+    them (conditional=yes); a boolean setting still reads them as true or false."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
 
 
 def _type_name(tp) -> str:
@@ -49,6 +68,8 @@ def _coerce(value: Any, tp, key: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in WORDS:
+            return WORDS[value.lower()]
         raise UserError(f"config key '{key}' expects true or false, got {value!r}")
     if tp in (int, float) and isinstance(value, str):
         value = _number(value)  # YAML 1.1 reads '1e-4' as a string
@@ -111,7 +132,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set has an empty key in {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -134,7 +155,7 @@ def load_file(path: str | None) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid YAML/JSON: {str(e).splitlines()[0]}")
     if not isinstance(data, dict):

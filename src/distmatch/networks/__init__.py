@@ -25,8 +25,11 @@ class NetworkConfig:
     def validate(self):
         if self.kind not in ("auto", "mlp", "unet"):
             raise UserError(f"config key 'network.kind' must be auto, mlp or unet, got {self.kind!r}")
-        if self.width < 1 or self.depth < 0 or self.blocks < 1 or not self.channels:
-            raise UserError("network sizes must be positive (network.width, network.depth, network.blocks, network.channels)")
+        for key, bad in (("width", self.width < 1), ("depth", self.depth < 0), ("blocks", self.blocks < 1),
+                         ("channels", not self.channels or min(self.channels) < 1)):
+            if bad:
+                raise UserError(f"config key 'network.{key}' must be {'>= 0' if key == 'depth' else 'positive'}"
+                                f"{' (a list of them)' if key == 'channels' else ''}, got {getattr(self, key)}")
 
 
 def resolve_kind(kind: str, shape) -> str:

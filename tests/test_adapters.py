@@ -359,6 +359,18 @@ def test_vp_student_levels_are_the_pinned_timesteps_and_start_from_the_pipelines
     assert schedule.student_levels(1, 7.0, 0.35) == pytest.approx([float(sigma[999])])
     s0 = float(sigma[999])
     assert schedule.input_scale(s0) == pytest.approx(math.sqrt(1 + s0 ** 2))  # x_vp = z, as a pipeline starts
+    few = VPAdapter(torch.nn.Identity(), alphas[::20]).schedule()  # a 50-timestep teacher
+    assert len(set(few.student_levels(50, 7.0, 0.35))) == 50
+    with pytest.raises(UserError, match="51-step student needs 51 of its teacher's training timesteps"):
+        few.student_levels(51, 7.0, 0.35)  # not 51 copies of its top level
+
+
+def test_a_ve_students_levels_must_fall():
+    from distmatch.schedules import student_sigmas
+
+    assert student_sigmas(3, 80.0, 1.0, 0.25) == pytest.approx([80.0, 0.5, 0.25])
+    with pytest.raises(UserError, match="fall from student.sigma_top to student.sigma_last > 0, got 0.1 and 1"):
+        student_sigmas(4, 80.0, 0.1, 1.0)
 
 
 def test_an_epsilon_teachers_student_starts_no_higher_than_stable_diffusions_top_level():

@@ -63,6 +63,9 @@ def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_top: float = 
         raise ValueError("steps must be >= 1")
     if steps == 1:
         return [float(sigma_max)]
+    if not sigma_top > sigma_last > 0:
+        raise UserError(f"a student's levels fall from student.sigma_top to student.sigma_last > 0, got "
+                        f"{sigma_top} and {sigma_last}")
     ratio = (sigma_last / sigma_top) ** (1 / (steps - 1))
     return [float(sigma_max)] + [float(sigma_top * ratio ** k) for k in range(1, steps)]
 
@@ -150,6 +153,9 @@ class NoiseSchedule:
         if self.kind == "ve":
             return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
         if self.kind == "vp":
+            if steps > len(self.grid):
+                raise UserError(f"a {steps}-step student needs {steps} of its teacher's training timesteps; it was "
+                                f"trained on {len(self.grid)}")
             T = max(steps, int((self.grid <= start_max).sum())) if start_max else len(self.grid)
             c = T // steps
             return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]

@@ -66,11 +66,11 @@ class Shrink(torch.nn.Module):
 def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
     teacher = distmatch.wrap_teacher(Shrink(), sample_shape=(2,), features="mid")
     assert teacher.nfe() == 79 and teacher.sample(5).shape == (5, 2)
-    data = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+    data = np.random.default_rng(0).normal(size=(256, 2))
     student = distmatch.distill(teacher, tmp_path / "s", data=data,
                                 settings={"train.iters": 4, "train.batch_size": 16}, progress=False)
     x = student.sample(8)
-    assert x.shape == (8, 2) and np.isfinite(x).all()
+    assert x.shape == (8, 2) and x.dtype == np.float64 and np.isfinite(x).all()  # as the data
     for n in (2.5, 0, "8"):
         with pytest.raises(UserError, match="whole number"):
             student.sample(n)

@@ -123,6 +123,8 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
             data = as_teachers_classes(data, teacher.num_classes, source)
     else:
         data = load_data(source, spec=teacher.spec)
+        if not teacher.spec.source:  # a vector teacher built in Python: samples come back in the data's dtype
+            data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, dtype=load_data(source).spec.dtype))
     if teacher.num_classes and data.labels is None:
         raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
     if not teacher.num_classes:

@@ -170,6 +170,8 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
     np.save(bad, np.zeros((16, 10, 10), dtype=np.uint8) + np.arange(10, dtype=np.uint8))
     with pytest.raises(UserError, match="shape .* but the teacher makes"):
         run_distill(ddpm_folder, tmp_path / "s2", overrides=QUIET[:3], data_source=str(bad))
+    with pytest.raises(UserError, match="'moons' are vectors of dimension 2, but the teacher makes images"):
+        run_distill(ddpm_folder, tmp_path / "s2", overrides=QUIET[:3], data_source="moons")
 
 
 def test_a_teacher_folder_is_scored_on_data_in_their_own_range_and_on_its_students_network(ddpm_folder, tmp_path):

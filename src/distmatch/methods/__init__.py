@@ -116,6 +116,9 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not teacher.spec.source and teacher.spec.kind == "image":
         # a teacher built in Python works on [-1, 1] images: the data keep their own value range, mapped there
         data = load_data(source)
+        if data.spec.kind != "image":
+            raise UserError(f"data '{source}' are vectors of dimension {data.spec.shape[0]}, but the teacher makes "
+                            f"images of shape {tuple(teacher.spec.shape)} (channels, height, width)")
         if tuple(data.spec.shape) != tuple(teacher.spec.shape):
             raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape} (channels, height, "
                             f"width {tuple(data.spec.shape)}) but the teacher makes {tuple(teacher.spec.shape)}")

@@ -78,6 +78,15 @@ def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
         distmatch.load(tmp_path / "s")
     again = distmatch.load(tmp_path / "s", network=Shrink())
     assert np.allclose(again.sample(8), x)
+    wider = Shrink()
+    wider.mid = torch.nn.Linear(2, 6)
+    with pytest.raises(UserError, match=r"weights do not fit the network given \(Shrink\): .*mid.weight"):
+        distmatch.load(tmp_path / "s", network=wider)
+    with pytest.raises(UserError, match="wrap your Shrink first"):
+        distmatch.distill(Shrink(), tmp_path / "s4", data=data)
+    for bad, match in (({"value_range": (1, 0)}, "low < high"), ({"sample_steps": -3}, "sample_steps must be")):
+        with pytest.raises(UserError, match=match):
+            distmatch.wrap_teacher(Shrink(), sample_shape=(2,), **bad)
     # without data, dmd2 (GAN on real data) says what it needs; without its GAN it runs data-free
     with pytest.raises(UserError, match="give the data"):
         distmatch.distill(teacher, tmp_path / "s2", settings={"train.iters": 2}, progress=False)
@@ -117,6 +126,8 @@ def test_evaluate_gives_the_commands_json(tmp_path):
     assert set(ours) == set(theirs)
     assert ours["swd"] == pytest.approx(theirs["swd"]) and ours["split"] == "test" and ours["nfe"] == 3  # Heun: 2 steps, 3 NFE
     assert ours["solver"] == theirs["solver"] == "heun"
+    with pytest.raises(UserError, match="Inception network scores images; this model makes vectors"):
+        distmatch.evaluate(teacher, "moons", n=200, steps=2, inception=tmp_path / "e.json")
     anc = distmatch.evaluate(teacher, "moons", n=200, steps=2, solver="ancestral")
     assert anc["solver"] == "ancestral" and anc["nfe"] == 2
 

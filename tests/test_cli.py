@@ -277,3 +277,6 @@ def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size():
                      ("network.depth=-1", "network.depth")):
         with pytest.raises(UserError, match=f"'{key}' must be"):
             resolve(TeacherConfig, overrides=[bad]).network.validate()
+    for bad, key in (("label_dropout=2", "label_dropout"), ("sigma_data=-1", "sigma_data")):
+        with pytest.raises(UserError, match=f"'{key}' must be .*, got"):
+            resolve(TeacherConfig, overrides=[bad]).validate()

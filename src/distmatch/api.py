@@ -126,6 +126,9 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     from .methods import run_distill
 
     out = Path(out)
+    if isinstance(teacher, torch.nn.Module):
+        raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder; wrap "
+                        f"your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)")
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher
     source = _source(data, labels, out)
     run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)
@@ -160,6 +163,8 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     model = model if isinstance(model, Model) else load(model, device=device)
     if solver is not None:
         model = Model(model.loaded.with_solver(solver))
+    if inception is not None and model.spec.kind == "vector":
+        raise UserError("an Inception network scores images; this model makes vectors (drop --inception)")
     if isinstance(data, (str, Path)):
         split = "test" if is_preset(str(data)) else "train"
         reference, name = load_data(str(data), split=split, spec=model.spec), str(data)
@@ -207,6 +212,10 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
         raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if clip_sample is not None and not float(clip_sample) > 0:
         raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
+    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
+        raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
+    if sample_steps is not None and sample_steps < 1:
+        raise UserError(f"sample_steps must be >= 1 (or None: the default), got {sample_steps}")
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):

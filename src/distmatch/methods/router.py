@@ -60,18 +60,25 @@ def _strip(weights: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
+def _with_weights(gen: nn.Module, weights: dict, network: nn.Module | None) -> nn.Module:
+    try:
+        gen.load_state_dict(weights)
+    except RuntimeError as e:
+        given = f"the network given ({type(network).__name__})" if network is not None else "its network"
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
+        raise UserError(f"the student's weights do not fit {given}: {detail}") from None
+    return gen.requires_grad_(False)
+
+
 def build_student_generator(cfg: dict, shape, weights: dict[str, torch.Tensor],
                             network: nn.Module | None = None) -> nn.Module:
     """The trained generator of a student's config and weights; `network`: an instance of the user's own network
     class, for students of a teacher given as a Python module (its class cannot be rebuilt from the config)."""
     k, sd = int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
     if "router" not in cfg:
-        gen = build_network(cfg["network"], shape, k, sd, network)
-        gen.load_state_dict(_strip(weights, "gen."))
-        return gen.requires_grad_(False)
+        return _with_weights(build_network(cfg["network"], shape, k, sd, network), _strip(weights, "gen."), network)
     students = []
     for i, net_cfg in enumerate(cfg["router"]["networks"]):
         gen = build_network(net_cfg, shape, k, sd, network)
-        gen.load_state_dict(_strip(weights, f"students.{i}."))
-        students.append(gen.requires_grad_(False))
+        students.append(_with_weights(gen, _strip(weights, f"students.{i}."), network))
     return ClassRouter(students, cfg["router"]["owner"])

@@ -39,8 +39,11 @@ class TeacherConfig:
             raise UserError(f"config key 'solver' must be heun or euler, got {self.solver!r}")
         if self.exact not in ("auto", "no"):
             raise UserError(f"config key 'exact' must be auto or no, got {self.exact!r}")
-        if self.sample_steps < 0 or not 0 <= self.label_dropout < 1 or self.sigma_data <= 0:
-            raise UserError("sample_steps must be >= 0, label_dropout in [0, 1), sigma_data > 0")
+        for key, bad, rule in (("sample_steps", self.sample_steps < 0, ">= 0"),
+                               ("label_dropout", not 0 <= self.label_dropout < 1, "in [0, 1)"),
+                               ("sigma_data", self.sigma_data <= 0, "> 0")):
+            if bad:
+                raise UserError(f"config key '{key}' must be {rule}, got {getattr(self, key)}")
 
 
 # Defaults that depend on the kind of data (applied before the config file and --set overrides).

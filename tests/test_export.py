@@ -174,6 +174,23 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
         run_distill(ddpm_folder, tmp_path / "s2", overrides=QUIET[:3], data_source="moons")
 
 
+@pytest.mark.parametrize("file,text,match", [
+    ("model_index.json", '{"unet": ["diffusers",', "model_index.json cannot be read as JSON"),
+    ("model_index.json", "[1, 2]", "must hold a JSON object, not a list"),
+    ("scheduler/scheduler_config.json", "{not json", "scheduler/scheduler_config.json cannot be read as JSON"),
+    ("unet/config.json", '{"sample_size": 8}', "unet/config.json names no class")])
+def test_a_folder_with_a_broken_config_file_is_refused_in_one_line(ddpm_folder, tmp_path, file, text, match):
+    import shutil
+
+    folder = tmp_path / "t"
+    shutil.copytree(ddpm_folder, folder)
+    if file != "model_index.json":  # the sub-folders alone: their own config files name the classes
+        (folder / "model_index.json").unlink()
+    (folder / file).write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_model(folder)
+
+
 def test_a_teacher_folder_is_scored_on_data_in_their_own_range_and_on_its_students_network(ddpm_folder, tmp_path):
     """A diffusers teacher knows no data: scored against data in another value range (digits, 0..16) it sees them
     mapped to its [-1, 1] exactly as its students were trained on them, and the in-domain classifier is trained on

@@ -32,10 +32,21 @@ def is_diffusers_folder(path: str | Path) -> bool:
         any((path / m).is_dir() for m in MODEL_FOLDERS) and (path / "scheduler").is_dir())
 
 
+def read_json(path: Path, file: Path) -> dict:
+    """A config file of the folder `path` as a dict, or one line saying what is wrong with it."""
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: {file.relative_to(path)} cannot be read as JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {file.relative_to(path)} must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
 def components(path: Path) -> set[str]:
     """The folder's component names: model_index.json's entries, or its sub-folders."""
     index = path / "model_index.json"
-    return set(json.loads(index.read_text())) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
+    return set(read_json(path, index)) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
 
 
 def check_readable(names: set[str], path: Path) -> None:
@@ -56,14 +67,18 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
     folder = path / name
     index = path / "model_index.json"
     if index.is_file():
-        entry = json.loads(index.read_text()).get(name)
+        entry = read_json(path, index).get(name)
         if not entry:
             raise UserError(f"{path}: model_index.json has no '{name}' component")
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+            raise UserError(f"{path}: model_index.json's '{name}' entry must be [library, class name], got {entry}")
         return folder, entry[1]
     cfg = folder / ("scheduler_config.json" if name == "scheduler" else "config.json")
     if not cfg.is_file():
         raise UserError(f"{path}: no {cfg.relative_to(path)}")
-    return folder, json.loads(cfg.read_text()).get("_class_name", "")
+    if not isinstance(cls := read_json(path, cfg).get("_class_name"), str) or not cls:
+        raise UserError(f"{path}: {cfg.relative_to(path)} names no class (_class_name)")
+    return folder, cls
 
 
 def gan_features(net) -> str:

@@ -414,6 +414,22 @@ def test_flow_adapter_gives_x_s_minus_s_v_and_its_students_levels_are_the_schedu
         assert torch.allclose(s.float(), sched.sigmas[:-1], atol=1e-6), (k, s, sched.sigmas)
 
 
+def test_a_flow_folder_feeds_its_network_the_schedulers_timesteps(tmp_path):
+    """diffusers runs a flow network at t = s · num_train_timesteps (not 1000 s when that is 50), as does the
+    folder's teacher."""
+    from distmatch.models import load_model
+
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=50, shift=2.0)
+    tiny_unet().save_pretrained(tmp_path / "t" / "unet")
+    sched.save_pretrained(tmp_path / "t" / "scheduler")
+    seen = []
+    teacher = load_model(tmp_path / "t").denoiser
+    teacher.net.register_forward_hook(lambda _m, args, _out: seen.append(float(args[1].flatten()[0])))
+    with torch.no_grad():
+        teacher(torch.zeros(1, 1, 8, 8), torch.tensor([1.0]))  # σ = 1: s = 1/2
+    assert seen == [pytest.approx(25.0)]
+
+
 def test_a_class_conditional_unet_is_guided_with_its_null_label():
     """wrap_teacher(num_classes=C) on a UNet2DModel with C + 1 class embeddings: the real score is
     x̂_u + s (x̂_c - x̂_u), x̂_u at the null label C; labels reach diffusers as class_labels."""

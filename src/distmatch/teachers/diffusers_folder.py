@@ -98,7 +98,9 @@ def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
         if cfg.get("use_dynamic_shifting"):
             raise UserError(f"{path}: a flow scheduler with resolution-dependent shifting (use_dynamic_shifting) is "
                             "not supported; save it with a fixed shift")
-        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, num_classes=classes, features=features)
+        # diffusers feeds a flow network t = s · num_train_timesteps
+        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, time_scale=cfg.num_train_timesteps,
+                           num_classes=classes, features=features)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
                         "(variance-preserving) schedulers and FlowMatchEulerDiscreteScheduler")

@@ -209,10 +209,32 @@ def test_a_teacher_folder_is_scored_on_data_in_their_own_range_and_on_its_studen
 
 
 def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
-    """A last level at t = 0, where LCM's boundary condition returns its input whatever the network says."""
+    """A last level at t = 0, where LCM's boundary condition returns its input whatever the network says; levels
+    between the teacher's timesteps, which a scheduler of whole timesteps would round."""
     student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,0]"])
-    with pytest.raises(UserError, match="none at 0"):
+    with pytest.raises(UserError, match="returns its input unchanged at timestep 0"):
         export_student(student, tmp_path / "e")
+    student = run_distill(ddpm_folder, tmp_path / "s2", steps=2, overrides=QUIET + ["student.sigmas=[5.0,0.5]"])
+    with pytest.raises(UserError, match=r"σ = \[5.0, 0.5\] lie between the teacher's training timesteps"):
+        export_student(student, tmp_path / "e")
+
+
+def test_a_short_schedules_export_uses_the_students_output_alone(tmp_path):
+    """A 4-timestep teacher's 1-step student runs at t = 3, where LCM's default timestep_scaling (10) would mix
+    0.03 % of the noisy input into its output: the exported scheduler's c_skip is nil there."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=4)).save_pretrained(
+        tmp_path / "t")
+    student = run_distill(tmp_path / "t", tmp_path / "s", steps=1, overrides=QUIET)
+    out = export_student(student, tmp_path / "e")
+    scheduler = diffusers.LCMScheduler.from_pretrained(out / "scheduler")
+    scheduler.set_timesteps(1)
+    assert scheduler.timesteps.tolist() == [3]
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(3)
+    assert c_skip < 1e-6 and abs(c_out - 1) < 1e-6
 
 
 @pytest.mark.parametrize("k,timesteps", [(2, "[700,60]"), (4, "[700,500,180,5]")])

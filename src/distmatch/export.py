@@ -59,18 +59,24 @@ def vp_scheduler(adapter, sigmas: list[float]):
 
     steps = len(sigmas)
     trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(sigmas))]
+    on_grid = adapter.schedule().grid[trained].double()
+    if not torch.allclose(torch.tensor(sigmas, dtype=torch.float64), on_grid, rtol=1e-4):
+        raise UserError(f"the student's levels σ = {[round(v, 4) for v in sigmas]} lie between the teacher's training "
+                        "timesteps, and a diffusers scheduler runs whole ones: give them as student.timesteps")
+    if min(trained) < 1:  # LCM's boundary condition: c_skip = 1 at t = 0, the model's output unused
+        raise UserError(f"the student was trained at timesteps {trained}; an LCM scheduler returns its input "
+                        "unchanged at timestep 0: distil with fewer steps or levels above 0 to export")
     num_train = min(trained[0] + 1, len(adapter.alphas_cumprod))
     custom = trained != lcm_timesteps(num_train, steps)
-    if custom and (trained[0] != num_train - 1 or min(trained) < 1 or len(set(trained)) < steps):
+    if custom and (trained[0] != num_train - 1 or len(set(trained)) < steps):
         raise UserError(f"the student was trained at timesteps {trained}; an LCM scheduler runs its first at the "
-                        "teacher's top level and none at 0: distil with the default student levels to export")
-    # Custom levels: every training timestep is on the schedule (no warning when the pipeline passes them), and
-    # LCM's boundary condition x̂_0 = c_skip x_t + c_out F is made exact (c_skip < 3e-9 from t = 1).
+                        "teacher's top level: distil with the default student levels to export")
+    # Custom levels: every training timestep is on the schedule (no warning when the pipeline passes them).
+    # LCM's boundary condition x̂_0 = c_skip x_t + c_out F is made exact: c_skip < 3e-9 from t = 1.
     scheduler = LCMScheduler(num_train_timesteps=num_train,
                              trained_betas=betas_from(adapter.alphas_cumprod[:num_train]),
                              original_inference_steps=num_train if custom else steps,
-                             prediction_type=adapter.prediction, clip_sample=False,
-                             **({"timestep_scaling": 1e4} if custom else {}))
+                             prediction_type=adapter.prediction, clip_sample=False, timestep_scaling=1e4)
     return scheduler, trained, custom
 
 

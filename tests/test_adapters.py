@@ -389,6 +389,9 @@ def test_an_epsilon_teachers_student_starts_no_higher_than_stable_diffusions_top
     assert StudentConfig(steps=4).resolved_sigmas(sd, epsilon=True) == [float(sd.grid[t]) for t in (999, 749, 499, 249)]
     assert StudentConfig(steps=1).resolved_sigmas(linear, epsilon=False) == [float(linear.grid[999])]
     assert StudentConfig(steps=1, start_sigma_max=0).resolved_sigmas(linear, epsilon=True) == [float(linear.grid[999])]
+    assert StudentConfig(steps=2, sigmas=[100.0, 0.5]).resolved_sigmas(linear) == [100.0, 0.5]
+    with pytest.raises(UserError, match="student.sigmas go up to 1e.09, above the teacher's top level σ = 157"):
+        StudentConfig(steps=2, sigmas=[1e9, 0.5]).resolved_sigmas(linear)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])

@@ -134,6 +134,13 @@ class NoiseSchedule:
             return float((1 + sigma ** 2) ** 0.5)
         return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
+    def given_levels(self, sigmas: list[float]) -> list[float]:
+        """student.sigmas, refused above a DDPM-family teacher's top level (its network has no timestep there)."""
+        if self.kind == "vp" and max(sigmas) > self.sigma_max * (1 + 1e-6):
+            raise UserError(f"student.sigmas go up to {max(sigmas):g}, above the teacher's top level σ = "
+                            f"{self.sigma_max:.4g} (its last training timestep)")
+        return list(sigmas)
+
     def timestep_levels(self, timesteps: list[int]) -> list[float]:
         """σ of a DDPM-family teacher's training timesteps (student.timesteps; the grid holds σ(t) at index t)."""
         if self.kind != "vp":

@@ -63,7 +63,7 @@ class StudentConfig:
         """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's start capped at
         start_sigma_max: its x̂_0 carries ε̂'s error times √(1+σ²))."""
         if self.sigmas is not None:
-            return list(self.sigmas)
+            return schedule.given_levels(self.sigmas) if schedule else list(self.sigmas)
         if self.timesteps is not None:
             return (schedule or NoiseSchedule.karras()).timestep_levels(self.timesteps)
         return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last,

@@ -178,15 +178,19 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
     ("model_index.json", '{"unet": ["diffusers",', "model_index.json cannot be read as JSON"),
     ("model_index.json", "[1, 2]", "must hold a JSON object, not a list"),
     ("scheduler/scheduler_config.json", "{not json", "scheduler/scheduler_config.json cannot be read as JSON"),
-    ("unet/config.json", '{"sample_size": 8}', "unet/config.json names no class")])
+    ("unet/config.json", '{"sample_size": 8}', "unet/config.json names no class"),
+    ("unet", None, r"names a unet \(UNet2DModel\) but there is no unet/ folder")])
 def test_a_folder_with_a_broken_config_file_is_refused_in_one_line(ddpm_folder, tmp_path, file, text, match):
     import shutil
 
     folder = tmp_path / "t"
     shutil.copytree(ddpm_folder, folder)
-    if file != "model_index.json":  # the sub-folders alone: their own config files name the classes
+    if text is None:
+        shutil.rmtree(folder / file)
+    elif file != "model_index.json":  # the sub-folders alone: their own config files name the classes
         (folder / "model_index.json").unlink()
-    (folder / file).write_text(text)
+    if text is not None:
+        (folder / file).write_text(text)
     with pytest.raises(UserError, match=match):
         load_model(folder)
 

@@ -72,6 +72,8 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
             raise UserError(f"{path}: model_index.json has no '{name}' component")
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
             raise UserError(f"{path}: model_index.json's '{name}' entry must be [library, class name], got {entry}")
+        if not folder.is_dir():
+            raise UserError(f"{path}: model_index.json names a {name} ({entry[1]}) but there is no {name}/ folder")
         return folder, entry[1]
     cfg = folder / ("scheduler_config.json" if name == "scheduler" else "config.json")
     if not cfg.is_file():

@@ -252,6 +252,16 @@ def test_damaged_cache_is_retrained(tmp_path, monkeypatch):
     assert get_feature_net(torch.rand(16, 1, 8, 8), None, "fp", cache_dir=tmp_path).info["cached"] is True
 
 
+def test_non_square_images_get_a_feature_network_and_it_is_cached(tmp_path, monkeypatch):
+    """Data of 5x9 images train and distil; their evaluation must not stop at the feature network."""
+    quick = lambda x, labels, seed=0: train_feature_net(x, labels, seed=seed, hparams={"steps": 2})  # noqa: E731
+    monkeypatch.setattr(features_mod, "train_feature_net", quick)
+    x = torch.rand(16, 1, 5, 9) * 2 - 1
+    net = get_feature_net(x, None, "wide", cache_dir=tmp_path)
+    assert net.features(x).shape == (16, 128) and net.reconstruct(x[:2]).shape == (2, 1, 5, 9)
+    assert get_feature_net(x, None, "wide", cache_dir=tmp_path).info["cached"] is True
+
+
 def test_bad_fingerprint_is_user_error(tmp_path):
     with pytest.raises(UserError):
         get_feature_net(torch.zeros(4, 1, 8, 8), None, "../escape", cache_dir=tmp_path)

@@ -46,20 +46,21 @@ class FeatureNet(nn.Module):
     a classifier; 0 makes it a linear decoder to the image (autoencoder).  Any channel count.
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int = 0, widths=WIDTHS):
+    def __init__(self, in_channels: int, image_size: int | list[int], num_classes: int = 0, widths=WIDTHS):
         super().__init__()
         if widths[-1] != FEATURE_DIM:
             raise ValueError(f"the last width must be {FEATURE_DIM}")
         self.config = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes,
                        "widths": list(widths), "format": _FORMAT}
-        layers, cin, size = [], in_channels, image_size
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size  # [H, W]: not square
+        layers, cin, size = [], in_channels, min(height, width)
         for i, w in enumerate(self.config["widths"]):
             stride = 2 if i > 0 and size >= 8 else 1
             size = math.ceil(size / stride)
             layers.append(_block(cin, w, stride))
             cin = w
         self.body = nn.Sequential(*layers)
-        out = num_classes if num_classes > 0 else in_channels * image_size * image_size
+        out = num_classes if num_classes > 0 else in_channels * height * width
         self.head = nn.Linear(FEATURE_DIM, out)
         self.info: dict = {}
 
@@ -108,6 +109,11 @@ def _accuracy(net: FeatureNet, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
+def image_size(x: torch.Tensor) -> int | list[int]:
+    """The side of square images (as cached networks have always recorded it), else [height, width]."""
+    return int(x.shape[-1]) if x.shape[-1] == x.shape[-2] else [int(x.shape[-2]), int(x.shape[-1])]
+
+
 def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | None = None) -> FeatureNet:
     """Train a FeatureNet on images x (N, C, H, W) in [-1, 1]; a classifier when labels are given.
 
@@ -121,7 +127,7 @@ def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | No
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without disturbing the caller's RNG
         torch.manual_seed(seed)
-        net = FeatureNet(x.shape[1], x.shape[-1], num_classes)
+        net = FeatureNet(x.shape[1], image_size(x), num_classes)
     g = torch.Generator().manual_seed(seed)
     train_idx, val_idx = _split(len(x), y, hp["val_fraction"], g)
     if hp["steps"] is None:  # ~3 epochs, but at least 500 steps for tiny sets and at most 2000 for large ones
@@ -182,12 +188,12 @@ def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, s
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", str(fingerprint)) or str(fingerprint).startswith("."):
         raise UserError(f"feature-net fingerprint {fingerprint!r} must be letters, digits, '.', '_' or '-'")
-    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise UserError(f"feature network needs square images (N, C, H, W); got shape {tuple(x.shape)}")
+    if x.ndim != 4:
+        raise UserError(f"feature network needs images (N, C, H, W); got shape {tuple(x.shape)}")
     kind = "classifier" if labels is not None else "autoencoder"
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     weights, meta = cache / f"{fingerprint}-{kind}.safetensors", cache / f"{fingerprint}-{kind}.json"
-    expect = {"in_channels": x.shape[1], "image_size": x.shape[-1], "format": _FORMAT}
+    expect = {"in_channels": x.shape[1], "image_size": image_size(x), "format": _FORMAT}
     if labels is not None:
         expect["num_classes"] = int(torch.as_tensor(labels).max()) + 1
     net = _load(weights, meta, expect)

@@ -161,6 +161,22 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     assert all(now[p] == files[p] for p in files if p.name in ("run.json", "log.jsonl"))
 
 
+def test_a_run_resumes_only_on_its_own_data_and_teacher(tmp_path):
+    """Only train.iters may grow: other data, or the teacher folder retrained in place, are refused."""
+    teacher = train_teacher("moons", tmp_path / "t", overrides=TINY_NET + QUIET + ["train.iters=5"])
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(256, 2)).astype(np.float32))
+    np.save(tmp_path / "b.npy", 3 + rng.normal(size=(256, 2)).astype(np.float32))
+    run_distill(teacher, tmp_path / "s", overrides=distill_args(["train.iters=2"]), data_source=str(tmp_path / "a.npy"))
+    with pytest.raises(UserError, match="different settings \\(distill_data"):
+        run_distill(teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]),
+                    data_source=str(tmp_path / "b.npy"))
+    train_teacher("moons", tmp_path / "t", overrides=TINY_NET + QUIET + ["train.iters=7"])  # trained on
+    with pytest.raises(UserError, match="different settings \\(teacher_weights"):
+        run_distill(teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]),
+                    data_source=str(tmp_path / "a.npy"))
+
+
 def test_a_run_is_not_relabelled_shorter_than_it_was_trained(tiny_teacher, tmp_path):
     """Asking a run trained to 6 iterations for 3 would save its 6-iteration weights under the settings of 3."""
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6"]))

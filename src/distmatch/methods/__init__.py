@@ -15,10 +15,12 @@ import torch
 from .. import checkpoint as ckpt
 from .. import config as config_mod
 from ..data import Dataset, load_data
+from ..data.spec import data_fingerprint
 from ..errors import UserError
 from ..models import LoadedModel, load_model
 from ..training.trainer import TrainConfig, train
 from .common import StudentConfig, student_network_config
+from .pairs import teacher_fingerprint
 from .recipes import get_recipe, recipe_settings
 
 # name -> (module, one-line description)
@@ -101,8 +103,6 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
 
 def teacher_id(teacher: LoadedModel) -> str:
     """How a run names its teacher: its folder, or for a teacher built in Python a fingerprint of its weights."""
-    from .pairs import teacher_fingerprint
-
     return str(teacher.path.resolve()) if teacher.path is not None else f"in-memory:{teacher_fingerprint(teacher)}"
 
 
@@ -133,6 +133,13 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not teacher.num_classes:
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
+
+
+def distill_data_fingerprint(data: Dataset | None) -> str | None:
+    """What a resumed run must train on again: these data as the teacher sees them (None: data-free)."""
+    if data is None:
+        return None
+    return data_fingerprint(data.x.numpy(), data.labels.numpy() if data.labels is not None else None)
 
 
 def as_teachers_classes(data: Dataset, classes: int, source: str) -> Dataset:
@@ -169,6 +176,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
+                  "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}

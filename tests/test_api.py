@@ -87,6 +87,15 @@ def test_a_network_in_python_is_distilled_and_its_student_reloaded(tmp_path):
     for bad, match in (({"value_range": (1, 0)}, "low < high"), ({"sample_steps": -3}, "sample_steps must be")):
         with pytest.raises(UserError, match=match):
             distmatch.wrap_teacher(Shrink(), sample_shape=(2,), **bad)
+    with pytest.raises(UserError, match="takes a torch.nn.Module, got a function"):
+        distmatch.wrap_teacher(lambda x, sigma: x, sample_shape=(2,))
+
+    class Talkative(Shrink):
+        def forward(self, x, sigma):
+            return {"x0": super().forward(x, sigma)}
+
+    with pytest.raises(UserError, match="the network returned a dict; a teacher's network returns"):
+        distmatch.wrap_teacher(Talkative(), sample_shape=(2,), features="mid")
     # without data, dmd2 (GAN on real data) says what it needs; without its GAN it runs data-free
     with pytest.raises(UserError, match="give the data"):
         distmatch.distill(teacher, tmp_path / "s2", settings={"train.iters": 2}, progress=False)

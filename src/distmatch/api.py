@@ -205,6 +205,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     sampler does not clip."""
     from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
 
+    if not isinstance(net, torch.nn.Module):
+        raise UserError(f"wrap_teacher takes a torch.nn.Module, got a {type(net).__name__}: put a function in a small "
+                        "nn.Module whose forward calls it")
     shape = tuple(int(s) for s in sample_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")

@@ -178,7 +178,11 @@ def network_output(out) -> torch.Tensor:
     """A tensor from what a network returned (diffusers models return an output object with `.sample`)."""
     if hasattr(out, "sample"):
         return out.sample
-    return out[0] if isinstance(out, (tuple, list)) else out
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"the network returned a {type(out).__name__}; a teacher's network returns its prediction as "
+                        "a tensor (or a tuple or diffusers output holding it first)")
+    return out
 
 
 def prediction_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

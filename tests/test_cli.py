@@ -141,6 +141,16 @@ def test_distill_from_folder_without_teacher(capsys, tmp_path):
                       "missing")
 
 
+def test_distill_from_an_unfinished_teacher_says_to_finish_it(capsys, tmp_path, teacher_dir):
+    import shutil
+
+    shutil.copytree(teacher_dir, tmp_path / "t")
+    (tmp_path / "t" / "config.json").unlink()  # as a run stopped before its end leaves it
+    (tmp_path / "t" / "model.safetensors").unlink()
+    assert_user_error(capsys, ["distill", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s")],
+                      "unfinished run (checkpoint at iteration 20)", "re-run the command")
+
+
 def test_teacher_that_does_not_fit_the_data(capsys, teacher_dir, tmp_path):
     np.save(tmp_path / "three_d.npy", np.random.randn(100, 3).astype(np.float32))
     line = assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),

@@ -92,6 +92,11 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
         raise UserError(f"no such teacher folder: {teacher_dir}")
     if is_diffusers_folder(path):
         return load_diffusers_teacher(path)
+    if not (path / ckpt.CONFIG).is_file() and (path / ckpt.CHECKPOINT).is_file():
+        from ..training.trainer import read_checkpoint_iteration
+
+        raise UserError(f"{teacher_dir} holds an unfinished run (checkpoint at iteration "
+                        f"{read_checkpoint_iteration(path)}); re-run the command that made it to finish it")
     if not (path / ckpt.CONFIG).is_file():
         raise UserError(f"{teacher_dir} is neither a distmatch teacher (no {ckpt.CONFIG}) nor a diffusers model (no "
                         "model_index.json, nor unet/ and scheduler/); train one with `distmatch teacher`")

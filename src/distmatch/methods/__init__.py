@@ -18,7 +18,7 @@ from ..data import Dataset, load_data
 from ..data.spec import data_fingerprint
 from ..errors import UserError
 from ..models import LoadedModel, load_model
-from ..training.trainer import TrainConfig, train
+from ..training.trainer import TrainConfig, read_checkpoint_iteration, train
 from .common import StudentConfig, student_network_config
 from .pairs import teacher_fingerprint
 from .recipes import get_recipe, recipe_settings
@@ -93,8 +93,6 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
     if is_diffusers_folder(path):
         return load_diffusers_teacher(path)
     if not (path / ckpt.CONFIG).is_file() and (path / ckpt.CHECKPOINT).is_file():
-        from ..training.trainer import read_checkpoint_iteration
-
         raise UserError(f"{teacher_dir} holds an unfinished run (checkpoint at iteration "
                         f"{read_checkpoint_iteration(path)}); re-run the command that made it to finish it")
     if not (path / ckpt.CONFIG).is_file():

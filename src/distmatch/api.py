@@ -178,6 +178,25 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     return result
 
 
+def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps) -> tuple[int, ...]:
+    """wrap_teacher's arguments checked, each refused in one line; the sample shape as ints."""
+    if not isinstance(net, torch.nn.Module):
+        raise UserError(f"wrap_teacher takes a torch.nn.Module, got a {type(net).__name__}: put a function in a small "
+                        "nn.Module whose forward calls it")
+    shape = tuple(int(s) for s in sample_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
+    if solver not in SOLVERS:
+        raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if clip_sample is not None and not float(clip_sample) > 0:
+        raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
+    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
+        raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
+    if sample_steps is not None and sample_steps < 1:
+        raise UserError(f"sample_steps must be >= 1 (or None: the default), got {sample_steps}")
+    return shape
+
+
 def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = None, alphas_cumprod=None,
                  timesteps: str = "continuous", flow: bool = False, shift: float = 1.0, time_scale: float = 1000.0,
                  num_train_timesteps: int = 1000, value_range=(-1, 1), num_classes: int = 0,
@@ -205,20 +224,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     sampler does not clip."""
     from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
 
-    if not isinstance(net, torch.nn.Module):
-        raise UserError(f"wrap_teacher takes a torch.nn.Module, got a {type(net).__name__}: put a function in a small "
-                        "nn.Module whose forward calls it")
-    shape = tuple(int(s) for s in sample_shape)
-    if len(shape) not in (1, 3) or min(shape) < 1:
-        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
-    if solver not in SOLVERS:
-        raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if clip_sample is not None and not float(clip_sample) > 0:
-        raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
-    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
-        raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
-    if sample_steps is not None and sample_steps < 1:
-        raise UserError(f"sample_steps must be >= 1 (or None: the default), got {sample_steps}")
+    shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):

@@ -282,12 +282,14 @@ def test_inception_weights_are_named_or_absent_never_downloaded(tmp_path, monkey
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated; the Inception file is TorchScript
-def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path):
+def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path, monkeypatch):
     """FID / KID from torchmetrics on the stand-in's features agree with the Fréchet distance and KID computed by
     hand on the same features; identical sets score 0; the reference's features are cached."""
     from types import SimpleNamespace
 
     from distmatch.eval.inception import InceptionFeatures, inception_metrics
+
+    monkeypatch.setattr(InceptionFeatures, "num_features", 48)  # the stand-in's, where Inception has 2048
 
     class StandIn(torch.nn.Module):  # a tiny TorchScript network standing in for default_1.pt
         def forward(self, x):
@@ -310,6 +312,41 @@ def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path
     img = torch.rand(1, 3, 5, 5, generator=gen(17))
     assert torch.allclose(tf1_resize(img, 5), img, atol=1e-6)  # same size: identity
     assert torch.allclose(tf1_resize(img, 10)[..., ::2, ::2], img, atol=1e-6)  # 2x: even pixels are the input
+
+
+class ThreeFeatures(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class NaNFeatures(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 2048), float("nan"))
+
+
+class SameFeatures(torch.nn.Module):
+    def forward(self, x):
+        return torch.ones(x.shape[0], 2048)
+
+
+class NotForImages(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1) @ torch.ones(3, 3)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("net,why", [
+    (ThreeFeatures, "3 features per image, not 2048"), (NaNFeatures, "NaN or infinite features"),
+    (SameFeatures, "the same features for two different images"),
+    (NotForImages, r"is not an Inception-v3 feature network \(")])
+def test_a_torchscript_file_that_is_not_inception_is_refused(tmp_path, net, why):
+    """Any other TorchScript file named as the Inception weights would be scored as if it were Inception, or end
+    in a traceback (a constant network: a division by zero; NaN features: a crash in LAPACK)."""
+    from distmatch.eval.inception import InceptionFeatures
+
+    torch.jit.script(net()).save(str(tmp_path / "net.pt"))
+    with pytest.raises(UserError, match=why):
+        InceptionFeatures(tmp_path / "net.pt")
 
 
 def _proc_kib(path: str, key: str) -> float | None:

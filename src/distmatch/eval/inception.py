@@ -53,6 +53,21 @@ class InceptionFeatures(nn.Module):
                 self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as e:
             raise UserError(f"{path} is not a TorchScript Inception file ({str(e).splitlines()[0]})") from None
+        self._probe(path)
+
+    def _probe(self, path: Path) -> None:
+        """Two different images must give two different, finite 2048-d feature vectors: any other TorchScript
+        file would be scored as if it were Inception."""
+        ramp = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+        try:
+            f = self(torch.cat([ramp, -ramp]))
+        except RuntimeError as e:
+            raise UserError(f"{path} is not an Inception-v3 feature network ({str(e).splitlines()[0]})") from None
+        why = (f"{f.shape[1]} features per image, not {self.num_features}" if f.shape[1] != self.num_features
+               else "NaN or infinite features" if not torch.isfinite(f).all()
+               else "the same features for two different images" if torch.equal(f[0], f[1]) else None)
+        if why:
+            raise UserError(f"{path} is not an Inception-v3 feature network: it gives {why}")
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -233,7 +233,7 @@ def test_a_short_schedules_export_uses_the_students_output_alone(tmp_path):
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=4)).save_pretrained(
         tmp_path / "t")
     student = run_distill(tmp_path / "t", tmp_path / "s", steps=1, overrides=QUIET)
-    out = export_student(student, tmp_path / "e")
+    out = export_student(student, tmp_path / "new" / "folders" / "e")  # parents made, as for any --out
     scheduler = diffusers.LCMScheduler.from_pretrained(out / "scheduler")
     scheduler.set_timesteps(1)
     assert scheduler.timesteps.tolist() == [3]

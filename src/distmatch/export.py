@@ -108,7 +108,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     sigmas = model.config["sigmas"]
     record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
               "sigmas": sigmas, "teacher": model.config.get("teacher_dir"), "data": model.spec.source or None}
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
+    out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         if model.config["network"]["kind"] == "unet":
             from .export_own import export_own_student

@@ -254,9 +254,11 @@ def test_student_levels_given_as_the_teachers_timesteps_export_with_a_pipeline_t
     assert json.loads((student / "run.json").read_text())["levels"] == pytest.approx(want, rel=1e-6)
     out = export_student(student, tmp_path / "export")
     assert json.loads((out / "model_index.json").read_text())["trained_timesteps"] == trained
-    script = RELOAD_OWN + "print(type(pipe.scheduler).__name__, pipe.scheduler.timesteps.tolist())\n"
+    script = RELOAD_OWN + "print(type(pipe.scheduler).__name__, pipe.scheduler.timesteps.tolist())\n" + (
+        "try:\n    pipe(num_inference_steps=k + 1)\nexcept ValueError as e:\n    print('refused:', e)\n")
     printed, diff = same_images(student, out, k, 5, tmp_path, script)
     assert f"LCMScheduler {trained}" in printed and "loaded without" not in printed, printed
+    assert f"refused: this student was trained at timesteps {trained}" in printed, printed  # not untrained levels
     assert "DistmatchPipeline" in printed and diff < 1e-4, (printed, diff)
 
 

@@ -60,7 +60,10 @@ class DistmatchPipeline(DiffusionPipeline):
         c = self.config.sample_shape[0]
         x = randn_tensor((batch_size, *self.config.sample_shape), generator=generator, device=device)
         steps = num_inference_steps or self.config.trained_steps
-        if self.config.trained_timesteps and steps == self.config.trained_steps:
+        if self.config.trained_timesteps:  # levels no K-step schedule holds: the student runs those or none
+            if steps != self.config.trained_steps:
+                raise ValueError(f"this student was trained at timesteps {list(self.config.trained_timesteps)}: "
+                                 f"run it with num_inference_steps={self.config.trained_steps} (or leave it out)")
             self.scheduler.set_timesteps(timesteps=list(self.config.trained_timesteps), device=device)
         else:
             self.scheduler.set_timesteps(steps, device=device)

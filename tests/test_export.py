@@ -239,6 +239,8 @@ def test_a_short_schedules_export_uses_the_students_output_alone(tmp_path):
     assert scheduler.timesteps.tolist() == [3]
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(3)
     assert c_skip < 1e-6 and abs(c_out - 1) < 1e-6
+    assert "default (`num_inference_steps=1000`) included: pass `num_inference_steps=1`" in (
+        out / "README.md").read_text()  # a stock DDPMPipeline would run 1000 steps if not told
 
 
 @pytest.mark.parametrize("k,timesteps", [(2, "[700,60]"), (4, "[700,500,180,5]")])

@@ -187,6 +187,8 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "timesteps that no K-step schedule of the scheduler picks itself, so `pipeline.py` (torch and diffusers "
               "only: the scheduler's loop) passes them to it, which is why loading asks for "
               "`trust_remote_code=True`; read it first.\n"}[custom]
+    default = "" if custom else (f", the stock pipeline's default (`num_inference_steps=1000`) included: pass "
+                                 f"`num_inference_steps={record['steps']}`")
     return f"""---
 library_name: diffusers
 tags: [distmatch, distillation, few-step]
@@ -204,5 +206,5 @@ pipe = {load}
 images = pipe(batch_size=16, num_inference_steps={record['steps']}, generator=torch.manual_seed(0)).images
 ```
 {remote}
-Fewer steps than {record['steps']} are not what it was trained for.
+Other step counts are not what it was trained for{default}.
 """

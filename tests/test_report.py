@@ -165,3 +165,15 @@ def test_headline_times_the_student_against_the_teachers_network():
     line = headline(rows, "vector")
     assert "2.00x the teacher's" in line and "80x faster than the teacher's network (79 NFE)" in line
     assert "8x faster" in headline([rows[0], rows[2]], "vector")
+
+
+def test_a_report_says_what_it_scored_against_and_on_which_features():
+    """A data file has no held-out split, and in-domain features are not Inception's: the report says both."""
+    from distmatch.report.demo import scoring_line
+
+    inner = [{"feature_net": "classifier", "feature_net_trained_on": "training data"}]
+    line = scoring_line("my_images.npz", inner)
+    assert "my_images.npz itself (a data file has no held-out split" in line
+    assert "in-domain classifier trained on the training data (no Inception weights named" in line
+    assert "held-out split" in scoring_line("digits", inner) and "held-out" in scoring_line("moons", [{}])
+    assert "Inception features, inception-v3 (w.pt" in scoring_line("digits", [{"feature_net": "inception-v3 (w.pt)"}])

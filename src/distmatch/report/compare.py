@@ -185,6 +185,7 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
 
 def write_compare_report(out: Path, data: str, rows: list[dict], teacher, students, reference) -> Path:
     from . import plots
+    from .demo import scoring_line
     from .html import metrics_table, write_report
 
     kind = teacher.spec.kind
@@ -192,7 +193,7 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
     keys = ["swd", "mmd", "modes_covered", "off_mode"] if kind == "vector" else ["fd", "kid", "recall", "classes_covered"]
     columns = ["name", "nfe"] + keys + ["samples_per_s", "distill_s", "peak_mb"]
     n_show = 2000 if kind == "vector" else 64
-    panels = [("data (held-out)", reference.x[:n_show].numpy()),
+    panels = [("data", reference.x[:n_show].numpy()),
               (f"teacher (NFE {teacher.nfe()})", teacher.sample(n_show, seed=1)[0].numpy())]
     panels += [(f"{m} {k}-step", s.sample(n_show, seed=1)[0].numpy()) for m, k, s, _ in students]
     pics = plots.scatter_panels(panels, out / "samples.png") if kind == "vector" else \
@@ -200,7 +201,7 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
     sections = [
         {"heading": "Methods against one teacher", "text": [
             f"data: {data}; teacher: {teacher.config['solver']} {teacher.default_steps} steps "
-            f"(NFE {teacher.nfe()}); metrics against the held-out split; lower {metric} is better."]},
+            f"(NFE {teacher.nfe()}); lower {metric} is better.", scoring_line(data, rows)]},
         {"heading": "Metrics", "table": metrics_table(rows, columns)},
         {"heading": metric, "images": [str(plots.metric_bars(rows, metric, out / "bars.png"))]},
         {"heading": "Samples", "images": [str(pics)]},

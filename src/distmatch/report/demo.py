@@ -58,7 +58,7 @@ def evaluation_rows(teacher, student, reference, student_steps: int, n: int, tra
 def sample_pictures(out: Path, rows_models, reference, kind: str, n: int = 2000) -> Path:
     from . import plots
 
-    panels = [("data (held-out)" if kind == "vector" else "data", reference.x[:n].numpy())]
+    panels = [("data", reference.x[:n].numpy())]
     for title, model, steps in rows_models:
         x, _ = model.sample(n if kind == "vector" else 64, steps, seed=1)
         panels.append((f"{title} (NFE {model.nfe(steps)})", x.numpy()))
@@ -79,6 +79,20 @@ def headline(rows: list[dict], kind: str) -> str:
     return (f"teacher ({best['nfe']} NFE): {key} {best[key]:.4g}; student ({one['nfe']} NFE): {key} {one[key]:.4g} "
             f"= {one[key] / max(best[key], 1e-12):.2f}x the teacher's; sampling {speedup:.0f}x faster{against} "
             f"({net['nfe']} NFE)")
+
+
+def scoring_line(data_name: str, rows: list[dict]) -> str:
+    """What the metrics were measured against, and for images on which features."""
+    against = ("the preset's held-out split" if is_preset(data_name) else
+               f"{data_name} itself (a data file has no held-out split: the teacher trained on these data)")
+    net = rows[0].get("feature_net")
+    if net is None:
+        return f"metrics against {against}"
+    trained = rows[0].get("feature_net_trained_on")
+    on = f"Inception features, {net}" if net.startswith("inception") else (
+        f"the features of an in-domain {net} trained on the {trained} (no Inception weights named: "
+        f"DISTMATCH_INCEPTION), comparable only within this report")
+    return f"metrics against {against}; images scored on {on}"
 
 
 def budget_line(student_dir: Path) -> str:
@@ -105,10 +119,10 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
     teacher_curves = read_log(out / "teacher")
     sections = [
         {"heading": "Summary", "text": [headline(rows, kind), budget_line(out / "student"),
-                                         f"data: {data_name} ({teacher.spec.describe()}); reference: held-out split"
-                                         if is_preset(data_name) else f"data: {data_name}"]},
+                                         f"data: {data_name} ({teacher.spec.describe()})",
+                                         scoring_line(data_name, rows)]},
         {"heading": "Samples", "images": [str(sample_png)]},
-        {"heading": "Metrics (against held-out data)", "table": metrics_table(rows, columns)},
+        {"heading": "Metrics", "table": metrics_table(rows, columns)},
         {"heading": "Training curves (student)", "images": [str(curves_png)]},
         {"heading": "Wall-clock", "table": metrics_table([timings], list(timings))},
     ]

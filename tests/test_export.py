@@ -145,6 +145,10 @@ def test_the_low_start_recipe_starts_an_epsilon_teachers_1_step_student_at_sigma
     pipe.save_pretrained(v)
     with pytest.raises(UserError, match="this teacher predicts v_prediction: use --method dmd2"):
         run_distill(v, tmp_path / "v-s", steps=1, overrides=QUIET, recipe="dmd2+low-start")
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    pipe.save_pretrained(tmp_path / "flow")
+    with pytest.raises(UserError, match=r"this teacher predicts the velocity \(flow matching\)"):
+        run_distill(tmp_path / "flow", tmp_path / "f-s", steps=1, overrides=QUIET, recipe="dmd2+low-start")
 
 
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):

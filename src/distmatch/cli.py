@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}", file=sys.stderr)
         code = UserError.exit_code
     except Interrupted as e:
-        print(f"distmatch: {e}", file=sys.stderr)
+        if _main_process():
+            print(f"distmatch: {e}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("distmatch: interrupted; the last checkpoint is kept, re-run the same command to resume",

@@ -39,8 +39,9 @@ def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inc
     out = {"feature_net": net.kind,
            "feature_net_trained_on": "training data" if train is not reference else "reference"}
     path = inception_path(inception)
-    if path is not None:
+    if path is not None:  # the in-domain network still gives class coverage; Inception gives the rest
         out.update(inception_metrics(samples, reference, path, default_cache_dir()))
+        del out["feature_net_trained_on"]
     else:
         real, _ = extract(net, reference.x)
         out.update(feature_metrics(fake, real))

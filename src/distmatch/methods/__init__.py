@@ -174,7 +174,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
     epsilon = getattr(teacher.denoiser, "prediction", None) == "epsilon"  # its x̂_0 amplifies ε̂'s error
     if recipe is not None and get_recipe(recipe).epsilon_only and not epsilon:
-        predicts = getattr(teacher.denoiser, "prediction", None) or "x̂_0 (EDM)"
+        predicts = getattr(teacher.denoiser, "prediction", None) or (
+            "the velocity (flow matching)" if getattr(teacher.denoiser, "convention", "") == "flow" else "x̂_0 (EDM)")
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon)

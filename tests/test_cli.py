@@ -274,7 +274,7 @@ def test_an_output_path_through_a_file_is_one_line(capsys, tmp_path, teacher_dir
         assert_user_error(capsys, argv, "afile is a file, not a folder")
 
 
-def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size():
+def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size(tmp_path):
     """conditional=yes is the documented value (YAML 1.1 made it a boolean and refused it); a boolean setting
     still takes yes/no; a zero among network.channels is refused naming that key, not met inside a conv."""
     from distmatch.config import resolve
@@ -287,6 +287,13 @@ def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size():
                      ("network.depth=-1", "network.depth")):
         with pytest.raises(UserError, match=f"'{key}' must be"):
             resolve(TeacherConfig, overrides=[bad]).network.validate()
+    for text in ("train.iters: 5\nnetwork:\n  width: 16\n", '{"train.iters": 5, "network": {"width": 16}}'):
+        (tmp_path / "c.yaml").write_text(text)
+        cfg = resolve(TeacherConfig, file=str(tmp_path / "c.yaml"))  # dotted keys, as docs/settings.md lists them
+        assert cfg.train.iters == 5 and cfg.network.width == 16
+    (tmp_path / "c.yaml").write_text("train.iters: five\n")
+    with pytest.raises(UserError, match="'train.iters' expects an integer"):
+        resolve(TeacherConfig, file=str(tmp_path / "c.yaml"))
     for bad, key in (("label_dropout=2", "label_dropout"), ("sigma_data=-1", "sigma_data")):
         with pytest.raises(UserError, match=f"'{key}' must be .*, got"):
             resolve(TeacherConfig, overrides=[bad]).validate()

@@ -176,7 +176,7 @@ def resolve(cls, file: str | None = None, overrides: list[str] | None = None, ba
 
 def _flatten(tree: dict, prefix: list[str] | None = None):
     for k, v in tree.items():
-        path = (prefix or []) + [str(k)]
+        path = (prefix or []) + str(k).split(".")  # a file may write train.iters as a dotted key, as --set does
         if isinstance(v, dict):
             yield from _flatten(v, path)
         else:

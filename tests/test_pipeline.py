@@ -16,7 +16,7 @@ def cli(*argv):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the Inception file is TorchScript
-def test_images_round_trip_through_teacher_student_and_sample(tmp_path):
+def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 8, 8, 3), dtype=np.uint8)
     labels = np.array(["cat", "dog", "emu"] * 16)
@@ -39,12 +39,16 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path):
         def forward(self, x):
             return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
 
+    from distmatch.eval.inception import InceptionFeatures
+
     torch.jit.script(StandIn()).save(str(tmp_path / "inception.pt"))
+    monkeypatch.setattr(InceptionFeatures, "num_features", 48)  # the stand-in's, where Inception has 2048
     for extra, features in (([], "classifier"), (["--inception", str(tmp_path / "inception.pt")], "inception-v3")):
         assert cli("evaluate", "--model", str(s), "--data", str(tmp_path / "pics.npz"), "--n", "20",
                    "--out", str(tmp_path / "e.json"), *extra) == 0
         scores = json.loads((tmp_path / "e.json").read_text())
         assert scores["feature_net"].startswith(features) and scores["fd"] > 0 and "classes_covered" in scores
+        assert ("feature_net_trained_on" in scores) == (features == "classifier")  # the in-domain network's only
 
 
 def test_demo_writes_report_and_metrics(tmp_path):

@@ -297,3 +297,18 @@ def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size(tmp_path)
     for bad, key in (("label_dropout=2", "label_dropout"), ("sigma_data=-1", "sigma_data")):
         with pytest.raises(UserError, match=f"'{key}' must be .*, got"):
             resolve(TeacherConfig, overrides=[bad]).validate()
+
+
+def test_demo_and_compare_help_give_set_keys_they_accept(capsys):
+    """Their --set keys carry a stage prefix; the help's example must be one they take."""
+    from distmatch.report.compare import route_overrides
+    from distmatch.report.demo import split_overrides
+
+    for command, take in (("demo", lambda items: split_overrides(items)),
+                          ("compare", lambda items: route_overrides(items, ["dmd2"]))):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        example = text.split("--set ")[-1].split(" (repeatable)")[0].split()
+        assert example and all("=" in item for item in example), text
+        take(example)  # accepted, not refused

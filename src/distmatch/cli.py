@@ -41,10 +41,10 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{command}: {message}" if command else message)
 
 
-def _config_args(p):
+def _config_args(p, keys: str = "e.g. --set train.iters=500 train.batch_size=32"):
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file of config values")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.iters=500 train.batch_size=32 (repeatable)")
+                   help=f"override config values, {keys} (repeatable)")
 
 
 def _distill_epilog() -> str:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="8gaussians", help=f"a preset ({presets}) or a path")
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<data>)")
     p.add_argument("--steps", type=_positive_int, default=1, help="the student's steps")
-    _config_args(p)
+    _config_args(p, "prefixed by the stage they configure: --set teacher.train.iters=500 distill.train.iters=1000")
 
     p = sub.add_parser("compare", help="run several methods against one teacher and write one report")
     p.add_argument("--data", default="8gaussians")
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<data>)")
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="distillations run at once (default: one per CPU core without a GPU, else 1)")
-    _config_args(p)
+    _config_args(p, "teacher.KEY for the teacher, train.KEY / student.KEY for every method, METHOD.KEY for one: "
+                    "--set teacher.train.iters=500 train.iters=1000 dmd2.gan=false")
     return parser
 
 

@@ -154,3 +154,102 @@ def test_readme_own_model_example_runs_as_written_and_exports(tmp_path, monkeypa
                           "runs/own/pipeline"], capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "runs/own/pipeline/scheduler/scheduler_config.json").is_file()
+
+
+class Gauss(torch.nn.Module):
+    """The exact σ-space denoiser of N(μ, s²) data, EDM-style: x̂_0 = μ + s² (x - μ) / (s² + σ²)."""
+
+    def __init__(self, mu: float, s: float, dim: int = 2):
+        super().__init__()
+        self.mu, self.s = mu, s
+        self.mid = torch.nn.Linear(dim, 4)
+
+    def forward(self, x, sigma):
+        sig = sigma.reshape(-1, *[1] * (x.ndim - 1))
+        return self.mu + self.s ** 2 * (x - self.mu) / (self.s ** 2 + sig ** 2) + 0 * self.mid(x.flatten(1)).sum()
+
+
+def test_a_sigma_space_network_runs_on_its_own_levels(tmp_path, capsys):
+    """A σ-space denoiser of data far wider than EDM's σ_data = 0.5 runs on the range it is wrapped with: its
+    samples are its data (on EDM's default top, σ = 80, they were not: mean 64 for data of mean 100), a default
+    top far below the data's spread is said, and a K-step student's default levels scale with sigma_data."""
+    net = Gauss(100.0, 30.0)
+    teacher = distmatch.wrap_teacher(net, sample_shape=(2,), sigma_data=30.0, sigma_max=4800.0, features="mid")
+    x = teacher.sample(4000, seed=0)
+    assert abs(x.mean() - 100) < 2 and abs(x.std() - 30) < 1.5
+    assert "warning" not in capsys.readouterr().err
+    distmatch.wrap_teacher(net, sample_shape=(2,), sigma_data=30.0, features="mid")
+    assert "the default sigma_max = 80 is 2.67 x sigma_data" in capsys.readouterr().err
+    student = distmatch.distill(teacher, tmp_path / "s", steps=2, progress=False,
+                                settings={"train.iters": 1, "train.batch_size": 8, "dmd2.gan": False})
+    assert student.loaded.config["sigmas"] == pytest.approx([4800.0, 0.15 * 60])  # vectors: sigma_last 0.15
+    for bad, match in (({"sigma_data": 0}, "sigma_data must be"),
+                       ({"sigma_min": 5.0, "sigma_max": 1.0}, "0 < sigma_min"),
+                       ({"sigma_max": 10.0, "flow": True}, "σ-space denoiser's range")):
+        with pytest.raises(UserError, match=match):
+            distmatch.wrap_teacher(net, sample_shape=(2,), features="mid", **bad)
+
+
+def test_images_are_read_in_a_wrapped_networks_declared_value_range(tmp_path):
+    """value_range=(0, 255) on float images that do not reach 0 or 255: the data are read as 0..255 (not stretched
+    from their own extremes, which made two pixels move every score), samples come back on that scale, and data
+    outside the declared range are refused."""
+    teacher = distmatch.wrap_teacher(Gauss(0.0, 0.2, 64), sample_shape=(1, 8, 8), value_range=(0, 255),
+                                     features="mid")
+    images = (127.5 + 25.5 * np.random.default_rng(0).standard_normal((64, 1, 8, 8))).astype(np.float32)
+    student = distmatch.distill(teacher, tmp_path / "s", data=images, progress=False,
+                                settings={"train.iters": 1, "train.batch_size": 8})
+    assert student.spec.value_range == [0.0, 255.0]
+    x = student.sample(256)
+    assert abs(float(x.mean()) - 127.5) < 5
+    with pytest.raises(UserError, match=r"values from 0 to 255, outside the teacher's value_range \(0, 1\)"):
+        unit = distmatch.wrap_teacher(Gauss(0.0, 0.2, 64), sample_shape=(1, 8, 8), value_range=(0, 1),
+                                      features="mid")
+        stripes = np.full((8, 8, 8), 255, np.uint8) * (np.arange(8) % 2).astype(np.uint8)[:, None, None]
+        distmatch.distill(unit, tmp_path / "u", data=stripes, progress=False,
+                          settings={"train.iters": 1, "train.batch_size": 8})
+
+
+class Conv(torch.nn.Module):
+    """A small image denoiser as users write them: weight-normed convolutions, and an input scaled in place."""
+
+    def __init__(self, in_place: bool = False):
+        super().__init__()
+        wn = torch.nn.utils.parametrizations.weight_norm
+        self.inp = wn(torch.nn.Conv2d(1, 8, 3, padding=1))
+        self.mid = wn(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        self.out = torch.nn.Conv2d(8, 1, 3, padding=1)
+        self.in_place = in_place
+
+    def forward(self, x, sigma):
+        c_in = (1 + sigma ** 2).rsqrt().reshape(-1, 1, 1, 1)
+        x = x.mul_(c_in) if self.in_place else x * c_in
+        h = self.mid(torch.relu(self.inp(x)))
+        return self.out(torch.nn.functional.interpolate(h, scale_factor=2.0)) + x
+
+
+def test_networks_as_users_write_them_are_wrapped_or_refused_in_one_line(tmp_path, capsys):
+    """torch's weight-norm parametrisations are not taken for the GAN's features; a network that scales its input
+    in place leaves the sampler's x alone; a torch.compile'd network is used uncompiled, and said; half-precision
+    weights, a class for network= and numbers of numpy in settings or as a seed are handled in one line each."""
+    torch.manual_seed(0)
+    plain = Conv()
+    teacher = distmatch.wrap_teacher(plain, sample_shape=(1, 8, 8))
+    assert teacher.loaded.config["network"]["features"] == "mid"
+    in_place = Conv(in_place=True)
+    in_place.load_state_dict(plain.state_dict())
+    assert np.allclose(distmatch.wrap_teacher(in_place, sample_shape=(1, 8, 8)).sample(4, steps=3),
+                       teacher.sample(4, steps=3), atol=1e-6)
+    images = torch.rand(32, 1, 8, 8, dtype=torch.bfloat16)
+    settings = {"train.iters": np.int64(1), "train.batch_size": 8, "train.lr": np.float32(1e-4)}
+    student = distmatch.distill(distmatch.wrap_teacher(torch.compile(Conv()), sample_shape=(1, 8, 8)), tmp_path / "s",
+                                data=images, settings=settings, progress=False)
+    assert "torch.compile's wrapper uncompiled" in capsys.readouterr().err
+    assert student.sample(2, seed=np.int64(3)).dtype == np.float32  # bfloat16 data come back as float32
+    for call, match in ((lambda: student.sample(2, seed=1.5), "seed must be a whole number"),
+                        (lambda: distmatch.wrap_teacher(Conv().bfloat16(), sample_shape=(1, 8, 8)), "bfloat16"),
+                        (lambda: distmatch.load(tmp_path / "s", network=Conv), "got the class Conv"),
+                        (lambda: distmatch.distill(teacher, tmp_path / "x", data=images, settings={"train.iters": {1}}),
+                         "settings 'train.iters'")):
+        with pytest.raises(UserError, match=match):
+            call()

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .data import DataSpec, from_arrays, is_preset, load_data
+from .data import DataSpec, as_numpy, from_arrays, is_preset, load_data
 from .errors import UserError
 from .models import LoadedModel, load_model
 from .samplers import SOLVERS
@@ -58,6 +59,9 @@ class Model:
         classes drawn as in the data); with `return_labels`, also each sample's label."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UserError(f"n must be a whole number >= 1, got {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise UserError(f"seed must be a whole number, got {seed!r}")
+        seed = int(seed)
         cond = self.loaded.class_index(cls) if cls is not None else None
         x, labels = self.loaded.sample(n, steps, cond, seed=seed)
         self.loaded.check_finite(x)
@@ -78,8 +82,18 @@ def _overrides(settings: dict | None, progress: bool) -> list[str]:
     for key, value in (settings or {}).items():
         if not isinstance(key, str):
             raise UserError(f"settings keys are dotted names such as 'train.iters', got {key!r}")
-        items.append(f"{key}={json.dumps(value)}")
+        try:
+            items.append(f"{key}={json.dumps(value, default=_plain)}")
+        except (TypeError, ValueError) as e:
+            raise UserError(f"settings '{key}': {e}") from None
     return items + ([] if progress else ["train.progress=false"])
+
+
+def _plain(value):
+    """numpy and torch numbers and arrays in a settings dict, as the Python values they hold."""
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return value.tolist()
+    raise TypeError(f"a settings value must be a number, string, bool or list, got a {type(value).__name__}")
 
 
 def _source(data, labels, out: Path) -> str | None:
@@ -90,9 +104,9 @@ def _source(data, labels, out: Path) -> str | None:
         return None if data is None else str(data)
     dataset = from_arrays(data, labels)  # checks them before anything is written
     buf = io.BytesIO()
-    arrays = {"data": np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)}
+    arrays = {"data": as_numpy(data)}
     if labels is not None:
-        arrays["labels"] = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        arrays["labels"] = as_numpy(labels)
     np.savez(buf, **arrays)
     path = out / DATA_FILE
     # a call refused before its first checkpoint leaves its data behind: that file holds no run yet
@@ -130,6 +144,8 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
         raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder; wrap "
                         f"your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)")
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher
+    if labels is not None and isinstance(loaded, LoadedModel) and not loaded.num_classes:
+        print("warning: labels= are not used: the teacher is unconditional", file=sys.stderr)
     source = _source(data, labels, out)
     run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)
     return Model(load_model(out, network=users_network(loaded)))
@@ -148,6 +164,12 @@ def load(path, network: torch.nn.Module | None = None, device: str = "cpu") -> M
     cuda, cuda:N, mps, or auto for a GPU when one is seen). A seed gives the same samples on any device."""
     from .models import resolve_device
 
+    if network is not None and not isinstance(network, torch.nn.Module):
+        what = f"the class {network.__name__}" if isinstance(network, type) else f"a {type(network).__name__}"
+        raise UserError(f"network= takes an instance of your network (MyNet(...)), got {what}")
+    network = network if network is None else _uncompiled(network)
+    if network is not None and any(p.dtype in (torch.float16, torch.bfloat16) for p in network.parameters()):
+        raise UserError("network= must hold float32 weights, as its student was trained (pass net.float())")
     return Model(load_model(path, device=resolve_device(device), network=network))
 
 
@@ -183,27 +205,62 @@ def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_st
     if not isinstance(net, torch.nn.Module):
         raise UserError(f"wrap_teacher takes a torch.nn.Module, got a {type(net).__name__}: put a function in a small "
                         "nn.Module whose forward calls it")
-    shape = tuple(int(s) for s in sample_shape)
+    try:
+        shape = tuple(int(s) for s in sample_shape)
+    except (TypeError, ValueError):
+        shape = ()
     if len(shape) not in (1, 3) or min(shape) < 1:
-        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape}")
+        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape!r}")
+    if half := sorted({str(p.dtype) for p in net.parameters() if p.dtype in (torch.float16, torch.bfloat16)}):
+        raise UserError(f"the network's parameters are {', '.join(half)}: its student is trained as a copy of it, "
+                        "which needs float32 weights; pass net.float() (train.precision=bf16 trains in mixed "
+                        "precision)")
     if solver not in SOLVERS:
         raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if clip_sample is not None and not float(clip_sample) > 0:
         raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
-    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
+    if value_range is not None and (len(value_range) != 2 or not float(value_range[0]) < float(value_range[1])):
         raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
     if sample_steps is not None and sample_steps < 1:
         raise UserError(f"sample_steps must be >= 1 (or None: the default), got {sample_steps}")
     return shape
 
 
+def _uncompiled(net):
+    """The module inside torch.compile's wrapper: distmatch reads a sub-module's output for the GAN's features,
+    which compiled code does not give, and copies the network for its student and critic."""
+    inner = getattr(net, "_orig_mod", None)
+    if type(net).__name__ == "OptimizedModule" and isinstance(inner, torch.nn.Module):
+        print(f"warning: wrap_teacher runs the {type(inner).__name__} inside torch.compile's wrapper uncompiled",
+              file=sys.stderr)
+        return inner
+    return net
+
+
+def _edm_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max):
+    """A σ-space denoiser's adapter over [sigma_min, sigma_max]; a default top far below EDM's 160 σ_data is said."""
+    from .schedules import SIGMA_MAX, SIGMA_MIN
+    from .teachers.adapters import EDMAdapter
+
+    if sigma_max is None and SIGMA_MAX < 20 * float(sigma_data):
+        print(f"warning: the default sigma_max = {SIGMA_MAX:g} is {SIGMA_MAX / sigma_data:.3g} x sigma_data (EDM: 160 "
+              "x): its noise hides little of such data; give wrap_teacher the sigma_max the network was trained to",
+              file=sys.stderr)
+    return EDMAdapter(net, prediction or "x0", num_classes, features,
+                      SIGMA_MIN if sigma_min is None else float(sigma_min),
+                      SIGMA_MAX if sigma_max is None else float(sigma_max))
+
+
 def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = None, alphas_cumprod=None,
                  timesteps: str = "continuous", flow: bool = False, shift: float = 1.0, time_scale: float = 1000.0,
-                 num_train_timesteps: int = 1000, value_range=(-1, 1), num_classes: int = 0,
+                 num_train_timesteps: int = 1000, value_range=None, num_classes: int = 0,
                  features: str | None = "auto", sigma_data: float = 0.5, solver: str = "heun",
-                 sample_steps: int | None = None, clip_sample: float | None = None) -> Model:
+                 sample_steps: int | None = None, clip_sample: float | None = None, sigma_min: float | None = None,
+                 sigma_max: float | None = None) -> Model:
     """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
-    `value_range` or a (D,) vector.
+    `value_range` or a (D,) vector. An image network works on [-1, 1]; `value_range=(lo, hi)` says that it stands
+    for pixel values lo..hi (data are then read in that range and must lie in it); without it, data keep their own
+    range (uint8: 0..255), mapped to [-1, 1], and the teacher alone samples in [-1, 1].
 
     Without `alphas_cumprod`, `net` is a σ-space denoiser called as net(x_σ, σ[, labels]) that returns x̂_0
     (`prediction="x0"`, the default) or ε̂ (`"epsilon"`). With `alphas_cumprod` (one ᾱ_t per training timestep,
@@ -212,6 +269,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     time embedding that is a lookup table). With `flow=True`, `net` is a flow-matching network called as
     net(x_s, t[, labels]) on x_s = (1-s) x_0 + s ε with t = time_scale · s, predicting the velocity ε - x_0, trained
     on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
+    A σ-space denoiser was trained on σ in [`sigma_min`, `sigma_max`] (default EDM's 0.002 and 80, made for data of
+    std `sigma_data` = 0.5: give your own range when your data's spread differs); `sigma_data` also scales the
+    critic's loss weights and a K-step student's default levels (student.sigma_top / sigma_last are for 0.5).
     An image network returning twice the sample's channels (its prediction and a learned variance, as improved
     DDPM and ADM) is read as its first half. `num_classes` > 0: class-conditional, with the label `num_classes`
     meaning "no class" if the network was trained for classifier-free guidance. `features`: the sub-module whose
@@ -222,30 +282,47 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE
     for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave it None when your own
     sampler does not clip."""
-    from .teachers.adapters import EDMAdapter, FlowAdapter, VPAdapter
+    from .teachers.adapters import FlowAdapter, VPAdapter
 
+    net = _uncompiled(net)
     shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
+    _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):
             raise UserError("a flow teacher predicts the velocity and has no alphas_cumprod")
         adapter = FlowAdapter(net, num_train_timesteps, shift, time_scale, num_classes, features)
     elif alphas_cumprod is None:
-        adapter = EDMAdapter(net, prediction or "x0", num_classes, features)
+        adapter = _edm_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max)
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
     adapter.probe(shape)
-    kind = "vector" if len(shape) == 1 else "image"
-    common = dict(kind=kind, shape=shape, source="", dtype="float32", class_names=list(range(num_classes)))
-    if kind == "vector":
-        spec = DataSpec(**common, layout="nd", shift=[0.0] * shape[0], scale=[1.0] * shape[0])
-    else:
-        spec = DataSpec(**common, layout="nchw", value_range=[float(v) for v in value_range])
     config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,
-              "solver": solver, "sample_steps": sample_steps or (40 if kind == "vector" else 18),
-              "spec": spec.to_dict(), "schedule": adapter.schedule().config()}
+              "solver": solver, "sample_steps": sample_steps or (40 if len(shape) == 1 else 18),
+              "schedule": adapter.schedule().config()}
     if clip_sample is not None:
         config["x0_limit"] = {"range": float(clip_sample)}
-    return Model(LoadedModel("teacher", config, spec, adapter, init_net=adapter,
+    spec = _wrapped_spec(shape, num_classes, value_range)
+    return Model(LoadedModel("teacher", {**config, "spec": spec.to_dict()}, spec, adapter, init_net=adapter,
                              class_weights=config["class_weights"]))
+
+
+def _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, foreign_levels: bool) -> None:
+    """wrap_teacher's classes and levels checked, each refused in one line."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
+        raise UserError(f"num_classes must be a whole number >= 0 (0: unconditional), got {num_classes!r}")
+    if not float(sigma_data) > 0:
+        raise UserError(f"sigma_data must be the data's standard deviation (> 0), got {sigma_data}")
+    if (sigma_min, sigma_max) != (None, None) and foreign_levels:
+        raise UserError("sigma_min / sigma_max are a σ-space denoiser's range; a DDPM-style or flow network's levels "
+                        "come from its alphas_cumprod or its flow schedule")
+
+
+def _wrapped_spec(shape, num_classes: int, value_range) -> DataSpec:
+    """A wrapped network's samples: vectors as they are, images on [-1, 1] standing for value_range."""
+    common = dict(shape=shape, source="", dtype="float32", class_names=list(range(num_classes)))
+    if len(shape) == 1:
+        return DataSpec(kind="vector", **common, layout="nd", shift=[0.0] * shape[0], scale=[1.0] * shape[0])
+    return DataSpec(kind="image", **common, layout="nchw", value_range=[float(v) for v in value_range or (-1, 1)],
+                    range_fixed=value_range is not None)

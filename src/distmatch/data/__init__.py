@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,17 @@ def load_data(source: str, split: str = "train", spec: DataSpec | None = None, l
 def from_arrays(x, labels=None, spec: DataSpec | None = None, name: str = "in-memory data") -> Dataset:
     """An in-memory array (numpy or torch, any documented layout) and optional labels, checked and normalised
     exactly like a file holding them."""
-    x, labels = _numpy(x), (_numpy(labels) if labels is not None else None)
+    x, labels = as_numpy(x), (as_numpy(labels) if labels is not None else None)
     array = check_array(x, name)
     labels = check_labels(labels, len(array), name)
     return _dataset(RawData(array, labels, infer_layout(array.shape, "auto", name)), name, spec, None)
 
 
-def _numpy(a) -> np.ndarray:
+def as_numpy(a) -> np.ndarray:
+    """An array or tensor as numpy (bfloat16, which numpy lacks, as float32)."""
     if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        return (a.float() if a.dtype == torch.bfloat16 else a).numpy()
     return np.asarray(a)
 
 
@@ -77,10 +80,33 @@ def _dataset(raw: RawData, origin: str, spec: DataSpec | None, mixture) -> Datas
 def _scale_spec(raw: RawData, spec: DataSpec, origin: str) -> DataSpec:
     """The spec that maps these data into the model's space. A foreign teacher (a diffusers folder, a network
     wrapped in Python) works on [-1, 1] images and knows no data: the data keep their own value range, mapped there,
-    as when it is distilled."""
+    as when it is distilled, unless the network was wrapped with its own value_range."""
     if spec.kind == "image" and not spec.source:
-        return DataSpec.fit(raw.array, None, [], origin, raw.layout)
+        fitted = DataSpec.fit(raw.array, None, [], origin, raw.layout)
+        if not spec.range_fixed:
+            return fitted
+        check_in_range(float(raw.array.min()), float(raw.array.max()), spec.value_range, origin)
+        return dataclasses.replace(fitted, value_range=list(spec.value_range), range_fixed=True)
     return spec
+
+
+def check_in_range(lo: float, hi: float, value_range, origin: str) -> None:
+    """Images read in a wrapped network's declared value range must lie in it (1 % slack)."""
+    a, b = value_range
+    if lo < a - 0.01 * (b - a) or hi > b + 0.01 * (b - a):
+        raise UserError(f"data '{origin}' hold values from {lo:g} to {hi:g}, outside the teacher's value_range "
+                        f"({a:g}, {b:g}): give wrap_teacher the range your images are in")
+
+
+def in_value_range(data: Dataset, value_range, origin: str) -> Dataset:
+    """Images normalised by their own range, read again in a wrapped network's declared one."""
+    lo, hi = data.spec.value_range
+    raw = (data.x.double() + 1) / 2 * (hi - lo) + lo
+    check_in_range(float(raw.min()), float(raw.max()), value_range, origin)
+    a, b = value_range
+    x = (2 * (raw - a) / (b - a) - 1).float()
+    spec = dataclasses.replace(data.spec, value_range=list(value_range), range_fixed=True)
+    return Dataset(x, data.labels, spec, data.mixture)
 
 
 def _read_source(source: str, split: str, layout: str) -> tuple[RawData, str]:

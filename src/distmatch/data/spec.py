@@ -135,6 +135,7 @@ class DataSpec:
     layout: str                       # "nd" | "nhw" | "nhwc" | "nchw"
     dtype: str                        # numpy dtype name of the user's data
     value_range: list | None = None   # images: [lo, hi]
+    range_fixed: bool = False         # images: value_range is a wrapped network's own, which data are read in
     shift: list[float] | None = None  # vectors: per-dim mean of the training data
     scale: list[float] | None = None  # vectors: per-dim std / SIGMA_DATA (1 for constant dims)
     class_names: list = field(default_factory=list)

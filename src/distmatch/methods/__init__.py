@@ -14,7 +14,8 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import config as config_mod
-from ..data import Dataset, load_data
+from ..data import Dataset, in_value_range, load_data
+from ..data.arrays import CHANNEL_COUNTS
 from ..data.spec import data_fingerprint
 from ..errors import UserError
 from ..models import LoadedModel, load_model
@@ -113,6 +114,9 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     source = data_source or teacher.spec.source
     if not needs_data and data_source is None:
         return None
+    if teacher.spec.kind == "image" and teacher.spec.shape[0] not in CHANNEL_COUNTS:
+        raise UserError(f"the teacher makes images of {teacher.spec.shape[0]} channels and distmatch reads image data "
+                        f"of 1, 3 or 4: distil it data-free (--method tdm, or dmd2.gan=false without data)")
     if not source:
         raise UserError(f"{method} with these settings trains on real data (its GAN or its critic's first stage) "
                         "and this teacher carries none: give the data (--data / data=)")
@@ -125,6 +129,8 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
         if tuple(data.spec.shape) != tuple(teacher.spec.shape):
             raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape} (channels, height, "
                             f"width {tuple(data.spec.shape)}) but the teacher makes {tuple(teacher.spec.shape)}")
+        if teacher.spec.range_fixed:
+            data = in_value_range(data, teacher.spec.value_range, source)
         if teacher.num_classes and data.labels is not None:
             data = as_teachers_classes(data, teacher.num_classes, source)
     else:
@@ -136,6 +142,13 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not teacher.num_classes:
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
+
+
+def level_scale(teacher: LoadedModel) -> float:
+    """student.sigma_top / sigma_last are for data of std 0.5, as distmatch normalises them; a σ-space network
+    wrapped in Python sees its data raw, at the sigma_data it was wrapped with."""
+    edm = getattr(teacher.denoiser, "convention", None) == "edm"
+    return teacher.config.get("sigma_data", 0.5) / 0.5 if edm else 1.0
 
 
 def distill_data_fingerprint(data: Dataset | None) -> str | None:
@@ -178,7 +191,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
             "the velocity (flow matching)" if getattr(teacher.denoiser, "convention", "") == "flow" else "x̂_0 (EDM)")
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
-    sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon)
+    sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

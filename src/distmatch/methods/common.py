@@ -23,7 +23,7 @@ class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K levels it starts its steps from (default: the teacher's schedule)
     timesteps: list[int] | None = None    # or, for a DDPM-family teacher, the K training timesteps of those levels
-    sigma_top: float = 7.0                # default levels for K > 1: geometric from sigma_top ...
+    sigma_top: float = 7.0                # default levels for K > 1 (data of std 0.5): geometric from sigma_top ...
     sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
     start_sigma_max: float = 14.62        # an ε-predicting VP teacher's student starts at its highest level with
@@ -59,15 +59,16 @@ class StudentConfig:
                 raise UserError(f"student.{name} must be {'positive' if lowest else 'non-negative'} and strictly "
                                 "decreasing")
 
-    def resolved_sigmas(self, schedule: NoiseSchedule | None = None, epsilon: bool = False) -> list[float]:
+    def resolved_sigmas(self, schedule: NoiseSchedule | None = None, epsilon: bool = False,
+                        scale: float = 1.0) -> list[float]:
         """The student's levels: as given, or the teacher's schedule's for K steps (an ε teacher's start capped at
-        start_sigma_max: its x̂_0 carries ε̂'s error times √(1+σ²))."""
+        start_sigma_max: its x̂_0 carries ε̂'s error times √(1+σ²); sigma_top / sigma_last times `scale`)."""
         if self.sigmas is not None:
             return schedule.given_levels(self.sigmas) if schedule else list(self.sigmas)
         if self.timesteps is not None:
             return (schedule or NoiseSchedule.karras()).timestep_levels(self.timesteps)
-        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, self.sigma_top, self.sigma_last,
-                                                                   self.start_sigma_max if epsilon else 0.0)
+        top, last, start = self.sigma_top * scale, self.sigma_last * scale, self.start_sigma_max if epsilon else 0
+        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, top, last, start)
 
 
 class RealScore(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..parameterization import append_dims
-from ..schedules import FLOW_TOP, NoiseSchedule
+from ..schedules import FLOW_TOP, SIGMA_MAX, SIGMA_MIN, NoiseSchedule, karras_grid_1000
 
 
 AUTO = "auto"  # features: find the network's bottleneck (TeacherAdapter._bottleneck)
@@ -54,6 +54,9 @@ class TeacherAdapter(nn.Module):
             return self.denoise(x, sigma.float(), cond)
         with self._capture() as seen:
             x0 = self.denoise(x, sigma.float(), cond)
+        if not seen:
+            raise UserError(f"the sub-module '{self.features}' named for the GAN's features did not run in the "
+                            "network's forward: name one that does with wrap_teacher(..., features=...)")
         return x0, seen[0]
 
     @contextmanager
@@ -98,7 +101,7 @@ class TeacherAdapter(nn.Module):
         ends = self.schedule()
         sigma = torch.tensor([ends.sigma_min, ends.sigma_max], device=x.device)
         with torch.no_grad():
-            x0 = self(x.expand(2, *x.shape[1:]), sigma, None if cond is None else cond.expand(2))
+            x0 = self(x.repeat(2, *[1] * (x.ndim - 1)), sigma, None if cond is None else cond.repeat(2))
         for i, end in enumerate(("lowest", "highest")):
             if not torch.isfinite(x0[i]).all():
                 raise UserError(f"the network returns non-finite values at σ = {sigma[i].item():.4g}, the {end} "
@@ -111,7 +114,7 @@ class TeacherAdapter(nn.Module):
         layer (the last module whose output is a (B, F) row of another width than the sample's). None if none."""
         seen = []
         hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out)))
-                 for name, m in self.net.named_modules() if name]
+                 for name, m in self.net.named_modules() if name and "parametrizations" not in name.split(".")]
         try:
             with torch.no_grad():
                 call()
@@ -156,22 +159,32 @@ def as_map(f: torch.Tensor) -> torch.Tensor:
 
 class EDMAdapter(TeacherAdapter):
     """A network that is already a σ-space denoiser, called as net(x_σ, σ[, cond]) and returning x̂_0
-    (`prediction="x0"`) or the noise ε̂ (`prediction="epsilon"`, x̂_0 = x_σ - σ ε̂)."""
+    (`prediction="x0"`) or the noise ε̂ (`prediction="epsilon"`, x̂_0 = x_σ - σ ε̂), trained on σ in
+    [sigma_min, sigma_max] (EDM's 0.002 and 80, for data of std 0.5)."""
 
     convention = "edm"
 
-    def __init__(self, net: nn.Module, prediction: str = "x0", num_classes: int = 0, features: str | None = None):
+    def __init__(self, net: nn.Module, prediction: str = "x0", num_classes: int = 0, features: str | None = None,
+                 sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX):
         super().__init__(net, num_classes, features)
         if prediction not in ("x0", "epsilon"):
             raise UserError(f"an EDM-space network predicts x0 or epsilon, got prediction={prediction!r}")
-        self.prediction = prediction
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise UserError(f"an EDM-space network's levels need 0 < sigma_min < sigma_max, got {sigma_min} and "
+                            f"{sigma_max}")
+        self.prediction, self.sigma_min, self.sigma_max = prediction, float(sigma_min), float(sigma_max)
+
+    def schedule(self) -> NoiseSchedule:
+        """DMD2's 1000-point Karras grid over the network's own range."""
+        return NoiseSchedule(karras_grid_1000(self.sigma_min, self.sigma_max), "ve")
 
     def denoise(self, x, sigma, cond):
         out = call_with_labels(self.net, x, sigma, cond).float()
         return out if self.prediction == "x0" else x - append_dims(sigma, x.ndim) * out
 
     def config(self) -> dict:
-        return {**super().config(), "prediction": self.prediction}
+        return {**super().config(), "prediction": self.prediction, "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max}
 
 
 def network_output(out) -> torch.Tensor:
@@ -194,13 +207,15 @@ def prediction_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def call_with_labels(net: nn.Module, x, t, cond):
-    """net(x, t) or, with labels, net(x, t, class_labels=...) for diffusers models and net(x, t, cond) otherwise."""
+    """net(x, t) or, with labels, net(x, t, class_labels=...) for diffusers models and net(x, t, cond) otherwise.
+    The network gets its own copies of x and t: one that scales its inputs in place must not change the caller's."""
+    x_in, t_in = x.clone(), t.clone()
     if cond is None:
-        out = net(x, t)
+        out = net(x_in, t_in)
     elif "class_labels" in inspect.signature(net.forward).parameters:
-        out = net(x, t, class_labels=cond)
+        out = net(x_in, t_in, class_labels=cond)
     else:
-        out = net(x, t, cond)
+        out = net(x_in, t_in, cond)
     return prediction_of(network_output(out), x)
 
 
@@ -313,7 +328,8 @@ class FlowAdapter(TeacherAdapter):
 def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:
     """The adapter described by `cfg` (TeacherAdapter.config) around `net`."""
     if cfg.get("convention") == "edm":
-        return EDMAdapter(net, cfg.get("prediction", "x0"), cfg.get("num_classes", 0), cfg.get("features"))
+        return EDMAdapter(net, cfg.get("prediction", "x0"), cfg.get("num_classes", 0), cfg.get("features"),
+                          cfg.get("sigma_min", SIGMA_MIN), cfg.get("sigma_max", SIGMA_MAX))
     if cfg.get("convention") == "flow":
         return FlowAdapter(net, cfg["num_train"], cfg["shift"], cfg["time_scale"], cfg.get("num_classes", 0),
                            cfg.get("features"))

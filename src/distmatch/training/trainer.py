@@ -62,6 +62,8 @@ class TrainConfig:
             raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), got {self.betas}")
         if self.lr_decay not in ("none", "cosine"):
             raise UserError(f"config key 'train.lr_decay' must be none or cosine, got {self.lr_decay!r}")
+        if not self.grad_clip >= 0:
+            raise UserError(f"config key 'train.grad_clip' must be >= 0 (0: off), got {self.grad_clip}")
         if not 0 <= self.cooldown <= 1:
             raise UserError(f"config key 'train.cooldown' must be in [0, 1], got {self.cooldown}")
         if self.ckpt_every < 1 or self.log_every < 1:
@@ -237,7 +239,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
             _set_lr(method.optimizers(), it, cfg)
             ctx.it = it
             logs = method.step(data.next(), it)
-            _check_finite(logs, it, out)
+            _check_finite(logs, it, out, cfg.precision)
             it += 1
             logger.add(logs)
             bar.update(1)
@@ -275,12 +277,13 @@ def follow_thread_budget() -> None:
         torch.set_num_threads(n)
 
 
-def _check_finite(logs: dict, it: int, out: Path) -> None:
+def _check_finite(logs: dict, it: int, out: Path, precision: str = "fp32") -> None:
     bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
     if bad:
         name, value = next(iter(bad.items()))
+        hint = "a lower train.lr" + (" or train.precision=fp32" if precision != "fp32" else "")
         raise UserError(f"training diverged at iteration {it + 1} ({name} = {value}); the last checkpoint in {out} "
-                        "is kept; try a lower train.lr or train.precision=fp32")
+                        f"is kept; try {hint}")
 
 
 class Interrupted(Exception):

@@ -275,6 +275,10 @@ def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tm
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe.save_pretrained(flow)
     student = run_distill(flow, tmp_path / "s", steps=k, overrides=QUIET)
+    # a K-step student's last step starts at s = shift(1/K) (DMD2's t = T/K - 1 read as flow time), not at the
+    # scheduler's lowest level, s = 0.003, where it would have nothing left to do
+    last = json.loads((student / "config.json").read_text())["sigmas"][-1]
+    assert k == 1 or last / (1 + last) == pytest.approx(3 / k / (1 + 2 / k), rel=1e-5)
     out = export_student(student, tmp_path / "export")
     printed, diff = same_images(student, out, k, 5, tmp_path)
     assert printed.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"] and diff < 1e-4, (printed, diff)

@@ -22,6 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from .errors import UserError
 from .models import LoadedModel, load_model
+from .schedules import FLOW_TOP
 
 
 def lcm_timesteps(num_train: int, steps: int) -> list[int]:
@@ -82,18 +83,21 @@ def vp_scheduler(adapter, sigmas: list[float]):
 
 def flow_scheduler(adapter, sigmas: list[float]):
     """A flow scheduler with stochastic sampling (each step's x̂_0 re-noised to the next level, as the student
-    was trained), whose K levels are the student's."""
+    was trained), whose K levels are the student's: stretched to its last level by `shift_terminal`, or (a
+    student distilled before that default) the scheduler's own."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,
-                                                stochastic_sampling=True)
-    scheduler.set_timesteps(len(sigmas))
-    trained = adapter.schedule().student_levels(len(sigmas), 0.0, 0.0)
-    if not torch.allclose(torch.tensor(sigmas, dtype=torch.float64), torch.tensor(trained, dtype=torch.float64),
-                          rtol=1e-6):
-        raise UserError("the student was not trained at the flow scheduler's levels; distil with the default "
-                        "student levels to export")
-    return scheduler, [round(float(t), 4) for t in scheduler.timesteps], False
+    steps = len(sigmas)
+    for terminal in ([adapter.schedule().flow_terminal(steps)] if steps > 1 else []) + [None]:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,
+                                                    shift_terminal=terminal, stochastic_sampling=True)
+        scheduler.set_timesteps(steps)
+        s = scheduler.sigmas[:-1].double()
+        runs = torch.where(s >= 1, torch.full_like(s, FLOW_TOP), s / (1 - s))
+        if torch.allclose(torch.tensor(sigmas, dtype=torch.float64), runs, rtol=1e-5):
+            return scheduler, [round(float(t), 4) for t in scheduler.timesteps], False
+    raise UserError("the student was not trained at the flow scheduler's levels; distil with the default "
+                    "student levels to export")
 
 
 def export_student(student_dir: str | Path, out: str | Path) -> Path:

@@ -155,8 +155,8 @@ class NoiseSchedule:
         """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
         to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for
         i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000), where T counts the training levels with σ <= start_max
-        when that is set (all of them otherwise); flow: a flow scheduler's K levels, evenly spaced in time from
-        s = 1 to its lowest training s, each shifted."""
+        when that is set (all of them otherwise); flow: a flow scheduler's K levels (evenly spaced in time from
+        s = 1 to its lowest training s, each shifted) stretched to end at flow_terminal(K)."""
         if self.kind == "ve":
             return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
         if self.kind == "vp":
@@ -168,4 +168,12 @@ class NoiseSchedule:
             return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]
         s_min = float(self.grid[0] / (1 + self.grid[0]))
         s = flow_shift(torch.linspace(1.0, s_min, steps, dtype=torch.float64), self.shift)
+        if steps > 1:  # diffusers' shift_terminal: 1 - s scaled so that the last level is the terminal one
+            s = 1 - (1 - s) * (1 - self.flow_terminal(steps)) / (1 - s[-1])
         return [FLOW_TOP if v >= 1 else float(v / (1 - v)) for v in s]
+
+    def flow_terminal(self, steps: int) -> float:
+        """A K-step flow student's last level, s = shift(1/K): where DMD2's K-step students of a T-step DDPM
+        teacher start their last step (t = T/K - 1: 249 of 1000 for K = 4), read as flow time. The scheduler's
+        own last level, its lowest training s, would leave the last step nothing to do."""
+        return float(flow_shift(torch.tensor(1.0 / steps, dtype=torch.float64), self.shift))

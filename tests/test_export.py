@@ -388,13 +388,20 @@ def test_a_foreign_teachers_classes_are_the_numbers_its_data_are_labelled_with(t
 
 def test_msd_on_a_diffusers_teacher_with_three_classes_and_its_export_refusal(tmp_path):
     """msd's default (four students, or one per class when there are fewer) runs on a 3-class diffusers teacher;
-    its class router has no stock pipeline, which export says in one line."""
+    its class router has no stock pipeline, which export says in one line. Its k-means partition groups the
+    classes of the data given (the teacher carries none), and msd.small, which narrows distmatch's own networks,
+    is refused in one line."""
     teacher, data = class_folder(tmp_path, "unet")
-    student = run_distill(teacher, tmp_path / "s", method="msd", data_source=data,
-                          overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
+    quick = ["train.progress=false", "train.iters=3", "train.batch_size=8"]
+    student = run_distill(teacher, tmp_path / "s", method="msd", data_source=data, overrides=quick)
     assert json.loads((student / "config.json").read_text())["router"]["owner"] == [0, 1, 2]
     with pytest.raises(UserError, match="class router"):
         export_student(student, tmp_path / "e")
+    kmeans = run_distill(teacher, tmp_path / "k", method="msd", data_source=data,
+                         overrides=quick + ["msd.partition=kmeans", "msd.students=2"])
+    assert sorted(set(json.loads((kmeans / "config.json").read_text())["router"]["owner"])) == [0, 1]
+    with pytest.raises(UserError, match="msd.small narrows distmatch's own networks"):
+        run_distill(teacher, tmp_path / "m", method="msd", data_source=data, overrides=quick + ["msd.small=true"])
 
 
 def test_the_export_command_says_how_to_load_the_folder(ddpm_folder, tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from dataclasses import field
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
         raise UserError(f"the teacher makes images of {teacher.spec.shape[0]} channels and distmatch reads image data "
                         f"of 1, 3 or 4: distil it data-free (--method tdm, or dmd2.gan=false without data)")
     if not source:
-        raise UserError(f"{method} with these settings trains on real data (its GAN or its critic's first stage) "
+        raise UserError(f"{method} with these settings uses real data (a GAN, a regression at noisy data or msd's "
+                        "k-means over class means) "
                         "and this teacher carries none: give the data (--data / data=)")
     if not teacher.spec.source and teacher.spec.kind == "image":
         # a teacher built in Python works on [-1, 1] images: the data keep their own value range, mapped there
@@ -209,7 +211,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     def as_student(m, it: int) -> LoadedModel:  # the student being trained, as `sample` will load it
         return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights)
 
-    result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas),
+    extra = {"data": data} if "data" in inspect.signature(module.Method.__init__).parameters else {}
+    result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas, **extra),
                    f"distilling ({method}, {len(sigmas)}-step)", preview=as_student)
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()

@@ -107,19 +107,19 @@ def kmeans_partition(points: torch.Tensor, students: int, iters: int = 50, resta
     return [first[j] for j in best[1].tolist()]
 
 
-def class_means(teacher) -> torch.Tensor:
-    """Per-class means of the teacher's training data (normalised space), (C, D...)."""
-    data = load_data(teacher.spec.source, spec=teacher.spec)
+def class_means(teacher, data) -> torch.Tensor:
+    """Per-class means of the distillation's data (the teacher's own unless given; normalised space), (C, D...)."""
+    data = data if data is not None else load_data(teacher.spec.source, spec=teacher.spec)
     if data.labels is None:
-        raise UserError(f"msd.partition=kmeans needs the labels of the teacher's data '{teacher.spec.source}'")
+        raise UserError(f"msd.partition=kmeans needs labelled data, and '{data.spec.source}' have no labels")
     k = teacher.num_classes
     missing = [c for c in range(k) if not (data.labels == c).any()]
     if missing:
-        raise UserError(f"msd.partition=kmeans: classes {missing[:5]} have no samples in '{teacher.spec.source}'")
+        raise UserError(f"msd.partition=kmeans: classes {missing[:5]} have no samples in '{data.spec.source}'")
     return torch.stack([data.x[data.labels == c].mean(0) for c in range(k)])
 
 
-def class_owners(teacher, opts: Options) -> list[int]:
+def class_owners(teacher, opts: Options, data=None) -> list[int]:
     """Each class's student: opts.students of them (0: four, or one per class when there are fewer)."""
     k = teacher.num_classes
     if not k:
@@ -129,13 +129,16 @@ def class_owners(teacher, opts: Options) -> list[int]:
     if k < students:
         raise UserError(f"msd.students={students} but the teacher has only {k} classes")
     if opts.partition == "kmeans":
-        return kmeans_partition(class_means(teacher), students)
+        return kmeans_partition(class_means(teacher, data), students)
     return contiguous_partition(k, students)
 
 
 def small_network(net_cfg: dict, opts: Options) -> dict:
     """The network config of a small student: the teacher's, narrower (and optionally shallower)."""
     cfg = copy.deepcopy(net_cfg)
+    if cfg["kind"] in ("diffusers", "external"):
+        raise UserError("msd.small narrows distmatch's own networks; this teacher's network is of its own class, "
+                        "so each student is a copy of it: drop msd.small")
     if cfg["kind"] == "mlp":
         cfg["width"] = opts.student_width or max(8, cfg["width"] // 2)
         cfg["depth"] = cfg["depth"] if opts.student_depth < 0 else opts.student_depth
@@ -151,13 +154,14 @@ class MSD(DistributionMatching, Method):
 
     @classmethod
     def needs_data(cls, cfg) -> bool:
-        return cfg.msd.small and cfg.msd.prestage_iters > 0  # teacher score matching regresses at noisy data
+        # teacher score matching regresses at noisy data; k-means groups the classes by their data's means
+        return (cfg.msd.small and cfg.msd.prestage_iters > 0) or cfg.msd.partition == "kmeans"
 
-    def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
+    def __init__(self, ctx, teacher, cfg, sigmas: list[float], data=None):
         refuse_student_options(cfg, self.name)
         opts = self.opts = getattr(cfg, self.name)
         self.ctx = ctx
-        self.owner = class_owners(teacher, opts)
+        self.owner = class_owners(teacher, opts, data)
         self.sigma_data = teacher.config.get("sigma_data", 0.5)
         self.num_classes = teacher.num_classes
         self.teacher = teacher.denoiser.to(ctx.device)

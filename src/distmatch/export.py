@@ -186,7 +186,8 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "classes": "\nThe network and the scheduler are stock diffusers classes; no stock pixel pipeline passes "
               "class labels, so `pipeline.py` (torch and diffusers only: the scheduler's loop with `class_labels=`) "
               "does, which is why loading asks for `trust_remote_code=True`; read it first. Pass `class_labels=` "
-              "(indices or class names); without them labels are drawn as in the training data.\n",
+              "(indices or class names); without them labels are drawn as `distmatch sample` draws them: as in the "
+              "teacher's training data, or uniformly for a teacher that came without data.\n",
               "timesteps": "\nThe network and the scheduler are stock diffusers classes; the student was trained at "
               "timesteps that no K-step schedule of the scheduler picks itself, so `pipeline.py` (torch and diffusers "
               "only: the scheduler's loop) passes them to it, which is why loading asks for "

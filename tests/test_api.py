@@ -246,7 +246,10 @@ def test_networks_as_users_write_them_are_wrapped_or_refused_in_one_line(tmp_pat
                                 data=images, settings=settings, progress=False)
     assert "torch.compile's wrapper uncompiled" in capsys.readouterr().err
     assert student.sample(2, seed=np.int64(3)).dtype == np.float32  # bfloat16 data come back as float32
+    old = Conv()
+    old.out = torch.nn.utils.weight_norm(old.out)  # the deprecated form, whose modules cannot be deep-copied
     for call, match in ((lambda: student.sample(2, seed=1.5), "seed must be a whole number"),
+                        (lambda: distmatch.load(tmp_path / "s", network=old), "cannot be copied"),
                         (lambda: distmatch.wrap_teacher(Conv().bfloat16(), sample_shape=(1, 8, 8)), "bfloat16"),
                         (lambda: distmatch.load(tmp_path / "s", network=Conv), "got the class Conv"),
                         (lambda: distmatch.distill(teacher, tmp_path / "x", data=images, settings={"train.iters": {1}}),

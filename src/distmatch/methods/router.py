@@ -47,13 +47,23 @@ def build_network(net_cfg: dict, shape, num_classes: int, sigma_data: float, net
     """distmatch's own network from its config, or the user's `network` (a copy) inside the adapter it was
     distilled through."""
     if net_cfg.get("kind") == "diffusers":
-        return rebuild_adapter(net_cfg, copy.deepcopy(network) if network is not None else diffusers_network(net_cfg))
+        return rebuild_adapter(net_cfg, copy_of(network) if network is not None else diffusers_network(net_cfg))
     if net_cfg.get("kind") != "external":
         return build_denoiser(net_cfg, shape, num_classes, sigma_data)
     if network is None:
         raise UserError(f"this student was distilled from a network defined in Python ({net_cfg['class']}); load "
                         "it in Python with distmatch.load(path, network=<an instance of that class>)")
-    return rebuild_adapter(net_cfg, copy.deepcopy(network))
+    return rebuild_adapter(net_cfg, copy_of(network))
+
+
+def copy_of(network: nn.Module) -> nn.Module:
+    """A copy of the user's network for a student's weights, or one line on why it cannot be copied."""
+    try:
+        return copy.deepcopy(network)
+    except RuntimeError as e:
+        raise UserError(f"the network given cannot be copied ({str(e).splitlines()[0][:90]}...); "
+                        "torch.nn.utils.weight_norm is the usual cause: torch.nn.utils.parametrizations.weight_norm "
+                        "can be") from None
 
 
 def _strip(weights: dict, prefix: str) -> dict:

@@ -174,12 +174,13 @@ def load(path, network: torch.nn.Module | None = None, device: str = "cpu") -> M
 
 
 def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0, labels=None,
-             inception=None, solver: str | None = None, device: str = "cpu") -> dict:
+             inception=None, solver: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """`n` samples of `model` (a Model or a run folder) scored against `data` (a preset means its held-out split; a
     path; or an array with labels=): the `evaluate` command's JSON as a dict. Images are scored on Inception-v3
     features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network.
     `solver` (a teacher only): heun, euler or ancestral instead of the teacher's own. `device`: where a model
-    given as a folder samples (see load); the scores are computed on the CPU."""
+    given as a folder samples (see load); the scores are computed on the CPU. `progress=False` silences the bar
+    over a teacher's sampling."""
     from .eval.evaluate import evaluate_model
 
     model = model if isinstance(model, Model) else load(model, device=device)
@@ -194,7 +195,7 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
         split, name = "given", "in-memory data"
         reference = from_arrays(data, labels, spec=model.spec)
     result = evaluate_model(model.loaded, reference, n=n, steps=steps, seed=seed, inception=inception,
-                            data=name if split != "given" else None)
+                            data=name if split != "given" else None, progress=progress)
     where = str(model.path.resolve()) if model.path is not None else "in memory"
     result.update({"model": where, "data": name, "split": split})
     return result

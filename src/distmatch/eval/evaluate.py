@@ -52,12 +52,14 @@ def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inc
 
 
 def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None = None, seed: int = 0,
-                   speed: bool = True, train: Dataset | None = None, inception=None, data: str | None = None) -> dict:
+                   speed: bool = True, train: Dataset | None = None, inception=None, data: str | None = None,
+                   progress: bool = True) -> dict:
     """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space);
-    `data`: where the reference came from (a preset or a path), for the in-domain network's training data."""
+    `data`: where the reference came from (a preset or a path), for the in-domain network's training data;
+    `progress`: a bar over a teacher's sampling."""
     steps = model.check_steps(steps)
     t0 = time.perf_counter()
-    samples, labels = model.sample(n, steps, seed=seed, progress=True)
+    samples, labels = model.sample(n, steps, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0
     model.check_finite(samples)
     result = {"kind": model.kind, "method": model.config.get("method"), "steps": steps, "nfe": model.nfe(steps),

@@ -96,6 +96,12 @@ def test_exported_student_gives_the_same_images_in_stock_diffusers(ddpm_folder, 
     printed, diff = same_images(student, out, k, 7, tmp_path)
     assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
     assert np.load(tmp_path / "x.npy").std() > 0.05  # real images, not a constant
+    # distmatch reads its export back as the student (its K levels), not as a teacher sampled by Heun
+    again = load_model(out)
+    assert again.kind == "student" and again.nfe() == k
+    assert torch.allclose(again.sample(3, seed=5)[0], load_model(student).sample(3, seed=5)[0], atol=1e-5)
+    with pytest.raises(UserError, match="a student that distmatch exported, not a teacher"):
+        run_distill(out, tmp_path / "s2", overrides=QUIET)
 
 
 def test_a_student_of_a_unet_that_learns_its_variance_exports_its_prediction_only(ddpm_folder, tmp_path):
@@ -316,6 +322,8 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
     assert (out / "pipeline.py").is_file() and "trust_remote_code=True" in (out / "README.md").read_text()
     printed, diff = same_images(student, out, 2, 4, tmp_path, RELOAD_OWN)
     assert "loaded without" not in printed and "DistmatchStudentPipeline" in printed and diff < 1e-4, (printed, diff)
+    with pytest.raises(UserError, match="exported with its own network code"):
+        load_model(out)
 
 
 RELOAD_LABELS = RELOAD_OWN.replace("generator=torch.manual_seed(seed),",

@@ -93,7 +93,10 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
     if not path.exists():
         raise UserError(f"no such teacher folder: {teacher_dir}")
     if is_diffusers_folder(path):
-        return load_diffusers_teacher(path)
+        model = load_diffusers_teacher(path)
+        if model.kind != "teacher":
+            raise UserError(f"{teacher_dir} is a student that distmatch exported, not a teacher")
+        return model
     if not (path / ckpt.CONFIG).is_file() and (path / ckpt.CHECKPOINT).is_file():
         raise UserError(f"{teacher_dir} holds an unfinished run (checkpoint at iteration "
                         f"{read_checkpoint_iteration(path)}); re-run the command that made it to finish it")

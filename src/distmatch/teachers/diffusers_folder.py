@@ -124,7 +124,8 @@ def x0_limit(cfg) -> dict | None:
 
 
 def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps: int = 18):
-    """The LoadedModel of a diffusers folder (distmatch's σ-space teacher around its UNet and scheduler)."""
+    """The LoadedModel of a diffusers folder (distmatch's σ-space teacher around its UNet and scheduler); a folder
+    that `distmatch export` wrote is its student, sampled at its trained levels."""
     import diffusers
 
     from ..models import LoadedModel
@@ -132,6 +133,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     path = Path(path)
     names = components(path)
     check_readable(names, path)
+    record = exported_record(path, names)
     unet_dir, unet_class = _component(path, model_folder(names))
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:
@@ -155,5 +157,22 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
               "schedule": adapter.schedule().config()}
     if limit := x0_limit(scheduler.config):
         config["x0_limit"] = limit
+    if record is not None:
+        config.update(kind="student", method=record.get("method"), recipe=record.get("recipe"),
+                      sigmas=record["sigmas"], steps=len(record["sigmas"]))
+        return LoadedModel("student", config, spec, adapter, class_weights=config["class_weights"], path=path)
     return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
                        path=path)
+
+
+def exported_record(path: Path, names: set[str]) -> dict | None:
+    """The distillation record of a folder `distmatch export` wrote (None for any other folder)."""
+    index = path / "model_index.json"
+    record = read_json(path, index).get("_distmatch") if index.is_file() else None
+    if not isinstance(record, dict) or not isinstance(record.get("sigmas"), list) or not record["sigmas"]:
+        return None
+    if "student" in names:
+        raise UserError(f"{path} is a distmatch student exported with its own network code: load it with "
+                        "DiffusionPipeline.from_pretrained(folder, trust_remote_code=True), or give distmatch the run "
+                        "folder it was exported from")
+    return record

@@ -352,6 +352,17 @@ def class_folder(tmp_path, kind: str):
     return tmp_path / "t", str(tmp_path / "d.npz")
 
 
+def test_guidance_needs_a_teacher_trained_without_a_class_too(tmp_path):
+    """A UNet2DModel's class table holds its classes only: guidance, which runs the teacher on the "no class"
+    label, is refused in one line (it was an IndexError); a DiT keeps a row for it and runs guided."""
+    quick = ["train.progress=false", "train.iters=1", "train.batch_size=4", "dmd2.guidance=2"]
+    teacher, data = class_folder(tmp_path / "u", "unet")
+    with pytest.raises(UserError, match="not trained for classifier-free guidance"):
+        run_distill(teacher, tmp_path / "s", data_source=data, overrides=quick)
+    teacher, data = class_folder(tmp_path / "d", "dit")
+    run_distill(teacher, tmp_path / "s", data_source=data, overrides=quick)
+
+
 @pytest.mark.parametrize("kind,k", [("unet", 2), ("flow", 2), ("dit", 1)])
 def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(tmp_path, kind, k):
     """The stock network and scheduler plus pipeline.py: the same images as distmatch sample from the same seed,

@@ -124,7 +124,7 @@ def test_msd_resumed_run_equals_uninterrupted(tmp_path):
 def test_small_students_are_smaller_and_pretrained_on_the_teacher(labelled_teacher, tmp_path):
     args = QUIET + ["msd.students=2", "msd.small=true", "msd.prestage_iters=400", "train.batch_size=256",
                     "train.log_every=10"]
-    out = run_distill(labelled_teacher, tmp_path / "s", method="msd", overrides=args + ["train.iters=400"])
+    out = run_distill(labelled_teacher, tmp_path / "s", method="msd", overrides=args + ["train.iters=401"])
     teacher, model = load_model(labelled_teacher), load_model(out)
     teacher_params = sum(p.numel() for p in teacher.init_net.parameters())
     owner, nets = model.config["router"]["owner"], model.config["router"]["networks"]
@@ -179,3 +179,11 @@ def test_router_refuses_labels_no_student_owns(tmp_path):
         model.sample(4, cond=8)
     with pytest.raises(UserError, match="no student for label -1; give a class label in 0..7"):
         model.sample(4, cond=torch.tensor([0, -1, 3, 5]))
+
+
+def test_small_students_need_iterations_left_for_distillation(labelled_teacher, tmp_path):
+    """msd.small spends its first msd.prestage_iters on teacher score matching: a run no longer than that would
+    end with students never distilled, so it is refused in one line."""
+    with pytest.raises(UserError, match="leaves none for distillation"):
+        run_distill(labelled_teacher, tmp_path / "s", method="msd",
+                    overrides=QUIET + ["msd.small=true", "msd.prestage_iters=500", "train.iters=20"])

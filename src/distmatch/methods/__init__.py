@@ -149,6 +149,21 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
+def check_null_label(teacher: LoadedModel, guidance: float, method: str) -> None:
+    """Classifier-free guidance runs the teacher with its "no class" label, num_classes: refused in one line for a
+    network that has none (a UNet2DModel's class table holds only its classes)."""
+    if guidance == 1.0 or not teacher.num_classes:
+        return
+    x = torch.zeros((1, *teacher.spec.shape), device=teacher.device)
+    try:
+        with torch.no_grad():
+            teacher.denoiser(x, torch.ones(1, device=x.device), torch.full((1,), teacher.num_classes, device=x.device))
+    except (IndexError, RuntimeError) as e:
+        raise UserError(f"{method}.guidance={guidance:g} runs the teacher without a class (label "
+                        f"{teacher.num_classes}), which its network does not take ({str(e).splitlines()[0][:60]}): "
+                        "it was not trained for classifier-free guidance; leave the guidance at 1") from None
+
+
 def level_scale(teacher: LoadedModel) -> float:
     """student.sigma_top / sigma_last are for data of std 0.5, as distmatch normalises them; a σ-space network
     wrapped in Python sees its data raw, at the sigma_data it was wrapped with."""
@@ -197,6 +212,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
+    check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

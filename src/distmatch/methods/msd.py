@@ -167,6 +167,10 @@ class MSD(DistributionMatching, Method):
         self.teacher = teacher.denoiser.to(ctx.device)
         self.real = RealScore(self.teacher, opts.guidance, self.num_classes)
         self.prestage = opts.prestage_iters if opts.small else 0
+        if self.prestage >= cfg.train.iters:
+            raise UserError(f"msd.small trains its students by teacher score matching for msd.prestage_iters="
+                            f"{self.prestage} iterations before distilling them; train.iters={cfg.train.iters} "
+                            "leaves none for distillation: raise train.iters or lower msd.prestage_iters")
         self.net_cfgs, self.gens, self.critics, self.emas, self.opt_g, self.opt_c = [], [], [], [], [], []
         self.student_cfg = cfg.student
         self.n_students = max(self.owner) + 1

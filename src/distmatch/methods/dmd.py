@@ -55,7 +55,7 @@ class Options:
             raise UserError(f"dmd.pairs must be >= 1, got {self.pairs}")
         if self.dm_draws < 1:
             raise UserError(f"dmd.dm_draws must be >= 1, got {self.dm_draws}")
-        check_ode_init("dmd", self.ode_init, self.pairs)
+        check_ode_init("dmd", self.ode_init, self.pairs, count_key="pairs")
         if self.regression == "lpips":
             raise UserError("dmd.regression=lpips needs pretrained LPIPS network weights and none exist locally "
                             "(distmatch downloads nothing); use dmd.regression=mse")

@@ -86,10 +86,12 @@ def ode_solver(teacher) -> str:
     return teacher.config["solver"] if teacher.config["solver"] in ODE_SOLVERS else "heun"
 
 
-def check_ode_init(section: str, share: float, count: int, weight: float = 0.0) -> None:
-    if not 0.0 <= share <= 1.0 or count < 1:
-        raise UserError(f"{section}.ode_init must be a share in [0, 1] and {section}.ode_pairs >= 1, got {share} / "
-                        f"{count}")
+def check_ode_init(section: str, share: float, count: int, weight: float = 0.0, count_key: str = "ode_pairs") -> None:
+    """The pairs' settings of a method, each refused by its own key (`share` None: the method has no warm-up)."""
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise UserError(f"{section}.ode_init must be a share in [0, 1], got {share}")
+    if count < 1:
+        raise UserError(f"{section}.{count_key} must be >= 1, got {count}")
     if weight < 0:
         raise UserError(f"{section}.ode_weight must be >= 0, got {weight}")
 

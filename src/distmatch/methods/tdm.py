@@ -67,7 +67,7 @@ class Options:
             raise UserError("tdm.floor must be a fraction in [0, 1) and tdm.margin >= 0")
         if self.guidance < 0 or self.huber_c <= 0:
             raise UserError("tdm.guidance must be >= 0 and tdm.huber_c > 0")
-        check_ode_init("tdm", 0.0, self.ode_pairs, self.ode_weight)
+        check_ode_init("tdm", None, self.ode_pairs, self.ode_weight)
 
 
 def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10,

@@ -1,5 +1,6 @@
 """End to end through the command: images in the user's layout, the demo and its report, evaluation JSON."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +120,12 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
 def test_compare_refuses_unknown_method(tmp_path):
     assert cli("compare", "--methods", "dmd2,nope", "--out", str(tmp_path / "c")) == 2
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("methods,data,match", [
+    ("dmd2,dmd2+low-start", "digits", "compare trains its own teacher, which predicts"),
+    ("dmd,tdm+ode", "digits", "recipe 'tdm\\+ode' is defined for vector data only"),
+    ("dmd2,msd", "moons", "msd needs class labels")])
+def test_compare_refuses_what_the_data_cannot_run_before_training(tmp_path, capsys, methods, data, match):
+    assert cli("compare", "--data", data, "--methods", methods, "--out", str(tmp_path / "c")) == 2
+    assert re.search(match, capsys.readouterr().err) and not (tmp_path / "c").exists()

@@ -42,6 +42,22 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
     return list(zip(names, map(int, ks)))
 
 
+def check_plan(plan: list[tuple[str, int]], data: str) -> None:
+    """Refuse, before anything is trained, what the data cannot run: msd without labels, a recipe outside the
+    data and step counts it was measured on, or one that acts on ε-predicting teachers (compare's own predict x̂_0)."""
+    from ..methods.recipes import RECIPES, recipe_settings
+
+    found = load_data(data)
+    if any(method_of(m) == "msd" for m, _ in plan) and found.labels is None:
+        raise UserError("msd needs class labels; compare it on labelled data (e.g. 8gaussians-labeled, digits)")
+    for name, k in plan:
+        if name in RECIPES:
+            recipe_settings(name, found.spec.kind, k)
+            if RECIPES[name].epsilon_only:
+                raise UserError(f"recipe '{name}' acts on the students of ε-predicting teachers; compare trains its "
+                                f"own teacher, which predicts x̂_0: use distmatch distill on your ε teacher")
+
+
 def method_of(name: str) -> str:
     """The method a --methods entry runs: itself, or the method of a recipe."""
     from ..methods.recipes import RECIPES
@@ -150,14 +166,13 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     if config_file:
         raise UserError("compare takes no --config; use --set teacher.KEY=V, --set train.KEY=V, --set METHOD.KEY=V")
     plan = parse_plan(methods, steps)
+    check_plan(plan, data)
     t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])
     out = Path(out or f"runs/compare-{Path(data).stem}")
     t0 = time.perf_counter()
     teacher_dir = train_teacher(data, out / "teacher", None, t_over)
     teacher = load_model(teacher_dir)
     teacher_s = round(time.perf_counter() - t0, 1)
-    if any(method_of(m) == "msd" for m, _ in plan) and not teacher.num_classes:
-        raise UserError("msd needs class labels; compare it on labelled data (e.g. 8gaussians-labeled, digits)")
     kind = teacher.spec.kind
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     n = 4000 if kind == "vector" else 1000

@@ -256,3 +256,14 @@ def test_networks_as_users_write_them_are_wrapped_or_refused_in_one_line(tmp_pat
                          "settings 'train.iters'")):
         with pytest.raises(UserError, match=match):
             call()
+
+
+def test_distill_takes_a_folder_and_the_methods_own_step_count(tmp_path):
+    """A teacher given as a folder path (the docstring's first form) distils and reloads; without steps= a method
+    has its own default (tdm: 4), and student.steps in settings is honoured as --set is."""
+    quick = {"train.iters": 2, "train.batch_size": 16, "network.width": 16, "network.depth": 1}
+    folder = distmatch.train_teacher("moons", tmp_path / "t", settings=quick, progress=False).path
+    fast = {"train.iters": 1, "train.batch_size": 16}
+    assert distmatch.distill(str(folder), tmp_path / "a", settings=fast, progress=False).nfe() == 1
+    assert distmatch.distill(folder, tmp_path / "b", method="tdm", settings=fast, progress=False).nfe() == 4
+    assert distmatch.distill(folder, tmp_path / "c", settings={**fast, "student.steps": 2}, progress=False).nfe() == 2

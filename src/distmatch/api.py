@@ -132,17 +132,19 @@ def train_teacher(data, out, settings: dict | None = None, labels=None, progress
     return Model(load_model(train(source, out, None, _overrides(settings, progress))))
 
 
-def distill(teacher, out, data=None, labels=None, method: str | None = None, steps: int = 1,
+def distill(teacher, out, data=None, labels=None, method: str | None = None, steps: int | None = None,
             settings: dict | None = None, recipe: str | None = None, progress: bool = True) -> Model:
     """Distil `teacher` (a run folder, a Model, or a network from wrap_teacher) into a `steps`-step student in the
-    run folder `out`, with `method` as published (default dmd2) or a named `recipe`; `data` as for train_teacher
-    (default: the teacher's own)."""
-    from .methods import run_distill
+    run folder `out` (default: the method's own, as student.steps in `settings`: 1, tdm 4), with `method` as
+    published (default dmd2) or a named `recipe`; `data` as for train_teacher (default: the teacher's own)."""
+    from .methods import load_teacher, run_distill
 
     out = Path(out)
     if isinstance(teacher, torch.nn.Module):
         raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder; wrap "
                         f"your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)")
+    if isinstance(teacher, (str, Path)):
+        teacher = load_teacher(teacher)
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher
     if labels is not None and isinstance(loaded, LoadedModel) and not loaded.num_classes:
         print("warning: labels= are not used: the teacher is unconditional", file=sys.stderr)

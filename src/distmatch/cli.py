@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (re-running the command resumes it)")
     p.add_argument("--method", default=None, help="dmd2 (default), dmd, fdistill, tdm, msd: each as published")
     p.add_argument("--recipe", default=None, help="a named recipe (a method plus measured levers; listed below)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="the student's sampling steps K (default 1)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="the student's sampling steps K (default: the method's, 1; tdm 4)")
     p.add_argument("--data", default=None, help="training data (default: the teacher's)")
     _config_args(p)
 

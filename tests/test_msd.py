@@ -187,3 +187,12 @@ def test_small_students_need_iterations_left_for_distillation(labelled_teacher, 
     with pytest.raises(UserError, match="leaves none for distillation"):
         run_distill(labelled_teacher, tmp_path / "s", method="msd",
                     overrides=QUIET + ["msd.small=true", "msd.prestage_iters=500", "train.iters=20"])
+
+
+def test_small_students_settings_need_msd_small():
+    from distmatch.methods.msd import Options
+
+    for shape in ({"student_width": 8}, {"student_channels": [8]}, {"student_depth": 1}):
+        with pytest.raises(UserError, match="shape small students: set msd.small=true"):
+            Options(**shape).validate()
+    Options(small=True, student_width=8).validate()

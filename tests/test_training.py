@@ -133,6 +133,8 @@ def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=3"]))
     with pytest.raises(UserError, match="different settings.*train.lr"):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6", "train.lr=0.01"]))
+    with pytest.raises(UserError, match=r"different settings \(method: 'dmd2' -> 'dmd'"):  # named first
+        run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=QUIET + ["train.iters=6"])
 
 
 def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, tmp_path):

@@ -213,6 +213,9 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
     check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
+    if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
+        raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
+                        "teacher's network has none")
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

@@ -66,6 +66,9 @@ class Options:
         if self.critic_ratio < 1 or self.prestage_iters < 0 or self.prestage_lr <= 0:
             raise UserError("msd.critic_ratio must be >= 1, msd.prestage_iters >= 0 and msd.prestage_lr > 0")
         check_dm_range("msd", self.dm_range)
+        if not self.small and (self.student_width or self.student_depth >= 0 or self.student_channels):
+            raise UserError("msd.student_width / student_depth / student_channels shape small students: set "
+                            "msd.small=true, or drop them")
         if self.student_width < 0 or any(c < 1 for c in self.student_channels) or self.guidance < 0:
             raise UserError("msd.student_width must be >= 0, msd.student_channels positive, msd.guidance >= 0")
 

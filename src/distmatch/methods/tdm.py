@@ -89,7 +89,8 @@ def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10,
         if hi < lo:
             what = f"student levels {sigma:.4g} and {below:.4g} are" if below else f"the last level {sigma:.4g} is"
             raise UserError(f"{what} too close for TDM's per-step intervals (tdm.margin={margin}, tdm.floor={floor}); "
-                            "spread student.sigmas or lower tdm.margin / tdm.floor")
+                            "spread the student's levels (student.sigmas / student.timesteps) or lower tdm.margin / "
+                            "tdm.floor")
         out.append((lo, hi))
     return out
 

@@ -133,7 +133,7 @@ class DataStream:
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new), key=lambda k: (isinstance(new.get(k), dict), k))  # e.g. the method first
+    keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
     out = []
     for k in keys:
         if k not in old:  # a setting added to distmatch after this run was made: the run had none to differ

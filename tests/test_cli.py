@@ -243,6 +243,21 @@ def test_settings_reference_is_current():
     assert page.read_text() == render(), "docs/settings.md is stale: python -m distmatch.settings_doc > docs/settings.md"
 
 
+def test_command_and_api_reference_is_current():
+    """docs/reference.md is generated from the parser and the API's docstrings; regenerate it when either changes."""
+    from pathlib import Path
+
+    from distmatch.reference import render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
+    text = render()
+    assert page.read_text() == text, "docs/reference.md is stale: python -m distmatch.reference > docs/reference.md"
+    for name in ("teacher", "distill", "sample", "evaluate", "export", "demo", "compare"):
+        assert f"### distmatch {name}\n" in text
+    for name in ("wrap_teacher", "distill", "load", "evaluate", "train_teacher"):
+        assert f"distmatch.{name}(" in text
+
+
 def test_settings_reference_has_every_key_with_its_text():
     from distmatch.config import describe_fields
     from distmatch.methods import METHODS, config_class

@@ -36,18 +36,22 @@ class Model:
 
     @property
     def kind(self) -> str:
+        """"teacher" or "student"."""
         return self.loaded.kind
 
     @property
     def path(self) -> Path | None:
+        """The folder it was loaded from (None: built in memory)."""
         return self.loaded.path
 
     @property
     def spec(self) -> DataSpec:
+        """What its samples are: kind, shape, layout, dtype, value range, class names."""
         return self.loaded.spec
 
     @property
     def default_steps(self) -> int:
+        """The steps it samples at by default (a teacher's solver steps, a student's K)."""
         return self.loaded.default_steps
 
     def nfe(self, steps: int | None = None) -> int:

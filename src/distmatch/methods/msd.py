@@ -170,6 +170,8 @@ class MSD(DistributionMatching, Method):
         self.teacher = teacher.denoiser.to(ctx.device)
         self.real = RealScore(self.teacher, opts.guidance, self.num_classes)
         self.prestage = opts.prestage_iters if opts.small else 0
+        if opts.small:
+            small_network(teacher.config["network"], opts)  # refuses a network that is not distmatch's own
         if self.prestage >= cfg.train.iters:
             raise UserError(f"msd.small trains its students by teacher score matching for msd.prestage_iters="
                             f"{self.prestage} iterations before distilling them; train.iters={cfg.train.iters} "
@@ -194,8 +196,9 @@ class MSD(DistributionMatching, Method):
             net_cfg = student_network_config(teacher.config["network"], self.student_cfg)
             gen = init_copy(teacher.init_net, ctx.device, self.student_cfg.fourier_cap)
         self.net_cfgs.append(net_cfg)
-        self.emas.append(ema_copy(gen))
         self.gens.append(ctx.prepare(gen))
+        # after prepare: a small student's random start is the first process's on every process, and so its EMA
+        self.emas.append(ema_copy(ctx.unwrap(self.gens[-1])))
         self.critics.append(ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=False).to(ctx.device)))
         self.opt_g.append(ctx.make_optimizer(self.gens[-1].parameters()))
         self.opt_c.append(ctx.make_optimizer(self.critics[-1].parameters(), lr=opts.lr_critic or None))

@@ -267,3 +267,15 @@ def test_distill_takes_a_folder_and_the_methods_own_step_count(tmp_path):
     assert distmatch.distill(str(folder), tmp_path / "a", settings=fast, progress=False).nfe() == 1
     assert distmatch.distill(folder, tmp_path / "b", method="tdm", settings=fast, progress=False).nfe() == 4
     assert distmatch.distill(folder, tmp_path / "c", settings={**fast, "student.steps": 2}, progress=False).nfe() == 2
+
+
+def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeypatch):
+    """The in-domain network fitted to in-memory references is cached per the images themselves: a second set
+    (a foreign teacher's spec carries no fingerprint) gets its own network, not the first set's."""
+    monkeypatch.setenv("DISTMATCH_CACHE", str(tmp_path / "cache"))
+    teacher = distmatch.wrap_teacher(Gauss(0.0, 0.2, 64), sample_shape=(1, 8, 8), features="mid")
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.5):
+        images = (0.2 * rng.standard_normal((64, 1, 8, 8)) + shift).clip(-1, 1).astype(np.float32)
+        distmatch.evaluate(teacher, images, n=64, progress=False)
+    assert len(list((tmp_path / "cache").glob("*-train-*.safetensors"))) == 2

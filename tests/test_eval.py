@@ -136,7 +136,7 @@ def test_kid_matches_direct_formula():
     direct = ((k(a, a).sum() - np.trace(k(a, a))) / (m * (m - 1)) + (k(b, b).sum() - np.trace(k(b, b))) / (m * (m - 1))
               - 2 * k(a, b).mean())
     mean, std = kid(torch.from_numpy(a), torch.from_numpy(b), subsets=3, subset_size=1000)  # full set each time
-    assert mean == pytest.approx(direct, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    assert mean == pytest.approx(direct, rel=1e-9) and std is None  # no spread when every subset is the whole
     same, _ = kid(torch.from_numpy(a[:100]), torch.from_numpy(a[100:]), subsets=20, subset_size=50)
     assert abs(same) < 0.1 * direct
 
@@ -284,7 +284,8 @@ def test_inception_weights_are_named_or_absent_never_downloaded(tmp_path, monkey
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated; the Inception file is TorchScript
 def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path, monkeypatch):
     """FID / KID from torchmetrics on the stand-in's features agree with the Fréchet distance and KID computed by
-    hand on the same features; identical sets score 0; the reference's features are cached."""
+    hand on the same features; identical sets score 0; the reference's features are cached per the images
+    themselves (two references under one spec fingerprint, as a foreign model's "", are two entries)."""
     from types import SimpleNamespace
 
     from distmatch.eval.inception import InceptionFeatures, inception_metrics
@@ -300,7 +301,7 @@ def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path
     torch.jit.script(StandIn()).save(str(path))
     a = torch.rand(40, 1, 8, 8, generator=gen(16)) * 2 - 1
     b = (torch.rand(40, 1, 8, 8, generator=gen(18)) * 2 - 1) * 0.5 + 0.3
-    ref = SimpleNamespace(x=a, spec=SimpleNamespace(fingerprint="abc"))
+    ref = SimpleNamespace(x=a, labels=None, spec=SimpleNamespace(fingerprint="abc"))
     same = inception_metrics(a, ref, path, cache_dir=tmp_path)
     assert same["fd"] == pytest.approx(0.0, abs=1e-6) and "stand_in.pt" in same["feature_net"]
     other = inception_metrics(b, ref, path, cache_dir=tmp_path)
@@ -309,6 +310,9 @@ def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path
     assert other["fd"] == pytest.approx(frechet_distance(fb, fa), rel=1e-6) and other["fd"] > 1
     assert other["kid"] == pytest.approx(kid(fb, fa, subsets=100, subset_size=40)[0], rel=0.05)
     assert len(list(tmp_path.glob("inception-*.safetensors"))) == 1
+    b_ref = SimpleNamespace(x=b, labels=None, spec=SimpleNamespace(fingerprint="abc"))
+    assert inception_metrics(b, b_ref, path, cache_dir=tmp_path)["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert len(list(tmp_path.glob("inception-*.safetensors"))) == 2
     img = torch.rand(1, 3, 5, 5, generator=gen(17))
     assert torch.allclose(tf1_resize(img, 5), img, atol=1e-6)  # same size: identity
     assert torch.allclose(tf1_resize(img, 10)[..., ::2, ::2], img, atol=1e-6)  # 2x: even pixels are the input

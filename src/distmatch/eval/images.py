@@ -42,11 +42,11 @@ def frechet_distance(feat_a, feat_b) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2.0 * tr_sqrt)
 
 
-def kid(feat_a, feat_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(feat_a, feat_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float | None]:
     """Kernel Inception-style distance: unbiased MMD² with kernel (x·y/d + 1)³, mean and std over random subsets.
 
     Subsets are drawn without replacement within a subset, with a fixed seed; subset_size is capped at the
-    smaller sample size.
+    smaller sample size. The std is None when every subset is both whole sets (equal sizes up to subset_size).
     """
     a, b = _as_2d(feat_a), _as_2d(feat_b)
     m = min(subset_size, a.shape[0], b.shape[0])
@@ -64,7 +64,8 @@ def kid(feat_a, feat_b, subsets: int = 100, subset_size: int = 1000, seed: int =
         off = m * (m - 1)
         vals.append((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean())
     v = torch.stack(vals)
-    return float(v.mean()), (float(v.std(unbiased=False)) if len(v) > 1 else 0.0)
+    whole = m == a.shape[0] == b.shape[0]  # every subset is both whole sets: no spread to report
+    return float(v.mean()), (None if whole or len(v) < 2 else float(v.std(unbiased=False)))
 
 
 def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:

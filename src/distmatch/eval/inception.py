@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
+from .features import content_key
 
 INCEPTION_ENV = "DISTMATCH_INCEPTION"
 
@@ -97,14 +98,15 @@ def features(net: InceptionFeatures, x: torch.Tensor, batch: int = 50) -> torch.
 
 
 def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: Path | None) -> torch.Tensor:
-    """The reference set's features, cached per data set (fingerprint and size) and weights file."""
-    key = f"inception-{sha}-{reference.spec.fingerprint}-{len(reference.x)}.safetensors"
+    """The reference set's features, cached per weights file and per the images themselves (their spec's
+    fingerprint names the data a model was trained on, or nothing for a foreign one: not these images)."""
+    key = f"inception-{sha}-{content_key(reference)}-{len(reference.x)}.safetensors"
     path = cache_dir / key if cache_dir is not None else None
     if path is not None and path.is_file():
         return ckpt.load_tensors(path)[0]["features"]
     feats = features(net, reference.x)
     if path is not None:
-        ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": reference.spec.fingerprint})
+        ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": content_key(reference)})
     return feats
 
 
@@ -126,8 +128,9 @@ def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: P
         metric.update(real, real=True)
         metric.update(fake, real=False)
     kid_mean, kid_std = kid.compute()
+    whole = min(len(fake), len(real)) <= 1000 and len(fake) == len(real)  # every subset is both whole sets
     out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha})", "fd_name": "fid_inception",
-           "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+           "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": None if whole else float(kid_std)}
     out.update(prdc(real.float(), fake.float(), k=5))
     out["diversity"] = mean_pairwise_distance(fake.float()) / mean_pairwise_distance(real.float())
     return out

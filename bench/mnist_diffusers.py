@@ -62,12 +62,18 @@ def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Pat
                         device, every=500)
 
 
+def ddpm_loss(unet, scheduler, batch, noise, g, device):
+    """DDPM's ε-prediction loss at a timestep drawn uniformly from the scheduler's."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g).to(device)
+    return F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
+
+
 def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, device: str = "cpu", every: int = 500,
-                 about: dict | None = None) -> Path:
-    """diffusers' DDPM recipe: the network `make()` trained on images `x0` in [-1, 1] under `scheduler`, resumable
-    from a state saved every `every` iterations; the DDPMPipeline folder of the EMA weights (`about`: more to
-    record in its train.json). The draws come from CPU generators on any device, so a run's batches do not
-    depend on where it trains."""
+                 about: dict | None = None, loss_fn=ddpm_loss) -> Path:
+    """diffusers' DDPM recipe: the network `make()` trained on images `x0` in [-1, 1] under `scheduler` with
+    `loss_fn` (DDPM's by default), resumable from a state saved every `every` iterations; the DDPMPipeline folder
+    of the EMA weights (`about`: more to record in its train.json). The draws come from CPU generators on any
+    device, so a run's batches do not depend on where it trains."""
     from diffusers import DDPMPipeline
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -95,9 +101,7 @@ def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, devic
         g = torch.Generator().manual_seed(it)  # the draws of an iteration depend on its number only: exact resume
         batch = x0[torch.randint(len(x0), (RECIPE["batch"],), generator=g)]
         noise = torch.randn(batch.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
-        batch, noise, t = batch.to(device), noise.to(device), t.to(device)
-        loss = F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
+        loss = loss_fn(unet, scheduler, batch.to(device), noise.to(device), g, device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), RECIPE["clip"])
         opt.step(), lr.step(), opt.zero_grad()

@@ -247,6 +247,26 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path):
     assert not torch.equal(tensors["rng/rank0"], tensors["rng/rank1"])  # the ranks really drew different noise
 
 
+def launch_two(worker: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+           str(Path(__file__).parent / worker), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_a_signal_to_one_process_stops_both_at_one_step_and_differing_runs_are_refused(tiny_teacher, tmp_path):
+    """Ctrl-C reaching one process of two: both stop at the same step with a checkpoint (they used to wait for
+    each other at different steps, forever); a teacher that differs between the processes is refused."""
+    out = tmp_path / "stop"
+    done = launch_two("ddp_stop_worker.py", "stop", str(tiny_teacher), str(out),
+                      *distill_args(["train.iters=40", "train.ckpt_every=100"]))
+    assert "stopped at iteration 3 of 40; checkpoint saved" in done.stderr, done.stderr[-2000:]
+    assert read_checkpoint_iteration(out) == 3
+    done = launch_two("ddp_stop_worker.py", "differ", str(tiny_teacher), str(tmp_path / "differ"))
+    assert done.stdout.count("refused: the processes were given different runs") == 2, done.stdout + done.stderr[-999:]
+
+
 def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
     """A NaN loss is never logged away silently: the run stops, naming the iteration and the loss."""
     import distmatch.methods.common as common

@@ -149,10 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SINGLE = ("sample", "evaluate", "export")  # commands that train nothing: under a launcher, the first process runs them
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
 
+    if args.command in SINGLE and not _main_process():
+        return 0  # the same samples and files once, not once per process
     return getattr(commands, args.command)(args) or 0
 
 
@@ -180,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distmatch: {e}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("distmatch: interrupted; the last checkpoint is kept, re-run the same command to resume",
-              file=sys.stderr)
+        if _main_process():
+            print("distmatch: interrupted; the last checkpoint is kept, re-run the same command to resume",
+                  file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code)
 

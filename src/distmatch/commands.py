@@ -101,7 +101,8 @@ def demo(args) -> int:
     from .report.demo import run_demo
 
     out = run_demo(args.data, args.out, args.steps, args.config, args.overrides)
-    print(f"report: {out}")
+    if out is not None:
+        print(f"report: {out}")
     return 0
 
 

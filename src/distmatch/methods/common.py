@@ -342,8 +342,8 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
         self.real = RealScore(teacher.denoiser.to(ctx.device), guidance, self.num_classes)
         gen = init_copy(teacher.init_net, ctx.device, student.fourier_cap)
-        self.ema = ema_copy(gen)
-        self.gen = ctx.prepare(gen)
+        self.gen = ctx.prepare(gen)  # then the EMA: from the weights every process holds after prepare
+        self.ema = ema_copy(ctx.unwrap(self.gen))
         if student.critic_per_step and len(sigmas) > 1:
             critic = StepCritics([Critic(init_copy(teacher.init_net, ctx.device), gan) for _ in sigmas])
         else:

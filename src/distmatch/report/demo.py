@@ -6,6 +6,7 @@ run: teacher at its recommended steps, teacher at the student's few steps, stude
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
 
 
 def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None = None,
-             overrides: list[str] | None = None, n_eval: int = 4000) -> Path:
+             overrides: list[str] | None = None, n_eval: int = 4000) -> Path | None:
     from ..methods import run_distill
     from ..teachers.train import train_teacher
 
@@ -150,6 +151,8 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
     short = DEMO_VECTOR_DISTILL if teacher_spec.kind == "vector" else []
     run_distill(out / "teacher", out / "student", "dmd2", steps, None, short + d_over, data)
     timings["distill_s"] = round(time.perf_counter() - t0, 1)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher the first process evaluates and writes the report
+        return None
     teacher, student = load_model(out / "teacher"), load_model(out / "student")
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     t0 = time.perf_counter()

@@ -42,8 +42,8 @@ class TeacherTraining(Method):
         self.label_dropout = label_dropout
         self.num_classes = net.num_classes
         self.exact = exact.to(ctx.device) if exact is not None else None
-        self.ema = ema_copy(net).to(ctx.device)
-        self.net = ctx.prepare(net.to(ctx.device))
+        self.net = ctx.prepare(net.to(ctx.device))  # then the EMA: from the first process's random start, as all
+        self.ema = ema_copy(ctx.unwrap(self.net)).to(ctx.device)
         self.opt = ctx.make_optimizer(self.net.parameters())
 
     def modules(self):

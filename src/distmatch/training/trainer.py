@@ -7,6 +7,7 @@ Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint;
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,22 +85,39 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    cpu = not torch.cuda.is_available()
+    try:
+        acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"accelerate cannot start these processes: {str(e).splitlines()[0]}") from None
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
+        print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
+    return acc
 
 
 class StopRequest:
     """SIGINT/SIGTERM set a flag the loop checks between steps, so a checkpoint is never taken mid-step."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.first = False, None
 
     def _handler(self, signum, frame):
         if self.requested:
+            if signum != self.first[0] and time.monotonic() - self.first[1] < 1.0:
+                return  # a launcher's SIGINT then SIGTERM (torch elastic sends both at once): one request
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.first = True, (signum, time.monotonic())
         print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
+
+    def agreed(self, acc) -> bool:
+        """Whether to stop now, the same on every process: a signal that reached one of them stops them all at
+        this step (each waiting for the others at a different step would hang)."""
+        if acc.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=acc.device)
+        self.requested = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        return self.requested
 
     @contextmanager
     def installed(self):
@@ -173,6 +191,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     None for no picture at that iteration."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
+    _check_same_run(accelerator, run_config)
     rank = accelerator.process_index
     torch.manual_seed(train_cfg.seed * 1000 + rank)
     ctx = Context(accelerator=accelerator, device=accelerator.device, train=train_cfg)
@@ -200,6 +219,18 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
         show(0)
     _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show)
     return method
+
+
+def _check_same_run(acc, run_config: dict) -> None:
+    """Every process must train the same run: a teacher built in each process from its own random start, or other
+    data, would be averaged over in silence."""
+    if acc.num_processes == 1:
+        return
+    text = json.dumps(run_config, sort_keys=True, default=str).encode()
+    digest = torch.tensor([float(int(hashlib.sha256(text).hexdigest()[:12], 16))], dtype=torch.float64)
+    if len(set(acc.gather(digest.to(acc.device)).tolist())) > 1:
+        raise UserError("the processes were given different runs (their teacher's weights, data or settings "
+                        "differ): load the same weights and data in every process")
 
 
 def _previewer(out, cfg, method, preview, logger):
@@ -235,7 +266,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
     stop = StopRequest()
     it, t0 = start, time.time() - logger.elapsed
     with stop.installed():
-        while it < cfg.iters and not stop.requested:
+        while it < cfg.iters and not stop.agreed(acc):
             _set_lr(method.optimizers(), it, cfg)
             ctx.it = it
             logs = method.step(data.next(), it)

@@ -13,8 +13,8 @@ do without weighting) on scikit-learn's 8x8 digits, then for each K and level ch
 and scores the teacher with distmatch's Heun (its default) and Euler at 100 steps. Scores are Fréchet distances on
 the in-domain digits classifier (`distmatch evaluate`'s fallback when no Inception file is given).
 
-    python bench/digits_flow.py --out bench/out/digits-flow [--steps 1 2] [--seeds 0] [--teacher-iters 6000]
-        [--threads 1]
+    python bench/digits_flow.py --out bench/out/digits-flow [--steps 1 2] [--seeds 0] [--levels default stock]
+        [--teacher-iters 6000] [--threads 1]
 
 Every stage resumes (the teacher from its last 1000 iterations, students and scores from their folders).
 """
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", nargs="+", type=int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--levels", nargs="+", default=["default", "stock"], help="which K-step levels to run")
     p.add_argument("--teacher-iters", type=int, default=6000)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -80,7 +81,7 @@ def main() -> None:
             ("teacher, Euler 100 steps", score(teacher, a.out / "teacher-euler100.json", "--solver", "euler",
                                                "--steps", "100"))]
     for k in a.steps:
-        for levels in (["default"] if k == 1 else ["default", "stock"]):
+        for levels in (["default"] if k == 1 else a.levels):
             for seed in a.seeds:
                 run = a.out / f"k{k}-{levels}-seed{seed}"
                 given = [] if levels == "default" else [f"student.sigmas={stock_levels(k)}"]

@@ -129,3 +129,11 @@ def test_compare_refuses_unknown_method(tmp_path):
 def test_compare_refuses_what_the_data_cannot_run_before_training(tmp_path, capsys, methods, data, match):
     assert cli("compare", "--data", data, "--methods", methods, "--out", str(tmp_path / "c")) == 2
     assert re.search(match, capsys.readouterr().err) and not (tmp_path / "c").exists()
+
+
+def test_compare_under_a_launcher_is_refused(tmp_path, capsys, monkeypatch):
+    """compare starts a process per method itself: under accelerate launch / torchrun its children inherited the
+    launcher's rendezvous and waited for each other forever."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli("compare", "--data", "moons", "--methods", "dmd2", "--out", str(tmp_path / "c")) == 2
+    assert "run it without a launcher" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -341,3 +341,18 @@ def test_a_run_takes_the_threads_its_launcher_hands_it(tmp_path, monkeypatch):
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_tensorboard_keeps_the_step_a_run_resumes_from(tiny_teacher, tmp_path):
+    """A run grown from 10 to 20 iterations: TensorBoard holds the scalars and the preview of step 10 as log.jsonl
+    does (it purged the step resumed from, written before the resume)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for iters in (10, 20):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args([f"train.iters={iters}", "train.log_every=5",
+                                                                          "train.ckpt_every=10"]))
+    events = EventAccumulator(str(tmp_path / "s" / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    logged = [json.loads(line)["it"] for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("loss_critic")] == logged == [5, 10, 15, 20]
+    assert [e.step for e in events.Images("samples")] == [0, 10, 20]

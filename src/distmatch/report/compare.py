@@ -165,6 +165,8 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
 
     if config_file:
         raise UserError("compare takes no --config; use --set teacher.KEY=V, --set train.KEY=V, --set METHOD.KEY=V")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("compare runs its methods as processes of its own (--jobs); run it without a launcher")
     plan = parse_plan(methods, steps)
     check_plan(plan, data)
     t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])

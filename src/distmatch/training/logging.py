@@ -42,7 +42,8 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start if start > 0 else None)
+            # events after the checkpoint resumed from (logged before an interruption) go; its own step stays
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start + 1 if start > 0 else None)
         except ImportError:  # tensorboard is a dependency, but logs must not depend on it
             self.writer = None
 

@@ -177,3 +177,18 @@ def test_a_report_says_what_it_scored_against_and_on_which_features():
     assert "in-domain classifier trained on the training data (no Inception weights named" in line
     assert "held-out split" in scoring_line("digits", inner) and "held-out" in scoring_line("moons", [{}])
     assert "Inception features, inception-v3 (w.pt" in scoring_line("digits", [{"feature_net": "inception-v3 (w.pt)"}])
+
+
+def test_previews_draw_points_in_the_datas_own_units(tmp_path, monkeypatch):
+    """Vector data centred at (100, -50): a preview's points are drawn there, where the user's data are, not in
+    the normalised space the networks work in (centred at 0)."""
+    import distmatch.report.plots as plots
+    from distmatch.teachers.train import train_teacher
+
+    drawn = []
+    monkeypatch.setattr(plots, "scatter_panels", lambda panels, path, **k: drawn.append(panels[0][1]))
+    data = np.random.default_rng(0).normal(size=(256, 2)) + [100.0, -50.0]
+    np.save(tmp_path / "d.npy", data)
+    train_teacher(str(tmp_path / "d.npy"), tmp_path / "t", overrides=["train.iters=2", "train.batch_size=16",
+                                                                     "train.progress=false", "network.width=16"])
+    assert drawn and all(np.allclose(np.median(x, axis=0), [100, -50], atol=25) for x in drawn)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint as ckpt
 from ..data import is_preset, load_data
 from ..errors import UserError
@@ -213,6 +215,8 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
     panels = [("data", reference.x[:n_show].numpy()),
               (f"teacher (NFE {teacher.nfe()})", teacher.sample(n_show, seed=1)[0].numpy())]
     panels += [(f"{m} {k}-step", s.sample(n_show, seed=1)[0].numpy()) for m, k, s, _ in students]
+    if kind == "vector":  # points in the data's own units, as the user knows them
+        panels = [(title, teacher.spec.to_user(torch.from_numpy(x))) for title, x in panels]
     pics = plots.scatter_panels(panels, out / "samples.png") if kind == "vector" else \
         plots.image_grid_panels(panels, out / "samples.png")
     sections = [

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint as ckpt
 from ..data import is_preset, load_data
 from ..errors import UserError
@@ -63,7 +65,8 @@ def sample_pictures(out: Path, rows_models, reference, kind: str, n: int = 2000)
     for title, model, steps in rows_models:
         x, _ = model.sample(n if kind == "vector" else 64, steps, seed=1)
         panels.append((f"{title} (NFE {model.nfe(steps)})", x.numpy()))
-    if kind == "vector":
+    if kind == "vector":  # points in the data's own units, as the user knows them
+        panels = [(title, reference.spec.to_user(torch.from_numpy(x))) for title, x in panels]
         return plots.scatter_panels(panels, out / "samples.png")
     return plots.image_grid_panels(panels, out / "samples.png")
 

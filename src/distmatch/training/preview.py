@@ -39,7 +39,7 @@ def write_preview(out: Path, model, it: int, writer=None) -> Path | None:
             x, title = x[:, :1], f"{title} (channel 0 of {x.shape[1]})"
         plots.image_grid_panels([(title, x.float().clamp(-1, 1).numpy())], path)
     else:
-        plots.scatter_panels([(title, x.float().numpy())], path)
+        plots.scatter_panels([(title, model.spec.to_user(x))], path)  # in the data's own units
     if writer is not None:
         from matplotlib.image import imread
 

@@ -59,13 +59,16 @@ def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkey
     assert torch.allclose(states[0].float(), before["states"][:16, 0], atol=1e-5)
 
 
-def test_pairs_made_by_another_teacher_are_not_reused(tiny_teacher, tmp_path):
+def test_pairs_made_by_another_teacher_or_damaged_are_not_reused(tiny_teacher, tmp_path):
     cache = tmp_path / "s" / pairs.PAIRS_FILE
     ckpt.save_tensors(cache, {"noise": torch.zeros(8, 2), "sample": torch.zeros(8, 2)}, {"pairs": 8})
-    run_distill(tiny_teacher, tmp_path / "s", method="dmd",
-                overrides=QUIET + ["train.batch_size=16", "train.iters=2", "dmd.pairs=8"])
+    args = QUIET + ["train.batch_size=16", "dmd.pairs=8"]
+    run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=args + ["train.iters=2"])
     tensors, meta = ckpt.load_tensors(cache)
     assert meta["teacher"] and not torch.equal(tensors["noise"], torch.zeros(8, 2))
+    cache.write_bytes(cache.read_bytes()[:100])  # a damaged cache is made again, not a stop
+    run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=args + ["train.iters=4"])
+    assert torch.equal(ckpt.load_tensors(cache)[0]["noise"], tensors["noise"])
 
 
 def test_pairs_of_a_conditional_teacher_carry_labels_with_the_class_weights():

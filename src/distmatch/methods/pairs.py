@@ -161,10 +161,14 @@ class OdePairs:
         out_dir, meta = getattr(self.ctx, "out_dir", None), self.pairs_meta(teacher, count, guidance)
         path = Path(out_dir) / PAIRS_FILE if out_dir is not None else None
         if path is not None and path.is_file():
-            tensors, stored = ckpt.load_tensors(path)
+            try:
+                tensors, stored = ckpt.load_tensors(path)
+            except UserError:  # a damaged cache: the pairs are a function of their settings, made again alike
+                tensors, stored = {}, {"damaged": True}
             if stored == meta:
                 return tensors
-            print(f"{path} was made with other settings or another teacher; making new pairs", file=sys.stderr)
+            why = "cannot be read" if stored.get("damaged") else "was made with other settings or another teacher"
+            print(f"{path} {why}; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
                            sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"),

@@ -207,7 +207,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
         return method
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_json(out / "run.json", run_config)
+        ckpt.atomic_write_json(out / "run.json", {**run_config, "processes": accelerator.num_processes})
     logger = RunLogger(out, start, enabled=accelerator.is_main_process)
     if start >= train_cfg.iters:
         logger.close()

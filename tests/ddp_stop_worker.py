@@ -14,7 +14,7 @@ from distmatch.methods.dmd2 import Method
 if __name__ == "__main__":
     mode, teacher_dir, out_dir, *overrides = sys.argv[1:]
     torch.set_num_threads(1)
-    rank = int(os.environ["RANK"])  # not PartialState(): made before the run's Accelerator(cpu=True), it sees one process
+    rank = int(os.environ["RANK"])  # not PartialState(): made before the run's Accelerator(cpu=True), it sees 1
     if mode == "stop":
         step = Method.step
 

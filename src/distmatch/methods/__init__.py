@@ -149,6 +149,14 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
+def check_applies(teacher: LoadedModel, cfg, method: str) -> None:
+    """Settings that this teacher cannot honour are refused, not run as if absent."""
+    check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
+    if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
+        raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
+                        "teacher's network has none")
+
+
 def check_null_label(teacher: LoadedModel, guidance: float, method: str) -> None:
     """Classifier-free guidance runs the teacher with its "no class" label, num_classes: refused in one line for a
     network that has none (a UNet2DModel's class table holds only its classes)."""
@@ -212,10 +220,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
-    check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
-    if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
-        raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
-                        "teacher's network has none")
+    check_applies(teacher, cfg, method)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

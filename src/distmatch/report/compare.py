@@ -46,7 +46,8 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
 
 def check_plan(plan: list[tuple[str, int]], data: str) -> None:
     """Refuse, before anything is trained, what the data cannot run: msd without labels, a recipe outside the
-    data and step counts it was measured on, or one that acts on ε-predicting teachers (compare's own predict x̂_0)."""
+    data and step counts it was measured on, or one that acts on ε-predicting teachers (compare's own predict
+    x̂_0)."""
     from ..methods.recipes import RECIPES, recipe_settings
 
     found = load_data(data)

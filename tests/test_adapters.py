@@ -409,12 +409,11 @@ def test_flow_adapter_gives_x_s_minus_s_v_and_its_students_levels_are_the_schedu
             want = x_s - s * unet(x_s, torch.full((2,), 1000 * s)).sample
             got = adapter(x_s * (1 + sigma[0]), sigma)
         assert torch.allclose(got, want, atol=2e-5), (s, (got - want).abs().max())
-    for k in (1, 2, 4):  # a K-step student's levels end at s = shift(1/K): the scheduler's shift_terminal
-        terminal = adapter.schedule().flow_terminal(k) if k > 1 else None
-        assert k == 1 or terminal == pytest.approx(shift / k / (1 + (shift - 1) / k))
+    for k, at in ((1, 0.0), (2, 0.0), (4, 0.0), (2, 0.5), (4, 0.25)):  # the stock levels, or student.flow_terminal's
+        terminal = shift * at / (1 + (shift - 1) * at) if at else None  # stretched to end at s = shift(at)
         sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=terminal)
         sched.set_timesteps(k)
-        levels = torch.tensor(adapter.schedule().student_levels(k, 0, 0), dtype=torch.float64)
+        levels = torch.tensor(adapter.schedule().student_levels(k, 0, 0, 0, at), dtype=torch.float64)
         s = torch.where(levels >= FLOW_TOP, torch.ones_like(levels), levels / (1 + levels))
         assert torch.allclose(s.float(), sched.sigmas[:-1], atol=1e-6), (k, s, sched.sigmas)
 

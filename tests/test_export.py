@@ -274,17 +274,19 @@ def test_student_levels_given_as_the_teachers_timesteps_export_with_a_pipeline_t
     assert "DistmatchPipeline" in printed and diff < 1e-4, (printed, diff)
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tmp_path, k):
+@pytest.mark.parametrize("k,terminal", [(1, 0), (2, 0), (4, 0), (2, 0.5)])
+def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tmp_path, k, terminal):
     flow = tmp_path / "flow"
     pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe.save_pretrained(flow)
-    student = run_distill(flow, tmp_path / "s", steps=k, overrides=QUIET)
-    # a K-step student's last step starts at s = shift(1/K) (DMD2's t = T/K - 1 read as flow time), not at the
-    # scheduler's lowest level, s = 0.003, where it would have nothing left to do
+    student = run_distill(flow, tmp_path / "s", steps=k, overrides=QUIET + [f"student.flow_terminal={terminal}"])
+    # the stock scheduler's levels end at its lowest training level; student.flow_terminal moves the last one to
+    # s = shift(terminal), which the export's scheduler runs through its shift_terminal
     last = json.loads((student / "config.json").read_text())["sigmas"][-1]
-    assert k == 1 or last / (1 + last) == pytest.approx(3 / k / (1 + 2 / k), rel=1e-5)
+    pipe.scheduler.set_timesteps(k)
+    want = 3 * terminal / (1 + 2 * terminal) if terminal else float(pipe.scheduler.sigmas[-2])
+    assert k == 1 or last / (1 + last) == pytest.approx(want, rel=1e-4)
     out = export_student(student, tmp_path / "export")
     printed, diff = same_images(student, out, k, 5, tmp_path)
     assert printed.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"] and diff < 1e-4, (printed, diff)

@@ -83,12 +83,12 @@ def vp_scheduler(adapter, sigmas: list[float]):
 
 def flow_scheduler(adapter, sigmas: list[float]):
     """A flow scheduler with stochastic sampling (each step's x̂_0 re-noised to the next level, as the student
-    was trained), whose K levels are the student's: stretched to its last level by `shift_terminal`, or (a
-    student distilled before that default) the scheduler's own."""
+    was trained), whose K levels are the student's: the scheduler's own, or (student.flow_terminal) stretched to
+    its last level by `shift_terminal`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    steps = len(sigmas)
-    for terminal in ([adapter.schedule().flow_terminal(steps)] if steps > 1 else []) + [None]:
+    steps, last = len(sigmas), sigmas[-1] / (1 + sigmas[-1])
+    for terminal in [None] + ([last] if steps > 1 else []):
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,
                                                     shift_terminal=terminal, stochastic_sampling=True)
         scheduler.set_timesteps(steps)

@@ -151,12 +151,13 @@ class NoiseSchedule:
                             f"0 to {len(self.grid) - 1}")
         return [float(self.grid[t]) for t in timesteps]
 
-    def student_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float = 0.0) -> list[float]:
+    def student_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float = 0.0,
+                       flow_terminal: float = 0.0) -> list[float]:
         """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
         to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for
         i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000), where T counts the training levels with σ <= start_max
         when that is set (all of them otherwise); flow: a flow scheduler's K levels (evenly spaced in time from
-        s = 1 to its lowest training s, each shifted) stretched to end at flow_terminal(K)."""
+        s = 1 to its lowest training s, each shifted), or with `flow_terminal` stretched to end at its shift."""
         if self.kind == "ve":
             return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
         if self.kind == "vp":
@@ -168,12 +169,7 @@ class NoiseSchedule:
             return [float(self.grid[(i + 1) * c - 1]) for i in reversed(range(steps))]
         s_min = float(self.grid[0] / (1 + self.grid[0]))
         s = flow_shift(torch.linspace(1.0, s_min, steps, dtype=torch.float64), self.shift)
-        if steps > 1:  # diffusers' shift_terminal: 1 - s scaled so that the last level is the terminal one
-            s = 1 - (1 - s) * (1 - self.flow_terminal(steps)) / (1 - s[-1])
+        if steps > 1 and flow_terminal > 0:  # diffusers' shift_terminal: 1 - s scaled to end at the terminal level
+            end = float(flow_shift(torch.tensor(float(flow_terminal), dtype=torch.float64), self.shift))
+            s = 1 - (1 - s) * (1 - end) / (1 - s[-1])
         return [FLOW_TOP if v >= 1 else float(v / (1 - v)) for v in s]
-
-    def flow_terminal(self, steps: int) -> float:
-        """A K-step flow student's last level, s = shift(1/K): where DMD2's K-step students of a T-step DDPM
-        teacher start their last step (t = T/K - 1: 249 of 1000 for K = 4), read as flow time. The scheduler's
-        own last level, its lowest training s, would leave the last step nothing to do."""
-        return float(flow_shift(torch.tensor(1.0 / steps, dtype=torch.float64), self.shift))

@@ -149,9 +149,12 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
-def check_applies(teacher: LoadedModel, cfg, method: str) -> None:
-    """Settings that this teacher cannot honour are refused, not run as if absent."""
+def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict) -> None:
+    """Settings that this teacher cannot honour are refused, not run as if absent (a method's own default aside)."""
     check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
+    own = defaults.get("student", {}).get("flow_terminal", 0.0)
+    if cfg.student.flow_terminal not in (0.0, own) and teacher.schedule.kind != "flow":
+        raise UserError("student.flow_terminal places a flow teacher's last level; this teacher is not a flow model")
     if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
         raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
                         "teacher's network has none")
@@ -220,7 +223,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
-    check_applies(teacher, cfg, method)
+    check_applies(teacher, cfg, method, defaults_for(method, kind, steps, recipe))
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

@@ -27,9 +27,10 @@ class StudentConfig:
     sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
     start_sigma_max: float = 14.62        # an ε-predicting VP teacher's student starts at its highest level with
-                                          # σ <= this (0: its top). Stable Diffusion's top, where DMD2 was
-                                          # published, is σ 14.6; a linear-β DDPM's (σ 157) multiplies ε̂'s error
-                                          # 157x in x̂_0
+                                          # σ <= this (0: its top): Stable Diffusion's top, where DMD2 was published
+                                          # (a linear-β DDPM's, σ 157, multiplies ε̂'s error 157x in x̂_0)
+    flow_terminal: float = 0.0            # flow teachers, K > 1: the last level s = shift(this) (0: the stock
+                                          # scheduler's, its lowest training level; exported with shift_terminal)
     levels_sigma_max: float = 0.0         # the DM, critic and GAN levels stop at this σ (0: at the student's start)
     backsim: str = "spread"               # K > 1: steps spread over each batch | shared: one step per batch (DMD2)
     critic_per_step: bool = False         # K > 1: one critic (fake score) per step, not one for all (not
@@ -41,13 +42,12 @@ class StudentConfig:
     def validate(self):
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
-        if self.fourier_cap < 0:
-            raise UserError(f"student.fourier_cap must be >= 0, got {self.fourier_cap}")
-        if not 0.0 <= self.first_only < 1.0:
-            raise UserError(f"student.first_only must be in [0, 1), got {self.first_only}")
+        for name in ("first_only", "flow_terminal"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"student.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
-        for name in ("start_sigma_max", "levels_sigma_max"):
+        for name in ("start_sigma_max", "levels_sigma_max", "fourier_cap"):
             if getattr(self, name) < 0:
                 raise UserError(f"student.{name} must be >= 0, got {getattr(self, name)}")
         if self.sigmas is not None and self.timesteps is not None:
@@ -68,7 +68,7 @@ class StudentConfig:
         if self.timesteps is not None:
             return (schedule or NoiseSchedule.karras()).timestep_levels(self.timesteps)
         top, last, start = self.sigma_top * scale, self.sigma_last * scale, self.start_sigma_max if epsilon else 0
-        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, top, last, start)
+        return (schedule or NoiseSchedule.karras()).student_levels(self.steps, top, last, start, self.flow_terminal)
 
 
 class RealScore(nn.Module):

@@ -41,9 +41,11 @@ from .pairs import OdePairs, check_ode_init, regression_loss
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
 # TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
+# A flow teacher's stock K levels end at its lowest training level, an interval too short for TDM's last step: its
+# levels end at s = shift(0.25), where DMD2's 4-step students start their last step (t = 249 of 1000).
 DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
-                       "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35}},
-            "image": {"train": _TRAIN, "student": {"steps": 4}}}
+                       "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "flow_terminal": 0.25}},
+            "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25}}}
 
 
 @dataclass

@@ -1,19 +1,20 @@
 """Where should a K-step student of a flow-matching teacher start its last step? Asked on a small diffusers teacher.
 
-A K-step student of a flow teacher used to take the stock FlowMatchEulerDiscreteScheduler's K levels, whose last is
-the scheduler's lowest training level (s = 0.001 at shift 1): its last step started from an almost clean sample and
-had nothing to do. distmatch now ends the levels at s = shift(1/K), DMD2's t = T/K - 1 read as flow time (exported
-with the scheduler's `shift_terminal`). This script trains a diffusers UNet2DModel with a flow-matching objective
-(the velocity ε - x_0 at s = t/1000, t uniform over the scheduler's training timesteps, as diffusers' SD3 scripts
-do without weighting) on scikit-learn's 8x8 digits, then for each K and level choice runs
+A K-step student of a flow teacher takes the stock FlowMatchEulerDiscreteScheduler's K levels, whose last is the
+scheduler's lowest training level (s = 0.001 at shift 1, as few-step flow models ship): its last step starts from
+an almost clean sample. `student.flow_terminal=X` ends the levels at s = shift(X) instead (exported with the
+scheduler's `shift_terminal`; X = 1/K is DMD2's t = T/K - 1 read as flow time). This script trains a diffusers
+UNet2DModel with a flow-matching objective (the velocity ε - x_0 at s = t/1000, t uniform over the scheduler's
+training timesteps, as diffusers' SD3 scripts do without weighting) on scikit-learn's 8x8 digits, then for each K
+and level choice runs
 
-    distmatch distill --teacher <out>/teacher --data digits --steps K --out S [--set "student.sigmas=[...]"]
+    distmatch distill --teacher <out>/teacher --data digits --steps K --out S [--set student.flow_terminal=1/K]
     distmatch evaluate --model S --data digits --out S.json
 
 and scores the teacher with distmatch's Heun (its default) and Euler at 100 steps. Scores are Fréchet distances on
 the in-domain digits classifier (`distmatch evaluate`'s fallback when no Inception file is given).
 
-    python bench/digits_flow.py --out bench/out/digits-flow [--steps 1 2] [--seeds 0] [--levels default stock]
+    python bench/digits_flow.py --out bench/out/digits-flow [--steps 1 2] [--seeds 0] [--levels stock terminal]
         [--teacher-iters 6000] [--threads 1]
 
 Every stage resumes (the teacher from its last 1000 iterations, students and scores from their folders).
@@ -56,21 +57,12 @@ def train(out: Path, iters: int) -> Path:
                         loss_fn=flow_loss)
 
 
-def stock_levels(k: int) -> list[float]:
-    """The levels a K-step flow student had before: the stock scheduler's K, down to its lowest training level."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    sched.set_timesteps(k)
-    return [1e7 if s >= 1 else s / (1 - s) for s in sched.sigmas[:-1].double().tolist()]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", nargs="+", type=int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--levels", nargs="+", default=["default", "stock"], help="which K-step levels to run")
+    p.add_argument("--levels", nargs="+", default=["stock", "terminal"], help="which K-step levels to run")
     p.add_argument("--teacher-iters", type=int, default=6000)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -81,16 +73,16 @@ def main() -> None:
             ("teacher, Euler 100 steps", score(teacher, a.out / "teacher-euler100.json", "--solver", "euler",
                                                "--steps", "100"))]
     for k in a.steps:
-        for levels in (["default"] if k == 1 else a.levels):
+        for levels in (["stock"] if k == 1 else a.levels):
             for seed in a.seeds:
                 run = a.out / f"k{k}-{levels}-seed{seed}"
-                given = [] if levels == "default" else [f"student.sigmas={stock_levels(k)}"]
+                given = [f"student.flow_terminal={1 / k}"] if levels == "terminal" else []
                 if not (run / "model.safetensors").exists():
                     cli("distill", "--teacher", str(teacher), "--data", "digits", "--steps", str(k), "--out",
                         str(run), "--set", f"train.seed={seed}", *given)
                 name = f"dmd2, {k} step{'s' if k > 1 else ''}, " + (
-                    "last level s = shift(1/K)" if levels == "default" and k > 1 else
-                    "the stock scheduler's levels" if levels == "stock" else "from s = 1") + f", seed {seed}"
+                    "from s = 1" if k == 1 else "last level s = shift(1/K)" if levels == "terminal" else
+                    "the stock scheduler's levels") + f", seed {seed}"
                 rows.append((name, score(run, a.out / f"k{k}-{levels}-seed{seed}.json")))
     base = rows[0][1]["fd"]
     print("| model | NFE | FD | x teacher (Heun) | KID x1e3 | precision | recall |\n|---|---|---|---|---|---|---|")

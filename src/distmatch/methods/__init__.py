@@ -241,8 +241,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     def as_student(m, it: int) -> LoadedModel:  # the student being trained, as `sample` will load it
         return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights)
 
-    extra = {"data": data} if "data" in inspect.signature(module.Method.__init__).parameters else {}
-    result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas, **extra),
+    given = {"data": data} if "data" in inspect.signature(module.Method.__init__).parameters else {}  # msd's k-means
+    result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas, **given),
                    f"distilling ({method}, {len(sigmas)}-step)", preview=as_student)
     if result.ctx.accelerator.is_main_process:
         weights, extra = result.export()

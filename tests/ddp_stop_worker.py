@@ -1,5 +1,6 @@
 """Run by test_training under `accelerate launch --multi_gpu --num_processes 2`: `stop` sends SIGINT to the first
-process only, at its third step; `differ` distils a network each process builds from its own random start."""
+process only, at its third step; `differ` distils a network each process builds from its own random start;
+`early` makes accelerate's state first, as a user's script may (on CPUs it then sees one process)."""
 import os
 import signal
 import sys
@@ -33,10 +34,14 @@ if __name__ == "__main__":
         def forward(self, x, sigma):
             return self.f(x / (1 + sigma[:, None] ** 2).sqrt())
 
-    torch.manual_seed(rank)  # each process its own random network: a teacher no two processes share
+    if mode == "early":
+        from accelerate import PartialState
+
+        PartialState()
+    torch.manual_seed(rank if mode == "differ" else 0)  # "differ": a teacher no two processes share
     teacher = distmatch.wrap_teacher(Net(), sample_shape=(2,))
     try:
         distmatch.distill(teacher, out_dir, data=np.zeros((64, 2), np.float32), progress=False,
                           settings={"train.iters": 2, "dmd2.gan": False})
     except distmatch.api.UserError as e:
-        print(f"refused: {e}")
+        print(f"refused: {e}", flush=True)

@@ -265,6 +265,9 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_differing_runs_are_r
     assert read_checkpoint_iteration(out) == 3
     done = launch_two("ddp_stop_worker.py", "differ", str(tiny_teacher), str(tmp_path / "differ"))
     assert done.stdout.count("refused: the processes were given different runs") == 2, done.stdout + done.stderr[-999:]
+    # accelerate's state made by the script first (one process on CPUs): each would train alone into one folder
+    done = launch_two("ddp_stop_worker.py", "early", str(tiny_teacher), str(tmp_path / "early"))
+    assert done.stdout.count("refused: launched as 2 processes") == 2, done.stdout + done.stderr[-999:]
 
 
 def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):

@@ -90,6 +90,11 @@ def make_accelerator(cfg: TrainConfig):
         acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
     except (RuntimeError, ValueError) as e:
         raise UserError(f"accelerate cannot start these processes: {str(e).splitlines()[0]}") from None
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:  # each process would train alone, all of them into one run folder
+        raise UserError(f"launched as {launched} processes, but accelerate's state was made for "
+                        f"{acc.num_processes} before distmatch made it (a PartialState or Accelerator created "
+                        "first, without cpu=True on a machine without GPUs): let distmatch create it")
     if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
         print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
     return acc

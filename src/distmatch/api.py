@@ -173,9 +173,7 @@ def load(path, network: torch.nn.Module | None = None, device: str = "cpu") -> M
     if network is not None and not isinstance(network, torch.nn.Module):
         what = f"the class {network.__name__}" if isinstance(network, type) else f"a {type(network).__name__}"
         raise UserError(f"network= takes an instance of your network (MyNet(...)), got {what}")
-    network = network if network is None else _uncompiled(network)
-    if network is not None and any(p.dtype in (torch.float16, torch.bfloat16) for p in network.parameters()):
-        raise UserError("network= must hold float32 weights, as its student was trained (pass net.float())")
+    network = network if network is None else _users_network(network)
     return Model(load_model(path, device=resolve_device(device), network=network))
 
 
@@ -218,10 +216,6 @@ def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_st
         shape = ()
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape!r}")
-    if half := sorted({str(p.dtype) for p in net.parameters() if p.dtype in (torch.float16, torch.bfloat16)}):
-        raise UserError(f"the network's parameters are {', '.join(half)}: its student is trained as a copy of it, "
-                        "which needs float32 weights; pass net.float() (train.precision=bf16 trains in mixed "
-                        "precision)")
     if solver not in SOLVERS:
         raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if clip_sample is not None and not float(clip_sample) > 0:
@@ -233,14 +227,19 @@ def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_st
     return shape
 
 
-def _uncompiled(net):
-    """The module inside torch.compile's wrapper: distmatch reads a sub-module's output for the GAN's features,
-    which compiled code does not give, and copies the network for its student and critic."""
+def _users_network(net: torch.nn.Module) -> torch.nn.Module:
+    """A user's network as distmatch runs it: the module inside torch.compile's wrapper (distmatch reads a
+    sub-module's output for the GAN's features, which compiled code does not give, and copies the network for its
+    student and critic), in float32 weights at least (its student is trained as such a copy)."""
     inner = getattr(net, "_orig_mod", None)
     if type(net).__name__ == "OptimizedModule" and isinstance(inner, torch.nn.Module):
-        print(f"warning: wrap_teacher runs the {type(inner).__name__} inside torch.compile's wrapper uncompiled",
+        print(f"warning: distmatch runs the {type(inner).__name__} inside torch.compile's wrapper uncompiled",
               file=sys.stderr)
-        return inner
+        net = inner
+    if half := sorted({str(p.dtype) for p in net.parameters() if p.dtype in (torch.float16, torch.bfloat16)}):
+        raise UserError(f"the network's parameters are {', '.join(half)}: its student is trained as a copy of it, "
+                        "which needs float32 weights; pass net.float() (train.precision=bf16 trains in mixed "
+                        "precision)")
     return net
 
 
@@ -291,8 +290,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     sampler does not clip."""
     from .teachers.adapters import FlowAdapter, VPAdapter
 
-    net = _uncompiled(net)
     shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
+    net = _users_network(net)
     _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
     net = net.eval().requires_grad_(False)
     if flow:

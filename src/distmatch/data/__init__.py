@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..teachers.gmm import GaussianMixture
 from .arrays import RawData, check_array, check_labels, infer_layout, read_data
 from .presets import PRESETS, SPLIT_SEEDS, list_presets, load_preset, preset_mixture
-from .spec import DataSpec, normalised_sample_shape
+from .spec import DataSpec, data_fingerprint, normalised_sample_shape
 
 __all__ = ["Dataset", "DataSpec", "load_data", "from_arrays", "is_preset", "list_presets"]
 
@@ -30,6 +30,13 @@ class Dataset:
     labels: torch.Tensor | None       # int64 class indices 0..K-1 (index into spec.class_names), or None
     spec: DataSpec
     mixture: GaussianMixture | None   # mixture presets: the exact mixture in normalised space; else None
+
+
+def dataset_fingerprint(data: Dataset) -> str:
+    """A fingerprint of a data set as the networks see it (its normalised values and labels): what a resumed run
+    must train on again, and the key of anything cached for it."""
+    labels = data.labels.numpy() if data.labels is not None else None
+    return data_fingerprint(data.x.numpy(), labels)
 
 
 def is_preset(source: str) -> bool:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..data import Dataset, load_data
+from ..data import Dataset, dataset_fingerprint, load_data
 from ..errors import UserError
-from .features import content_key, default_cache_dir, extract, get_feature_net
+from .features import default_cache_dir, extract, get_feature_net
 from .inception import inception_metrics, inception_path
 from .images import class_coverage, feature_metrics
 from .speed import measure_throughput
@@ -34,7 +34,7 @@ def feature_training_data(model, reference: Dataset, data: str | None = None) ->
 def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inception=None) -> dict:
     """FD / KID / PRDC on Inception features when a weights file is named (else on the in-domain network's, and
     the result says which), and the classes covered by the in-domain classifier."""
-    net = get_feature_net(train.x, train.labels, content_key(train) + "-train")
+    net = get_feature_net(train.x, train.labels, dataset_fingerprint(train) + "-train")
     fake, fake_logits = extract(net, samples)
     out = {"feature_net": net.kind,
            "feature_net_trained_on": "training data" if train is not reference else "reference"}

@@ -24,7 +24,6 @@ from torch import nn
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
-from ..data.spec import data_fingerprint
 
 FEATURE_DIM = 128
 WIDTHS = (32, 64, 128, 128)
@@ -158,13 +157,6 @@ def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | No
     if y is not None:
         net.info["val_accuracy"] = _accuracy(net, x[val_idx], y[val_idx])
     return net
-
-
-def content_key(data) -> str:
-    """A fingerprint of the images a network is fitted to or features are taken from (their normalised values
-    and labels): the key of anything cached for them."""
-    labels = data.labels.numpy() if data.labels is not None else None
-    return data_fingerprint(data.x.contiguous().numpy(), labels)
 
 
 def default_cache_dir() -> Path:

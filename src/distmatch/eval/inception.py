@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
-from .features import content_key
+from ..data import dataset_fingerprint
 
 INCEPTION_ENV = "DISTMATCH_INCEPTION"
 
@@ -100,13 +100,14 @@ def features(net: InceptionFeatures, x: torch.Tensor, batch: int = 50) -> torch.
 def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: Path | None) -> torch.Tensor:
     """The reference set's features, cached per weights file and per the images themselves (their spec's
     fingerprint names the data a model was trained on, or nothing for a foreign one: not these images)."""
-    key = f"inception-{sha}-{content_key(reference)}-{len(reference.x)}.safetensors"
+    data = dataset_fingerprint(reference)
+    key = f"inception-{sha}-{data}-{len(reference.x)}.safetensors"
     path = cache_dir / key if cache_dir is not None else None
     if path is not None and path.is_file():
         return ckpt.load_tensors(path)[0]["features"]
     feats = features(net, reference.x)
     if path is not None:
-        ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": content_key(reference)})
+        ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": data})
     return feats
 
 

@@ -15,9 +15,8 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import config as config_mod
-from ..data import Dataset, in_value_range, load_data
+from ..data import Dataset, dataset_fingerprint, in_value_range, load_data
 from ..data.arrays import CHANNEL_COUNTS
-from ..data.spec import data_fingerprint
 from ..errors import UserError
 from ..models import LoadedModel, load_model
 from ..training.trainer import TrainConfig, read_checkpoint_iteration, train
@@ -184,9 +183,7 @@ def level_scale(teacher: LoadedModel) -> float:
 
 def distill_data_fingerprint(data: Dataset | None) -> str | None:
     """What a resumed run must train on again: these data as the teacher sees them (None: data-free)."""
-    if data is None:
-        return None
-    return data_fingerprint(data.x.numpy(), data.labels.numpy() if data.labels is not None else None)
+    return None if data is None else dataset_fingerprint(data)
 
 
 def as_teachers_classes(data: Dataset, classes: int, source: str) -> Dataset:

@@ -109,6 +109,7 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
                      "teacher 2-step, euler"]
     students = [r for r in rows if r["kind"] == "student"]
     assert all(0 < r["distill_s"] < wall and r["nfe"] == r["steps"] for r in students), (wall, students)
+    assert 0 < rows[0]["train_s"] < wall and "distill_s" not in rows[0]  # the teacher's time is its training's
     if baseline_mb is not None:  # a tiny run: its own peak is about the imports' (measured 326 vs 283 MiB)
         assert all(0.8 * baseline_mb < r["peak_mb"] < baseline_mb + 1024 for r in students), (baseline_mb, students)
     assert all(r["parallel_jobs"] == 2 for r in students)  # both distillations ran at once, each timed alone

@@ -101,6 +101,16 @@ def test_curves(tmp_path):
     _check_png(curves([], tmp_path / "e.png"))
 
 
+def test_a_curve_of_one_record_is_drawn(tmp_path):
+    """A run stopped after its first log line still shows its one value (a line of one point draws nothing)."""
+    from matplotlib.colors import to_rgb
+
+    with Image.open(curves([{"it": 0, "loss_g": 0.5}], tmp_path / "one.png")) as im:
+        px = np.asarray(im.convert("RGB")).astype(float) / 255
+    blue = np.abs(px - np.array(to_rgb("tab:blue"))).max(axis=-1) < 0.05
+    assert blue.sum() >= 10, blue.sum()
+
+
 def test_metric_bars(tmp_path):
     rows = [{"name": "teacher (Heun 18)", "swd": 0.012}, {"name": "student 1-step", "swd": 0.05},
             {"name": "student 4-step"}, {"name": "bad", "swd": float("nan")}]

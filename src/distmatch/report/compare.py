@@ -182,7 +182,7 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     n = 4000 if kind == "vector" else 1000
     rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",
-                 distill_s=teacher_s)]
+                 train_s=teacher_s)]
     if teacher.fitted_network() is not None:  # what sampling costs with a network (the closed form is cheaper)
         rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
                          name=f"teacher network ({teacher.config['solver']})"))
@@ -211,7 +211,7 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
     kind = teacher.spec.kind
     metric = "swd" if kind == "vector" else "fd"
     keys = ["swd", "mmd", "modes_covered", "off_mode"] if kind == "vector" else ["fd", "kid", "recall", "classes_covered"]
-    columns = ["name", "nfe"] + keys + ["samples_per_s", "distill_s", "peak_mb"]
+    columns = ["name", "nfe"] + keys + ["samples_per_s", "train_s", "distill_s", "peak_mb"]
     n_show = 2000 if kind == "vector" else 64
     panels = [("data", reference.x[:n_show].numpy()),
               (f"teacher (NFE {teacher.nfe()})", teacher.sample(n_show, seed=1)[0].numpy())]

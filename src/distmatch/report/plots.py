@@ -265,7 +265,7 @@ def curves(records: list[dict], path: PathLike, keys: list[str] | None = None) -
             ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, color="0.4")
             continue
         ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
-        ax.plot(x, _ema(y), color=color, linewidth=1.5)
+        ax.plot(x, _ema(y), color=color, linewidth=1.5, marker="o" if len(y) == 1 else None)  # one point: no line
         if y.min() > 0 and y.max() / y.min() > 100:  # log only where a linear axis would flatten the tail
             ax.set_yscale("log")
         ax.set_xlabel("it", fontsize=8)

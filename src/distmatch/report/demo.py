@@ -38,7 +38,8 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return teacher, distill
 
 
-def evaluation_rows(teacher, student, reference, student_steps: int, n: int, train=None) -> list[dict]:
+def evaluation_rows(teacher, student, reference, student_steps: int, n: int, train=None,
+                    progress: bool = True) -> list[dict]:
     from ..eval.evaluate import evaluate_model
 
     rows = []
@@ -51,7 +52,7 @@ def evaluation_rows(teacher, student, reference, student_steps: int, n: int, tra
     plan += [("teacher", euler, k) for k in sorted({1, 2, 4, student_steps})]
     plan += [("student", student, k) for k in range(1, student_steps + 1)]
     for name, model, steps in plan:
-        r = evaluate_model(model, reference, n=n, steps=steps, train=train)
+        r = evaluate_model(model, reference, n=n, steps=steps, train=train, progress=progress)
         solver = f", {model.config['solver']}" if name.startswith("teacher") else ""
         r["name"] = f"{name} {r['steps']}-step{solver}"
         rows.append(r)
@@ -160,7 +161,9 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     t0 = time.perf_counter()
     n = n_eval if teacher.spec.kind == "vector" else min(n_eval, 1000)
-    rows = evaluation_rows(teacher, student, reference, student.default_steps, n)
+    # the evaluation's bars follow the distillation's (--set distill.train.progress=false silences both)
+    shown = json.loads((out / "student" / "run.json").read_text())["config"]["train"]["progress"]
+    rows = evaluation_rows(teacher, student, reference, student.default_steps, n, progress=shown)
     timings["evaluate_s"] = round(time.perf_counter() - t0, 1)
     ckpt.atomic_write_json(out / "metrics.json", {"rows": rows, "timings": timings})
     report = write_demo_report(out, data, rows, teacher, student, reference, timings)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
-from distmatch.methods import run_distill
+from distmatch.methods import pairs, run_distill
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
 from distmatch.training.trainer import THREADS_FILE_ENV, follow_thread_budget, read_checkpoint_iteration
@@ -268,6 +268,20 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_differing_runs_are_r
     # accelerate's state made by the script first (one process on CPUs): each would train alone into one folder
     done = launch_two("ddp_stop_worker.py", "early", str(tiny_teacher), str(tmp_path / "early"))
     assert done.stdout.count("refused: launched as 2 processes") == 2, done.stdout + done.stderr[-999:]
+
+
+def test_two_processes_share_the_making_of_the_teachers_pairs(tiny_teacher, tmp_path):
+    """Each process solves the ODE for its share of dmd's pairs (chunks of 1024) and both hold them all: the pairs
+    are those one process makes, bitwise (every process used to make every pair)."""
+    args = QUIET + ["train.batch_size=32", "train.iters=2", "dmd.pairs=2100"]
+    done = launch_two("ddp_pairs_worker.py", str(tiny_teacher), str(tmp_path / "two"), *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    solved = [int((tmp_path / "two" / f"solved{r}.txt").read_text()) for r in (0, 1)]
+    assert solved == [1024 + 52, 1024], solved  # chunks 0 and 2 on the first process, chunk 1 on the second
+    run_distill(tiny_teacher, tmp_path / "one", method="dmd", steps=2, overrides=args)
+    two, _ = ckpt.load_tensors(tmp_path / "two" / pairs.PAIRS_FILE)
+    one, _ = ckpt.load_tensors(tmp_path / "one" / pairs.PAIRS_FILE)
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
 
 
 def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):

@@ -37,12 +37,14 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: float, class_weights: list[float],
                seed: int, device, chunk: int | None = None, levels: list[float] = (),
-               sigma_min: float = SIGMA_MIN, limit: dict | None = None, progress: bool = False
-               ) -> dict[str, torch.Tensor]:
+               sigma_min: float = SIGMA_MIN, limit: dict | None = None, progress: bool = False,
+               accelerator=None) -> dict[str, torch.Tensor]:
     """n fixed noises z, the teacher's ODE samples y = ODE(σ_max z) and their class labels (drawn with the data's
     class weights; none for unconditional teachers), from a private generator so every process makes the same;
     with `levels`, also the ODE's states there ("states", (n, len(levels), ...)); `limit`: the teacher's own
-    x̂_0 limit, as its sampler applies it (samplers.limit_x0); `progress`: a bar, as this can take minutes."""
+    x̂_0 limit, as its sampler applies it (samplers.limit_x0); `progress`: a bar, as this can take minutes.
+    With an `accelerator` of several processes each solves its share of the chunks and all receive every pair:
+    the same pairs as one process makes, in 1/N of its time."""
     from tqdm.auto import tqdm
 
     chunk = chunk or (1024 if len(shape) == 1 else 256)  # images: smaller chunks, so the bar moves
@@ -51,21 +53,25 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
     labels = None
     if class_weights:
         labels = torch.multinomial(torch.tensor(class_weights, dtype=torch.float64), n, replacement=True, generator=g)
-    ys, states = [], []
-    bar = tqdm(total=n, desc=f"teacher ODE pairs ({steps} {solver} steps)", unit="pair", leave=False,
-               dynamic_ncols=True, disable=not progress, file=sys.stderr)
-    for i in range(0, n, chunk):
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    starts = range(0, n, chunk)[rank::world]
+    bar = tqdm(total=sum(min(chunk, n - i) for i in starts), desc=f"teacher ODE pairs ({steps} {solver} steps)",
+               unit="pair", leave=False, dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    done = {}  # chunk start -> (samples, states at `levels`)
+    for i in starts:
         c = labels[i:i + chunk].to(device) if labels is not None else None
         y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max,
                                limit)
-        ys.append(y.float().cpu())
-        if levels:
-            states.append(torch.stack(st, 1).float().cpu())
+        done[i] = (y.float().cpu(), torch.stack(st, 1).float().cpu() if levels else None)
         bar.update(len(y))
     bar.close()
-    out = {"noise": z, "sample": torch.cat(ys)}
+    if world > 1:
+        from accelerate.utils import gather_object
+        done = {i: part for shares in gather_object([done]) for i, part in shares.items()}
+    order = sorted(done)
+    out = {"noise": z, "sample": torch.cat([done[i][0] for i in order])}
     if levels:
-        out["states"] = torch.cat(states)
+        out["states"] = torch.cat([done[i][1] for i in order])
     if labels is not None:
         out["labels"] = labels
     return out
@@ -172,9 +178,10 @@ class OdePairs:
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
                            sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"),
-                           progress=self.ctx.train.progress and self.ctx.accelerator.is_main_process)
+                           progress=self.ctx.train.progress and self.ctx.accelerator.is_main_process,
+                           accelerator=self.ctx.accelerator)
         if path is not None and self.ctx.accelerator.is_main_process:
-            ckpt.save_tensors(path, pairs, meta)  # other processes made the same pairs from the same seed
+            ckpt.save_tensors(path, pairs, meta)  # every process holds the same pairs
         return pairs
 
     def regression_batch(self, n: int):

@@ -264,7 +264,7 @@ def test_ode_weight_must_not_be_negative():
 @pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm", "dmd"])
 def test_default_vector_run_of_each_method_is_as_published(tmp_path, method):
     """No regression beside the DM loss unless the method is DMD (whose regression is the method), no warm-up, no
-    per-step critics, and tdm's pseudo-Huber constant the authors' 1e-3."""
+    per-step critics, DMD's one critic update per student update, and tdm's loss and optimisers the authors'."""
     import json
 
     from distmatch.methods import run_distill
@@ -280,7 +280,9 @@ def test_default_vector_run_of_each_method_is_as_published(tmp_path, method):
     assert opts.get("ode_weight", 0) == 0 and opts.get("ode_init", 0) == 0
     assert not cfg["student"]["critic_per_step"]
     assert method != "dmd" or opts["regression_weight"] == 1.0
-    assert method != "tdm" or opts["huber_c"] == 1e-3
+    assert method != "tdm" or (opts["huber_c"], opts["huber"], opts["critic_rate"], opts["clip_critic"],
+                               cfg["train"]["weight_decay"]) == (1e-3, "element", 5.0, False, 1e-2)
+    assert method != "dmd" or opts["critic_ratio"] == 1  # DMD's Algorithm 1; five came with DMD2
     assert method not in ("dmd2", "fdistill") or opts.get("gan", True)
     assert not (run / "dmd_pairs.safetensors").exists() or method == "dmd"
 

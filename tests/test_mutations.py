@@ -33,6 +33,9 @@ RUNS = {
     "tdm": ("tdm", 4, ["train.iters=600", *SHORT]),
     "msd": ("msd", 1, ["train.iters=1500", "train.batch_size=256", "train.lr=3e-4", "msd.students=2"]),
 }
+# tdm's sign-per-element push keeps every mode even with a critic that leaks into the student (SWD 0.059, half the
+# samples off the modes, against 0.029 and 0.17 as published): its check also bounds the share off the modes.
+OFF_MODE_MAX = {"tdm": 0.35}
 MUTATIONS = {"dmd2": ("flip", "frozen", "leak"), "dmd": ("flip", "leak"), "dmd, DM half": ("frozen",),
              "fdistill": ("flip", "frozen", "leak"), "tdm": ("flip", "frozen", "leak"),
              "msd": ("flip", "frozen", "leak")}
@@ -60,7 +63,7 @@ def flip(monkeypatch):
 
 def frozen(monkeypatch):
     monkeypatch.setattr(common.DistributionMatching, "fit_critic", lambda self, *a, **k: {})
-    monkeypatch.setattr(common.StudentCriticMethod, "update_critic", lambda self, loss: None)
+    monkeypatch.setattr(common.StudentCriticMethod, "update_critic", lambda self, loss, clip=True: None)
 
 
 def leak(monkeypatch):
@@ -114,22 +117,23 @@ def short_run(teachers, tmp_path, name: str) -> SimpleNamespace:
     return r
 
 
-def passes(r) -> bool:
+def passes(r, name: str = "") -> bool:
     """The quality check: every mode, SWD under 0.12 (the teacher's 1-step Euler is at 0.45 and its 40-step Heun at
     0.012), and for class-conditional students 90% of the samples on their class's own mode, each class as wide
     as its data within a factor 2."""
     per_class = getattr(r, "on_own_mode", 1.0) > 0.9 and 0.5 < getattr(r, "spread", 1.0) < 2.0
-    return r.modes_covered == 1.0 and r.swd < 0.12 and per_class
+    off_mode = r.off_mode < OFF_MODE_MAX.get(name, 1.0)
+    return r.modes_covered == 1.0 and r.swd < 0.12 and per_class and off_mode
 
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_published_method_passes_the_quality_check(teachers, tmp_path, name):
     r = short_run(teachers, tmp_path, name)
-    assert passes(r), r
+    assert passes(r, name), r
 
 
 @pytest.mark.parametrize("name,mutation", [(n, m) for n, ms in MUTATIONS.items() for m in ms])
 def test_broken_method_fails_the_quality_check(teachers, tmp_path, monkeypatch, name, mutation):
     {"flip": flip, "frozen": frozen, "leak": leak}[mutation](monkeypatch)
     r = short_run(teachers, tmp_path, name)
-    assert not passes(r), r
+    assert not passes(r, name), r

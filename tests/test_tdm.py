@@ -46,13 +46,36 @@ def test_step_intervals_refuse_levels_too_close():
 def test_tdm_loss_pulls_towards_teacher_and_vanishes_at_a_match():
     x0 = torch.randn(64, 2, requires_grad=True)
     real, fake = torch.randn(64, 2), torch.randn(64, 2)
+    w = (x0.detach() - real).abs().mean(1, keepdim=True)
     tdm_generator_loss(x0, real, fake).backward()
-    # descending moves x̂_0 along x̂_real - x̂_fake (the direction towards the teacher's distribution)
+    # the authors' pseudo-Huber per element at c = 1e-3: each element pushed by the sign of its gap x̂_real - x̂_fake,
+    # a unit step over mean |x̂_0 - x̂_real| (per sample it would push along the gap vector, below)
+    assert torch.allclose(-x0.grad * 64 * 2, torch.sign(real - fake) / w, rtol=1e-3)
+    x0.grad = None
+    tdm_generator_loss(x0, real, fake, per="sample").backward()
     cos = torch.nn.functional.cosine_similarity(-x0.grad, real - fake, dim=1)
     assert (cos > 0.999).all()
     x0.grad = None
     tdm_generator_loss(x0, real, real).backward()
     assert x0.grad.abs().max() == 0
+
+
+def test_tdm_trains_as_the_authors_code(tmp_path, monkeypatch):
+    """The critic learns at five times the student's rate, AdamW decays both by 1e-2, and only the student's
+    gradient is clipped (at 1)."""
+    from distmatch.methods.common import Critic
+    from distmatch.training.method import Context
+
+    teacher = train_teacher("8gaussians", tmp_path / "t", overrides=QUIET + [
+        "network.width=16", "network.depth=1", "network.fourier=4", "train.iters=2", "train.batch_size=32"])
+    clipped, clip = [], Context.clip
+    monkeypatch.setattr(Context, "clip", lambda ctx, module: clipped.append(module) or clip(ctx, module))
+    run = run_distill(teacher, tmp_path / "s", method="tdm", overrides=QUIET + ["train.iters=2", "train.batch_size=16"])
+    groups = {name: opt["param_groups"][0] for name, opt in ckpt.load_tensors(run / ckpt.CHECKPOINT)[1][
+        "optimizers"].items()}
+    assert groups["critic"]["base_lr"] == pytest.approx(5 * groups["gen"]["base_lr"]) and groups["gen"]["lr"] > 0
+    assert groups["critic"]["weight_decay"] == groups["gen"]["weight_decay"] == 1e-2
+    assert len(clipped) == 2 and not any(isinstance(m, Critic) for m in clipped)  # the two student updates
 
 
 def test_rollout_runs_each_row_only_as_far_as_it_is_read():

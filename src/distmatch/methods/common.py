@@ -298,11 +298,12 @@ class DistributionMatching:
                             normaliser=getattr(self.opts, "normaliser", "sample"))
         return g.view((d, n) + g.shape[1:]).mean(0) if d > 1 else g
 
-    def optimizer_step(self, module: nn.Module, opt, loss: torch.Tensor) -> None:
-        """One step of `opt` on `loss`, with `module`'s gradients clipped."""
+    def optimizer_step(self, module: nn.Module, opt, loss: torch.Tensor, clip: bool = True) -> None:
+        """One step of `opt` on `loss`, with `module`'s gradients clipped (unless `clip` is false)."""
         opt.zero_grad(set_to_none=True)
         self.ctx.backward(loss)
-        self.ctx.clip(module)
+        if clip:
+            self.ctx.clip(module)
         opt.step()
 
     def freeze(self, critic: nn.Module) -> nn.Module:
@@ -391,8 +392,8 @@ class StudentCriticMethod(DistributionMatching, Method):
         n, cond = self.batch_and_labels(batch)
         return self.fit_critic(self.gen, self.critic, self.opt_c, n, cond, batch.x, gan_weight_d)
 
-    def update_critic(self, loss: torch.Tensor) -> None:
-        self.optimizer_step(self.critic, self.opt_c, loss)
+    def update_critic(self, loss: torch.Tensor, clip: bool = True) -> None:
+        self.optimizer_step(self.critic, self.opt_c, loss, clip)
 
     def frozen_critic(self) -> nn.Module:
         return self.freeze(self.critic)

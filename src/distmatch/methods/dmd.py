@@ -1,7 +1,8 @@
 """DMD (Yin et al. 2023, arXiv 2311.18828): distribution matching plus a regression on the teacher's ODE pairs.
 
 The student gets the distribution-matching gradient exactly as in dmd2 (critic = fake score trained on detached
-student samples, `critic_ratio` critic updates per student update, no GAN) plus a regression loss that ties it to
+student samples, no GAN), with one critic update per student update as in the paper's Algorithm 1 (the five of
+dmd2 came with DMD2, which dropped the regression), plus a regression loss that ties it to
 the teacher's deterministic noise→sample map: `pairs` fixed noises z and the teacher's ODE samples y = ODE(σ_0 z)
 (its own solver and step count; guided like the real score), made once when training starts, cached in the run
 folder (`dmd_pairs.safetensors`, atomic) and reused when the run resumes. The regression anchors the one-step map
@@ -33,7 +34,7 @@ DEFAULTS = {"vector": {"dmd": {"dm_draws": 4, "pairs": 16384}},
 
 @dataclass
 class Options:
-    critic_ratio: int = 5              # critic updates per student update (two time-scale rule, as dmd2)
+    critic_ratio: int = 1              # critic updates per student update (DMD: 1; dmd2's two time-scale rule: 5)
     dm_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # DM levels: fractions of the teacher's levels
                                                                          # up to the student's first level
     guidance: float = 1.0              # classifier-free guidance on the real score and the pairs' teacher; 1 = none

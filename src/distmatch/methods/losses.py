@@ -74,10 +74,13 @@ def density_ratio(logits: torch.Tensor, clamp_logit: float = 10.0, r_min: float 
     return logits.detach().float().clamp(-clamp_logit, clamp_logit).exp().clamp(r_min, r_max)
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
-    """Per-sample pseudo-Huber distance sqrt(||a-b||²/numel + c²) - c (TDM)."""
-    d2 = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
-    return (d2 + c * c).sqrt() - c
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3, per: str = "element") -> torch.Tensor:
+    """Pseudo-Huber distance per sample: mean over elements of sqrt(d² + c²) - c (TDM's code), or with
+    per="sample", sqrt(mean d² + c²) - c (one distance of the whole sample)."""
+    d2 = (a.float() - b.float()) ** 2
+    if per == "sample":
+        return (d2.flatten(1).mean(1) + c * c).sqrt() - c
+    return ((d2 + c * c).sqrt() - c).flatten(1).mean(1)
 
 
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:

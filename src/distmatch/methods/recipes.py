@@ -49,8 +49,10 @@ RECIPES = {
         "1-step SWD x teacher 1.00-1.10 on the five 2-D presets, 1.20 on an 8-D mixture (dmd2 as published: "
         "0.97-2.50, 2.11); 4-step 0.87-1.07"),
     "dmd+warmup": Recipe(
-        "dmd", "dmd plus the 1-step ODE warm-up (first 25%) and one critic per step",
-        {"vector:1": {"dmd": {"ode_init": 0.25}}, "vector:K": _PER_STEP_CRITICS},
+        "dmd", "dmd plus the 1-step ODE warm-up (first 25%), dmd2's five critic updates per student update and one "
+        "critic per step",
+        {"vector": {"dmd": {"critic_ratio": 5}}, "vector:1": {"dmd": {"ode_init": 0.25}},
+         "vector:K": _PER_STEP_CRITICS},
         "1-step SWD x teacher 0.99-1.06 on the five 2-D presets (dmd as published: 0.99-1.15)"),
     "fdistill+ode": Recipe(
         "fdistill", "fdistill plus the ODE regression (weight 0.25), the 1-step ODE warm-up (first 25%) and one "
@@ -60,8 +62,10 @@ RECIPES = {
          "vector:K": _PER_STEP_CRITICS},
         "1-step SWD x teacher 0.99-1.14 on the five 2-D presets (fdistill as published: 0.91-2.76)"),
     "tdm+ode": Recipe(
-        "tdm", "tdm with pseudo-Huber c = 1 (DMD's push below one data unit) plus the ODE regression at weight 1",
-        {"vector": {"tdm": {"huber_c": 1.0, "ode_weight": 1.0}}},
+        "tdm", "tdm with pseudo-Huber c = 1 per sample (DMD's push below one data unit) plus the ODE regression at "
+        "weight 1; critic and student at one rate, both clipped, no weight decay",
+        {"vector": {"tdm": {"huber_c": 1.0, "huber": "sample", "ode_weight": 1.0, "critic_rate": 1.0,
+                            "clip_critic": True}, "train": {"weight_decay": 0.0}}},
         "4-step SWD x teacher 0.81-1.12 on the five 2-D presets, 0.98 on an 8-D mixture (tdm as published: "
         "1.40-6.21, 3.41)"),
     # An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.

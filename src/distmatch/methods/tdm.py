@@ -18,13 +18,18 @@ Per iteration: one no-grad roll-out of the batch, each row only as far as the st
 learns, with the min(SNR, 5)-weighted x̂_0 loss, each sample's detached output of one step (steps spread evenly
 over the batch) at a level in that step's interval; then the student runs one step per sample (drawn again) with
 gradients and is regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term via the guided real score) with a
-pseudo-Huber distance (per sample, losses.pseudo_huber; the demo applies it per element) divided by
-mean |x̂_0 - x̂_real|.
+pseudo-Huber distance per element (the authors' code; `huber=sample` takes one distance per sample) divided by
+mean |x̂_0 - x̂_real|. As in the authors' code the critic learns at five times the student's rate, AdamW decays both
+by 1e-2 and only the student's gradient is clipped (at 1).
 
-The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (the default) the distance
-is |x̂_fake - x̂_real| wherever the gap exceeds c, so every sample gets a push of unit size over
-mean |x̂_0 - x̂_real| however small its real-fake gap; c = 1 (recipe tdm+ode) makes it quadratic below one data unit,
-DMD's push.
+The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (the default) each element's
+distance is |x̂_fake - x̂_real| wherever its gap exceeds c, so each element gets a push of unit size (its sign) over
+mean |x̂_0 - x̂_real| however small its real-fake gap; c = 1 per sample (recipe tdm+ode) makes it quadratic below one
+data unit, DMD's push.
+
+Not as published: TDM's demo moves its student from step to step DDIM-like (x_{k+1} = x̂_0^k + σ_{k+1} ε̂, its own
+predicted noise) and importance-weights its critic for that; here every student re-noises with fresh noise, as the
+other methods' do (one sampler and one export for every student).
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_stu
 from .losses import critic_loss, pseudo_huber
 from .pairs import OdePairs, check_ode_init, regression_loss
 
-_TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0}  # the authors' Adam betas and clipping
+_TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0, "weight_decay": 1e-2}  # the authors' AdamW and clipping
 # TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
 # A flow teacher's stock K levels end at its lowest training level, an interval too short for TDM's last step: its
 # levels end at s = shift(0.25), where DMD2's 4-step students start their last step (t = 249 of 1000).
@@ -52,9 +57,12 @@ DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
 class Options:
     critic_ratio: int = 1              # critic updates per student update (TDM: 1:1)
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
-    lr_critic: float = 0.0             # 0 = train.lr
+    lr_critic: float = 0.0             # 0 = critic_rate x train.lr
+    critic_rate: float = 5.0           # the critic's learning rate as a multiple of the student's (the authors': 5)
+    clip_critic: bool = False          # clip the critic's gradient too (the authors clip the student's only)
     huber_c: float = 1e-3              # pseudo-Huber constant of the student's loss (the authors'; recipe
                                        # tdm+ode: 1)
+    huber: str = "element"             # pseudo-Huber per element (the authors' code) or per sample (recipe tdm+ode)
     floor: float = 0.02                # lowest level of the last step's interval, as a fraction of the Karras grid
     margin: int = 10                   # Karras-grid indices kept free just below each step's own level σ_k
     ode_weight: float = 0.0            # beside TDM's loss, regress every step on the teacher's ODE trajectory
@@ -67,8 +75,10 @@ class Options:
             raise UserError(f"tdm.critic_ratio must be >= 1, got {self.critic_ratio}")
         if not 0 <= self.floor < 1 or self.margin < 0:
             raise UserError("tdm.floor must be a fraction in [0, 1) and tdm.margin >= 0")
-        if self.guidance < 0 or self.huber_c <= 0:
-            raise UserError("tdm.guidance must be >= 0 and tdm.huber_c > 0")
+        if self.guidance < 0 or self.huber_c <= 0 or self.critic_rate <= 0:
+            raise UserError("tdm.guidance must be >= 0, tdm.huber_c and tdm.critic_rate > 0")
+        if self.huber not in ("element", "sample"):
+            raise UserError(f"tdm.huber must be element or sample, got {self.huber!r}")
         check_ode_init("tdm", None, self.ode_pairs, self.ode_weight)
 
 
@@ -98,13 +108,13 @@ def step_intervals(sigmas: list[float], floor: float = 0.02, margin: int = 10,
 
 
 def tdm_generator_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float = 1e-3,
-                       eps: float = 1e-6) -> torch.Tensor:
+                       eps: float = 1e-6, per: str = "element") -> torch.Tensor:
     """TDM's student loss: pseudo-Huber(x̂_0, sg(x̂_0 + x̂_real - x̂_fake)) / mean|x̂_0 - x̂_real| per sample
     (x̂_real already carries the CFG term (s-1)(x̂_real - x̂_uncond) when guided)."""
     real, fake = x0_real.float(), x0_fake.float()
     target = (x0.detach().float() + (real - fake)).detach()
     w = (x0.detach().float() - real).abs().flatten(1).mean(1)
-    return torch.nan_to_num(pseudo_huber(x0, target, c) / (w + eps)).mean()
+    return torch.nan_to_num(pseudo_huber(x0, target, c, per) / (w + eps)).mean()
 
 
 class TDM(OdePairs, StudentCriticMethod):
@@ -120,7 +130,8 @@ class TDM(OdePairs, StudentCriticMethod):
         self.intervals = step_intervals(self.sigmas, self.opts.floor, self.opts.margin, teacher.schedule.grid)
         # its own step scheme (the defaults: spread draws, one critic), but the generator's feature cap applies, as
         # the student is saved with it
-        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=self.opts.lr_critic,
+        lr_critic = self.opts.lr_critic or self.opts.critic_rate * ctx.train.lr
+        self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=lr_critic,
                    student=StudentConfig(fourier_cap=cfg.student.fourier_cap,
                                          levels_sigma_max=cfg.student.levels_sigma_max))
         self.shape = tuple(teacher.spec.shape)
@@ -174,7 +185,7 @@ class TDM(OdePairs, StudentCriticMethod):
         with self.ctx.autocast():
             pred, _ = self.critic(noised(x0, s), s, cond)
             loss = critic_loss(pred, x0, s, self.sigma_data, weighting="snr")
-        self.update_critic(loss)
+        self.update_critic(loss, clip=self.opts.clip_critic)  # the authors clip the student only
         return {"loss_critic": loss.item()}
 
     def generator_step(self, x_in: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
@@ -194,7 +205,7 @@ class TDM(OdePairs, StudentCriticMethod):
             x_s = noised(x0.detach(), s)
             x0_fake, _ = critic(x_s, s, cond)
             x0_real = self.real(x_s, s, cond)
-        loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c)
+        loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c, per=self.opts.huber)
         logs = {"loss_tdm": loss.item(), "real_fake_gap": (x0_real - x0_fake.float()).abs().mean().item()}
         if o.ode_weight > 0:
             loss_reg = regression_loss(out[n:], y)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from distmatch import checkpoint as ckpt
 from distmatch.methods import run_distill
-from distmatch.methods.fdistill import RatioBins, f_weight
+from distmatch.methods.fdistill import RatioBins, f_weight, teacher_time
 from distmatch.methods.losses import F_DIVERGENCES, f_divergence_weight
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
@@ -57,7 +57,7 @@ def test_weight_is_normalised_by_its_batch_mean():
 
 
 def test_ratio_bins_track_each_bins_mean_and_survive_save_load(tmp_path):
-    bins = RatioBins(bins=10, momentum=0.5)
+    bins = RatioBins(bins=10, momentum=0.5, t_range=(0, 1000))
     index = torch.tensor([0, 50, 99, 500, 999, 999])          # bins 0, 0, 0, 5, 9, 9
     r = torch.tensor([1.0, 2.0, 3.0, 5.0, 0.5, 1.5])
     out = bins.normalise(r, index)
@@ -69,9 +69,28 @@ def test_ratio_bins_track_each_bins_mean_and_survive_save_load(tmp_path):
     assert math.isclose(bins.mean[5].item(), 0.5 * 3.0 + 0.5 * 4.0)
     path = tmp_path / "c.safetensors"
     ckpt.save_tensors(path, ckpt.module_to_tensors("ratio_bins", bins))
-    fresh = RatioBins(bins=10, momentum=0.5)
+    fresh = RatioBins(bins=10, momentum=0.5, t_range=(0, 1000))
     fresh.load_state_dict(ckpt.module_from_tensors("ratio_bins", ckpt.load_tensors(path)[0]))
     assert torch.equal(fresh.mean, bins.mean)
+
+
+def test_ratio_bins_are_of_equal_width_in_the_teachers_own_time():
+    """As FastGen bins t evenly over [min_t, max_t]: in σ for an EDM teacher (the first 640 of the 1000 Karras
+    levels, σ < 8, share bin 0), in the timestep for a DDPM one, in s for a flow one."""
+    from distmatch.schedules import karras_grid_1000
+
+    def bins_of(idx, sigma, grid, kind):
+        ends = teacher_time(torch.tensor([0, len(grid) - 1]), grid[[0, -1]], kind)
+        return RatioBins(10, 0.5, tuple(ends.tolist())).bin_of(teacher_time(idx, sigma, kind)).tolist()
+
+    karras = karras_grid_1000()
+    idx = torch.tensor([0, 639, 640, 999])
+    assert bins_of(idx, karras[idx], karras, "ve") == [0, 0, 1, 9]
+    ddpm = torch.linspace(0.01, 157.0, 1000, dtype=torch.float64)  # one level per timestep, whatever their σ
+    assert bins_of(idx, ddpm[idx], ddpm, "vp") == [0, 6, 6, 9]
+    s = torch.linspace(0.001, 0.999, 1000, dtype=torch.float64)
+    flow = s / (1 - s)
+    assert bins_of(idx, flow[idx], flow, "flow") == [0, 6, 6, 9]
 
 
 def test_options_are_checked():

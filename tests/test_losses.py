@@ -336,15 +336,15 @@ def test_critic_step_sees_detached_student_samples_and_real_rows(tiny_teacher, t
 # ------------------------------------------------------------------------------------------ f-distill pieces
 
 def test_ratio_bins_bin_of_is_equal_width_and_clamped():
-    two = RatioBins(bins=2, momentum=0.5, grid_size=1000)
+    two = RatioBins(bins=2, momentum=0.5, t_range=(0, 1000))
     assert two.bin_of(torch.tensor([0, 499, 500, 999])).tolist() == [0, 0, 1, 1]
-    ten = RatioBins(bins=10, momentum=0.5, grid_size=1000)
+    ten = RatioBins(bins=10, momentum=0.5, t_range=(0, 1000))
     assert ten.bin_of(torch.tensor([0, 99, 100, 555, 900, 999, 1000])).tolist() == [0, 0, 1, 5, 9, 9, 9]
 
 
 def test_ratio_bins_update_seen_bins_with_their_momentum():
     """m = 0.8 (not 0.5, where mean and batch mean would weigh alike): mean <- 0.8 mean + 0.2 batch mean."""
-    bins = RatioBins(bins=2, momentum=0.8, grid_size=1000)
+    bins = RatioBins(bins=2, momentum=0.8, t_range=(0, 1000))
     out = bins.normalise(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([100, 200, 300]))  # all in bin 0, mean 3
     # bin 0: 0.8 * 1 + 0.2 * 3 = 1.4; bin 1 unseen: stays 1
     assert bins.mean.tolist() == pytest.approx([1.4, 1.0])
@@ -354,7 +354,7 @@ def test_ratio_bins_update_seen_bins_with_their_momentum():
     assert bins.mean.tolist() == pytest.approx([1.2, 1.4])
     assert out.tolist() == pytest.approx([0.4 / 1.2, 2 / 1.4, 4 / 1.4], rel=1e-5)
     # over processes: counts and totals are summed (two identical processes give the same means)
-    twin = RatioBins(bins=2, momentum=0.8, grid_size=1000)
+    twin = RatioBins(bins=2, momentum=0.8, t_range=(0, 1000))
     twin.normalise(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([100, 200, 300]), all_reduce=lambda t: 2 * t)
     assert twin.mean.tolist() == pytest.approx([1.4, 1.0])
 

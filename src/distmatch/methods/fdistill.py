@@ -5,9 +5,12 @@ the same score difference weighted per sample by h(r) = r² f''(r), r = p_teache
 r comes from the GAN discriminator (head on the critic's features, trained inside the critic step exactly like
 dmd2's, real data vs student samples, both noised over the whole grid, so its optimal logit is log p_σ / q_σ):
 r = exp(logit) at the generator's own noisy sample, logit clamped to [-10, 10], r to [0.1, 20], detached, fp32.
-As in the authors' code (NVlabs FastGen), r is divided by its running mean in its noise-level bin (10 bins over the
-1000-point Karras grid, EMA momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, so only
-the relative weights inside a batch matter. The generator's non-saturating GAN term is part of the method.
+As in the authors' code (NVlabs FastGen), r is divided by its running mean in its noise-level bin (10 bins, EMA
+momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, so only the relative weights inside a
+batch matter. FastGen's bins are of equal width in its time t; distmatch's (`bins_by=index`) hold equal shares of
+the levels the DM gradient draws (uniform by grid index, DMD2's). The two agree for a DDPM teacher (one level per
+timestep); for an EDM one FastGen's t is σ, and its first bin (σ < 8) holds 64 % of DMD2's draws: on 8 Gaussians
+that lost modes (RESULTS.md), so equal-width bins in the teacher's time are an option (`bins_by=time`). The generator's non-saturating GAN term is part of the method.
 The noisy sample x_t = x + σ ε (σ in dm_range) serves the DM gradient, r and the generator's GAN loss alike.
 """
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Options:
     ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
     bins: int = 10                     # noise-level bins of r's running mean
     bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)
+    bins_by: str = "index"             # index: equal shares of the DM levels' grid; time: equal width in the
+                                       # teacher's own time (FastGen's; σ for an EDM teacher, s for a flow one)
     ode_init: float = 0.0              # share of the iterations spent first regressing the student on the
                                        # teacher's ODE pairs, as dmd2.ode_init (recipe fdistill+ode); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder
@@ -61,6 +66,8 @@ class Options:
             raise UserError(f"fdistill.ratio_range must be two numbers 0 < lo < hi, got {self.ratio_range}")
         if not 1 <= self.bins <= 1000 or not 0 <= self.bin_momentum < 1 or self.guidance < 0:
             raise UserError("fdistill.bins must be in 1..1000, fdistill.bin_momentum in [0, 1), fdistill.guidance >= 0")
+        if self.bins_by not in ("index", "time"):
+            raise UserError(f"fdistill.bins_by must be index or time, got {self.bins_by!r}")
         check_ode_init("fdistill", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
@@ -69,19 +76,20 @@ class RatioBins(nn.Module):
 
     The means are buffers, so the trainer's checkpoint holds them and a resumed run continues with them."""
 
-    def __init__(self, bins: int = 10, momentum: float = 0.5, grid_size: int = 1000):
+    def __init__(self, bins: int = 10, momentum: float = 0.5, t_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
-        self.momentum, self.grid_size = momentum, grid_size
+        self.momentum, self.t_range = momentum, t_range
         self.register_buffer("mean", torch.ones(bins))
 
-    def bin_of(self, index: torch.Tensor) -> torch.Tensor:
-        """The bin of each noise level, given its index on the grid (equal-width bins of indices)."""
-        return (index * len(self.mean) // self.grid_size).clamp(0, len(self.mean) - 1)
+    def bin_of(self, t: torch.Tensor) -> torch.Tensor:
+        """The bin of each noise level, given the teacher's time t there (bins of equal width over t_range)."""
+        lo, hi = self.t_range
+        return ((t.double() - lo) / (hi - lo) * len(self.mean)).floor().long().clamp(0, len(self.mean) - 1)
 
     @torch.no_grad()
-    def normalise(self, r: torch.Tensor, index: torch.Tensor, all_reduce=None) -> torch.Tensor:
+    def normalise(self, r: torch.Tensor, t: torch.Tensor, all_reduce=None) -> torch.Tensor:
         """Update each seen bin's mean with this batch's (summed over processes), then return r / mean[bin]."""
-        b = self.bin_of(index)
+        b = self.bin_of(t)
         n = len(self.mean)
         count = torch.bincount(b, minlength=n).float()
         total = torch.bincount(b, weights=r.float(), minlength=n).float()
@@ -91,6 +99,14 @@ class RatioBins(nn.Module):
         batch_mean = total[seen] / count[seen]
         self.mean[seen] = self.momentum * self.mean[seen] + (1 - self.momentum) * batch_mean
         return r / (self.mean[b] + 1e-6)
+
+
+def teacher_time(index: torch.Tensor, sigma: torch.Tensor, kind: str) -> torch.Tensor:
+    """The teacher's own time at levels given by grid index and σ: σ for a σ-space (EDM) teacher, the timestep for
+    a DDPM one (its grid holds one level per timestep), s = σ / (1 + σ) for a flow one."""
+    if kind == "vp":
+        return index.double()
+    return sigma.double() / (1 + sigma.double()) if kind == "flow" else sigma.double()
 
 
 def f_weight(r: torch.Tensor, divergence: str, all_reduce=None) -> torch.Tensor:
@@ -113,7 +129,10 @@ class FDistill(OdePairs, StudentCriticMethod):
         self.opts = opts = cfg.fdistill
         self.teacher = teacher
         self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic, student=cfg.student)
-        self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, len(self.grid)).to(ctx.device)
+        self.kind = teacher.schedule.kind if opts.bins_by == "time" else "vp"  # "vp": the grid index is the time
+        top = len(self.grid) - 1 if opts.bins_by == "time" else len(self.grid)  # index: as many levels per bin
+        ends = teacher_time(torch.tensor([0, top]), self.grid[[0, -1]], self.kind)
+        self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, tuple(ends.tolist())).to(ctx.device)
 
     def modules(self):
         return {**super().modules(), "ratio_bins": self.ratio_bins}
@@ -132,7 +151,8 @@ class FDistill(OdePairs, StudentCriticMethod):
             x0_fake, logits = critic(x_t, sigma, cond, steps)
         with torch.no_grad(), self.ctx.autocast():
             g = dm_gradient(x, self.real(x_t.detach(), sigma, cond), x0_fake.detach())
-        r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range), idx, self.all_reduce())
+        r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range),
+                                      teacher_time(idx, sigma, self.kind), self.all_reduce())
         h = f_weight(r, self.opts.divergence, self.all_reduce())
         loss_dm = dm_loss(x, g, weight=h)
         loss_g = gan_generator_loss(logits)

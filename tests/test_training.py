@@ -81,6 +81,22 @@ def test_previews_draw_the_student_as_sample_loads_it_and_leave_training_alone(t
     assert not np.array_equal(imread(shown / "it0000000.png"), imread(redrawn))  # training moved the samples
 
 
+def test_every_checkpoint_has_its_preview_drawn_first(tiny_teacher, tmp_path, monkeypatch):
+    """A run killed after a checkpoint and before its preview never drew it (a re-run resumes past it, and a
+    finished one does nothing): the preview is drawn first."""
+    from distmatch.training import trainer
+
+    seen, save = [], trainer.save_checkpoint
+
+    def save_checkpoint(out, *args):
+        seen.append((args[-1], (Path(out) / "previews" / f"it{args[-1]:07d}.png").is_file()))
+        return save(out, *args)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_checkpoint)
+    run_distill(tiny_teacher, tmp_path / "s", steps=1, overrides=distill_args(["train.iters=10", "train.preview=true"]))
+    assert seen == [(7, True), (10, True)], seen
+
+
 def test_a_preview_that_fails_is_reported_once_and_the_run_goes_on(tiny_teacher, tmp_path, monkeypatch, capsys):
     from distmatch.training import preview
 

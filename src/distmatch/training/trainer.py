@@ -284,12 +284,12 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                 rec = logger.flush(it, time.time() - t0)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
+                show(it)  # before the checkpoint: a run killed between the two draws it again when resumed
                 save_checkpoint(out, run_config, method, data, ctx, it)
-                show(it)
     bar.close()
     logger.flush(it, time.time() - t0)
-    save_checkpoint(out, run_config, method, data, ctx, it)
     show(it)
+    save_checkpoint(out, run_config, method, data, ctx, it)
     logger.close()
     if stop.requested and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "

@@ -289,6 +289,23 @@ def test_an_output_path_through_a_file_is_one_line(capsys, tmp_path, teacher_dir
         assert_user_error(capsys, argv, "afile is a file, not a folder")
 
 
+def test_a_file_size_limit_is_one_line_naming_the_file(tmp_path, teacher_dir):
+    """A full disk or a file-size limit while writing: one line naming the user's file (not our temporary one), and
+    no half-written or temporary file left."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "x.npy"
+    done = subprocess.run([sys.executable, "-m", "distmatch.cli", "sample", "--model", str(teacher_dir), "--n",
+                           "5000", "--out", str(out)], capture_output=True, text=True, preexec_fn=limit)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]  # after the sampling bar
+    assert "Traceback" not in done.stderr and last.startswith(f"distmatch: error: cannot write to {out}: file too large")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size(tmp_path):
     """conditional=yes is the documented value (YAML 1.1 made it a boolean and refused it); a boolean setting
     still takes yes/no; a zero among network.channels is refused naming that key, not met inside a conv."""

@@ -28,13 +28,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     # An exclusive create under a random name, not tempfile: the file gets the umask's usual permissions (a
     # tempfile's are 0600), and a name clash raises before there is a file of ours to clean up.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    f = open(tmp, "xb")
+    try:
+        f = open(tmp, "xb")
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     try:
         with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user knows, not our temporary one
+        tmp.unlink(missing_ok=True)
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -179,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         # a path given that the file system refuses (--out naming a file, a folder without write access)
         if _main_process():
             print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}", file=sys.stderr)
+        code = UserError.exit_code
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+            raise
+        if _main_process():  # a full disk or a file-size limit: what was saved before is intact
+            print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}; files written before "
+                  "are intact, re-run the same command once there is room", file=sys.stderr)
         code = UserError.exit_code
     except Interrupted as e:
         if _main_process():

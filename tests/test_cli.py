@@ -287,6 +287,16 @@ def test_an_output_path_through_a_file_is_one_line(capsys, tmp_path, teacher_dir
                  ["evaluate", "--model", str(teacher_dir), "--data", "8gaussians",
                   "--out", str(tmp_path / "afile" / "e.json")]):
         assert_user_error(capsys, argv, "afile is a file, not a folder")
+    # the model's own files are not outputs (an evaluation written over config.json broke the model for good)
+    before = (teacher_dir / "config.json").read_bytes()
+    assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", "8gaussians",
+                               "--out", str(teacher_dir / "config.json")], "is a file of the model folder")
+    assert (teacher_dir / "config.json").read_bytes() == before
+    (tmp_path / "bad").mkdir()
+    bad = ["sample", "--model", str(tmp_path / "bad"), "--n", "2", "--out", str(tmp_path / "x.npy")]
+    for text in ('{"kind": "teacher", "n": 1000}', "[1, 2]"):  # a score file, say, or not even an object
+        (tmp_path / "bad" / "config.json").write_text(text)
+        assert_user_error(capsys, bad, "does not describe a distmatch teacher or student")
 
 
 def test_a_file_size_limit_is_one_line_naming_the_file(tmp_path, teacher_dir):
@@ -302,7 +312,8 @@ def test_a_file_size_limit_is_one_line_naming_the_file(tmp_path, teacher_dir):
                            "5000", "--out", str(out)], capture_output=True, text=True, preexec_fn=limit)
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]  # after the sampling bar
-    assert "Traceback" not in done.stderr and last.startswith(f"distmatch: error: cannot write to {out}: file too large")
+    assert "Traceback" not in done.stderr
+    assert last.startswith(f"distmatch: error: cannot write to {out}: file too large")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -120,6 +120,10 @@ def read_model_config(run_dir: str | os.PathLike) -> dict:
         raise UserError(f"{run_dir} holds no finished model ({CONFIG} missing); "
                         "if its training was interrupted, re-run the same command to finish it")
     try:
-        return json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON: {e}")
+    if not isinstance(cfg, dict) or cfg.get("kind") not in ("teacher", "student") or not isinstance(
+            cfg.get("spec"), dict):
+        raise UserError(f"{path} does not describe a distmatch teacher or student")
+    return cfg

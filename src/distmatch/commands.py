@@ -46,10 +46,17 @@ def _write_npy(path: Path, arrays: dict[str, np.ndarray]) -> None:
     ckpt.atomic_write_bytes(path, buf.getvalue())
 
 
-def check_folder_of(out: Path) -> None:
-    """Before the work: an output file's folder must not be a file."""
+# The files of a model folder that sample / evaluate could name as --out (.json, .npy, .npz) and must not replace
+MODEL_FILES = ("config.json", "run.json", "model_index.json", "scheduler_config.json", "data.npz")
+
+
+def check_folder_of(out: Path, model: str | None = None) -> None:
+    """Before the work: an output file's folder must not be a file, nor the file one of the model's own."""
     if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
         raise UserError(f"cannot write {out}: {file} is a file, not a folder")
+    folder = Path(model).resolve() if model else None
+    if folder and out.name in MODEL_FILES and out.is_file() and folder in out.resolve().parents:
+        raise UserError(f"--out {out} is a file of the model folder {model}; write the output elsewhere")
 
 
 def sample(args) -> int:
@@ -58,7 +65,7 @@ def sample(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"--out must end in .npy or .npz, got {args.out}")
-    check_folder_of(out)
+    check_folder_of(out, args.model)
     model = load_model(args.model, device=resolve_device(args.device))
     if args.solver is not None:
         model = model.with_solver(args.solver)
@@ -79,7 +86,7 @@ def evaluate(args) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise UserError(f"--out must end in .json, got {args.out}")
-    check_folder_of(out)
+    check_folder_of(out, args.model)
     result = evaluate_model(args.model, args.data, n=args.n, steps=args.steps, seed=args.seed,
                             inception=args.inception, solver=args.solver, device=args.device)
     ckpt.atomic_write_json(out, result)

@@ -195,9 +195,7 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
         model.denoiser.to(device)
         return model
     cfg = ckpt.read_model_config(run_dir)
-    kind = cfg.get("kind")
-    if kind not in ("teacher", "student"):
-        raise UserError(f"{run_dir}/config.json does not describe a distmatch teacher or student")
+    kind = cfg["kind"]
     spec = DataSpec.from_dict(cfg["spec"])
     weights = load_weights(run_dir)
     shape, k, sd = tuple(spec.shape), int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)

@@ -342,6 +342,24 @@ def test_settings_read_yes_and_no_as_words_and_name_a_bad_network_size(tmp_path)
             resolve(TeacherConfig, overrides=[bad]).validate()
 
 
+@pytest.mark.parametrize("command, item, message", [
+    ("distill", "dmd2.guidance=nan", "'dmd2.guidance' expects a finite number"),  # trained with no DM gradient
+    ("distill", "student.start_sigma_max=nan", "'student.start_sigma_max' expects a finite number"),
+    ("distill", "train.lr=1e999", "'train.lr' expects a finite number"),
+    ("distill", "dmd2.lr_critic=-1", "dmd2.lr_critic"), ("distill", "train.weight_decay=-1", "train.weight_decay"),
+    ("teacher", "network.fourier_scale=0", "'network.fourier_scale' must be > 0"),
+    ("teacher", "network.fourier=-1", "'network.fourier' must be >= 0"),
+    ("teacher", "network.dropout=2.5", "'network.dropout' must be in [0, 1)"),
+    ("teacher", "network.noise_fourier_cap=-1", "'network.noise_fourier_cap' must be >= 0"),
+    ("teacher", "train.warmup=-1", "train.warmup"), ("teacher", "p_std=0", "'p_std' must be > 0")])
+def test_a_setting_outside_its_range_is_one_line_before_any_work(capsys, teacher_dir, tmp_path, command, item,
+                                                                  message):
+    """NaN passed every `< 0` check and then trained something else in silence; others were tracebacks or ran."""
+    where = ["--teacher", str(teacher_dir)] if command == "distill" else ["--data", "8gaussians"]
+    assert_user_error(capsys, [command, *where, "--out", str(tmp_path / "o"), "--set", item], message)
+    assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
+
+
 def test_demo_and_compare_help_give_set_keys_they_accept(capsys):
     """Their --set keys carry a stage prefix; the help's example must be one they take."""
     from distmatch.report.compare import route_overrides

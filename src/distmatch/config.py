@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -81,6 +82,8 @@ def _coerce(value: Any, tp, key: str):
         raise UserError(f"config key '{key}' expects an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN passes every `< 0` check, and then trains something else
+                raise UserError(f"config key '{key}' expects a finite number, got {value!r}")
             return float(value)
         raise UserError(f"config key '{key}' expects a number, got {value!r}")
     if tp is str:

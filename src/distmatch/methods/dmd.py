@@ -50,8 +50,8 @@ class Options:
         if self.critic_ratio < 1:
             raise UserError(f"dmd.critic_ratio must be >= 1, got {self.critic_ratio}")
         check_dm_range("dmd", self.dm_range)
-        if self.guidance < 0 or self.regression_weight < 0:
-            raise UserError("dmd.guidance and dmd.regression_weight must be >= 0")
+        if self.guidance < 0 or self.regression_weight < 0 or self.lr_critic < 0:
+            raise UserError("dmd.guidance, dmd.regression_weight and dmd.lr_critic must be >= 0")
         if self.pairs < 1:
             raise UserError(f"dmd.pairs must be >= 1, got {self.pairs}")
         if self.dm_draws < 1:

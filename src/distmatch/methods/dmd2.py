@@ -53,8 +53,8 @@ class Options:
         check_dm_range("dmd2", self.dm_range)
         if self.normaliser not in ("sample", "batch"):
             raise UserError(f"dmd2.normaliser must be sample or batch, got {self.normaliser!r}")
-        if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
-            raise UserError("dmd2.guidance and the GAN weights must be >= 0")
+        if self.guidance < 0 or self.gan_weight_g < 0 or self.gan_weight_d < 0 or self.lr_critic < 0:
+            raise UserError("dmd2.guidance, dmd2.lr_critic and the GAN weights must be >= 0")
         check_ode_init("dmd2", self.ode_init, self.ode_pairs, self.ode_weight)
 
 

@@ -10,7 +10,8 @@ momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, s
 batch matter. FastGen's bins are of equal width in its time t; distmatch's (`bins_by=index`) hold equal shares of
 the levels the DM gradient draws (uniform by grid index, DMD2's). The two agree for a DDPM teacher (one level per
 timestep); for an EDM one FastGen's t is σ, and its first bin (σ < 8) holds 64 % of DMD2's draws: on 8 Gaussians
-that lost modes (RESULTS.md), so equal-width bins in the teacher's time are an option (`bins_by=time`). The generator's non-saturating GAN term is part of the method.
+that lost modes (RESULTS.md), so equal-width bins in the teacher's time are an option (`bins_by=time`).
+The generator's non-saturating GAN term is part of the method.
 The noisy sample x_t = x + σ ε (σ in dm_range) serves the DM gradient, r and the generator's GAN loss alike.
 """
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Options:
             raise UserError(f"fdistill.ratio_range must be two numbers 0 < lo < hi, got {self.ratio_range}")
         if not 1 <= self.bins <= 1000 or not 0 <= self.bin_momentum < 1 or self.guidance < 0:
             raise UserError("fdistill.bins must be in 1..1000, fdistill.bin_momentum in [0, 1), fdistill.guidance >= 0")
+        if self.lr_critic < 0:
+            raise UserError(f"fdistill.lr_critic must be >= 0 (0: train.lr), got {self.lr_critic}")
         if self.bins_by not in ("index", "time"):
             raise UserError(f"fdistill.bins_by must be index or time, got {self.bins_by!r}")
         check_ode_init("fdistill", self.ode_init, self.ode_pairs, self.ode_weight)

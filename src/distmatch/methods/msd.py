@@ -71,6 +71,8 @@ class Options:
                             "msd.small=true, or drop them")
         if self.student_width < 0 or any(c < 1 for c in self.student_channels) or self.guidance < 0:
             raise UserError("msd.student_width must be >= 0, msd.student_channels positive, msd.guidance >= 0")
+        if self.lr_critic < 0:
+            raise UserError(f"msd.lr_critic must be >= 0 (0: train.lr), got {self.lr_critic}")
 
 
 # ---------------------------------------------------------------- partitions of the classes

@@ -75,8 +75,8 @@ class Options:
             raise UserError(f"tdm.critic_ratio must be >= 1, got {self.critic_ratio}")
         if not 0 <= self.floor < 1 or self.margin < 0:
             raise UserError("tdm.floor must be a fraction in [0, 1) and tdm.margin >= 0")
-        if self.guidance < 0 or self.huber_c <= 0 or self.critic_rate <= 0:
-            raise UserError("tdm.guidance must be >= 0, tdm.huber_c and tdm.critic_rate > 0")
+        if self.guidance < 0 or self.lr_critic < 0 or self.huber_c <= 0 or self.critic_rate <= 0:
+            raise UserError("tdm.guidance and tdm.lr_critic must be >= 0, tdm.huber_c and tdm.critic_rate > 0")
         if self.huber not in ("element", "sample"):
             raise UserError(f"tdm.huber must be element or sample, got {self.huber!r}")
         check_ode_init("tdm", None, self.ode_pairs, self.ode_weight)

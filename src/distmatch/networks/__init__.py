@@ -30,6 +30,11 @@ class NetworkConfig:
             if bad:
                 raise UserError(f"config key 'network.{key}' must be {'>= 0' if key == 'depth' else 'positive'}"
                                 f"{' (a list of them)' if key == 'channels' else ''}, got {getattr(self, key)}")
+        for key, bad, rule in (("fourier", self.fourier < 0, ">= 0"), ("fourier_scale", self.fourier_scale <= 0, "> 0"),
+                               ("noise_fourier_cap", self.noise_fourier_cap < 0, ">= 0"),
+                               ("dropout", not 0 <= self.dropout < 1, "in [0, 1)")):
+            if bad:
+                raise UserError(f"config key 'network.{key}' must be {rule}, got {getattr(self, key)}")
 
 
 def resolve_kind(kind: str, shape) -> str:

@@ -41,7 +41,7 @@ class TeacherConfig:
             raise UserError(f"config key 'exact' must be auto or no, got {self.exact!r}")
         for key, bad, rule in (("sample_steps", self.sample_steps < 0, ">= 0"),
                                ("label_dropout", not 0 <= self.label_dropout < 1, "in [0, 1)"),
-                               ("sigma_data", self.sigma_data <= 0, "> 0")):
+                               ("sigma_data", self.sigma_data <= 0, "> 0"), ("p_std", self.p_std <= 0, "> 0")):
             if bad:
                 raise UserError(f"config key '{key}' must be {rule}, got {getattr(self, key)}")
 

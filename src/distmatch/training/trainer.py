@@ -63,6 +63,9 @@ class TrainConfig:
             raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), got {self.betas}")
         if self.lr_decay not in ("none", "cosine"):
             raise UserError(f"config key 'train.lr_decay' must be none or cosine, got {self.lr_decay!r}")
+        if self.weight_decay < 0 or self.warmup < 0:
+            raise UserError(f"config keys 'train.weight_decay' and 'train.warmup' must be >= 0, got "
+                            f"{self.weight_decay} and {self.warmup}")
         if not self.grad_clip >= 0:
             raise UserError(f"config key 'train.grad_clip' must be >= 0 (0: off), got {self.grad_clip}")
         if not 0 <= self.cooldown <= 1:
@@ -364,7 +367,8 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
                         "use another --out, or the same settings to resume it")
     acc = ctx.accelerator
     if meta.get("world_size", 1) != acc.num_processes:
-        raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same number")
+        raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same "
+                        "number")
     for name, module in method.modules().items():
         acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
     for name, opt in method.optimizers().items():

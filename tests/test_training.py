@@ -305,10 +305,31 @@ def test_divergence_stops_with_one_line(tiny_teacher, tmp_path, monkeypatch):
     import distmatch.methods.common as common
 
     monkeypatch.setattr(common, "critic_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(UserError, match=r"diverged at iteration 1 \(loss_critic = nan\)"):
+    with pytest.raises(UserError, match=r"diverged at iteration 1 \(loss_critic = nan\); nothing was saved"):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=5", "dmd2.ode_init=0"]))
     with pytest.raises(UserError, match="train.lr"):
         run_distill(tiny_teacher, tmp_path / "s2", overrides=distill_args(["train.lr=nan"]))
+
+
+def test_weights_gone_non_finite_are_not_saved_over_the_last_checkpoint(tiny_teacher, tmp_path, monkeypatch):
+    """A NaN the losses hide (the DM gradient's nan_to_num turns it into 0) still stops the run at the next
+    checkpoint: the one before it is kept and no model is written ("student ready" on NaN weights before)."""
+    import distmatch.methods.common as common
+
+    step = common.StudentCriticMethod.step
+
+    def poisoned(self, batch, it):
+        if it == 9:  # after the checkpoint of iteration 7
+            with torch.no_grad():
+                next(self.critic.parameters()).fill_(float("nan"))
+        return step(self, batch, it)
+
+    monkeypatch.setattr(common.StudentCriticMethod, "step", poisoned)
+    monkeypatch.setattr(common, "critic_loss", lambda *a, **k: torch.zeros((), requires_grad=True))
+    with pytest.raises(UserError, match=r"diverged by iteration 14 \(critic\..* is not finite\); the checkpoint "
+                                        r"of iteration 7 .* is kept"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=20", "dmd2.gan=false"]))
+    assert read_checkpoint_iteration(tmp_path / "s") == 7 and not (tmp_path / "s" / ckpt.MODEL).exists()
 
 
 def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_path, monkeypatch):

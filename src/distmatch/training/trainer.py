@@ -320,9 +320,23 @@ def _check_finite(logs: dict, it: int, out: Path, precision: str = "fp32") -> No
     bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
     if bad:
         name, value = next(iter(bad.items()))
-        hint = "a lower train.lr" + (" or train.precision=fp32" if precision != "fp32" else "")
-        raise UserError(f"training diverged at iteration {it + 1} ({name} = {value}); the last checkpoint in {out} "
-                        f"is kept; try {hint}")
+        _diverged(f"at iteration {it + 1} ({name} = {value})", out, precision)
+
+
+def _check_finite_weights(method: Method, acc, out: Path, it: int, precision: str) -> None:
+    """Before a checkpoint: weights gone non-finite (a loss guarded by nan_to_num can hide it from the logs) are
+    not saved over the last good checkpoint. Every process checks its own copy, so all stop together."""
+    for name, module in method.modules().items():
+        for key, t in acc.unwrap_model(module).state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                _diverged(f"by iteration {it} ({name}.{key} is not finite)", out, precision)
+
+
+def _diverged(when: str, out: Path, precision: str):
+    hint = "a lower train.lr" + (" or train.precision=fp32" if precision != "fp32" else "")
+    kept = (f"the checkpoint of iteration {read_checkpoint_iteration(out)} in {out} is kept" if
+            (out / ckpt.CHECKPOINT).is_file() else "nothing was saved")
+    raise UserError(f"training diverged {when}; {kept}; try {hint}")
 
 
 class Interrupted(Exception):
@@ -342,6 +356,7 @@ def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context, it: int) -> None:
     acc = ctx.accelerator
+    _check_finite_weights(method, acc, out, it, ctx.train.precision)
     tensors = _rng_tensors(data, ctx)  # a collective: every rank takes part
     if acc.is_main_process:
         optim_meta = {}

@@ -179,6 +179,24 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     assert all(now[p] == files[p] for p in files if p.name in ("run.json", "log.jsonl"))
 
 
+def test_a_folder_holding_another_model_is_not_overwritten(tiny_teacher, tmp_path):
+    """--out at a folder with a model but no checkpoint (a teacher kept without it, a user's own files) was
+    overwritten in silence; this run's own finished folder without its checkpoint is trained again."""
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(tiny_teacher, kept, ignore=shutil.ignore_patterns(ckpt.CHECKPOINT))
+    before = weights(kept)
+    with pytest.raises(UserError, match="holds config.json of another model, and no checkpoint of this run"):
+        run_distill(tiny_teacher, kept, overrides=distill_args(["train.iters=2"]))
+    assert all(torch.equal(before[k], v) for k, v in weights(kept).items())
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=2"]))
+    first = weights(tmp_path / "s")
+    (tmp_path / "s" / ckpt.CHECKPOINT).unlink()
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=2"]))
+    assert all(torch.equal(first[k], v) for k, v in weights(tmp_path / "s").items())
+
+
 def test_a_run_resumes_only_on_its_own_data_and_teacher(tmp_path):
     """Only train.iters may grow: other data, or the teacher folder retrained in place, are refused."""
     teacher = train_teacher("moons", tmp_path / "t", overrides=TINY_NET + QUIET + ["train.iters=5"])

@@ -371,9 +371,25 @@ def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStrea
     acc.wait_for_everyone()
 
 
+def _check_not_foreign(out: Path, run_config: dict) -> None:
+    """A folder with a model but no checkpoint: this run's own (its run.json says so; the checkpoint was deleted)
+    is trained again; another run's model or a user's files of those names are not overwritten."""
+    found = next((name for name in (ckpt.CONFIG, ckpt.MODEL) if (out / name).exists()), None)
+    if found is None:
+        return
+    try:
+        stored = json.loads((out / "run.json").read_text())
+        ours = not _differences({k: v for k, v in stored.items() if k != "processes"}, run_config)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out} holds {found} of another model, and no checkpoint of this run; use another --out")
+
+
 def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context) -> int:
     path = out / ckpt.CHECKPOINT
     if not path.is_file():
+        _check_not_foreign(out, run_config)
         return 0
     tensors, meta = ckpt.load_tensors(path)
     diffs = _differences(meta.get("config", {}), run_config)

@@ -350,6 +350,19 @@ def test_weights_gone_non_finite_are_not_saved_over_the_last_checkpoint(tiny_tea
     assert read_checkpoint_iteration(tmp_path / "s") == 7 and not (tmp_path / "s" / ckpt.MODEL).exists()
 
 
+def test_a_launchers_precision_or_accumulation_is_refused_not_ignored(tiny_teacher, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` trained in fp32 and recorded fp32 (the same weights as a plain
+    run); the run's own train.precision decides, so a launcher asking otherwise is refused."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(UserError, match="--mixed_precision bf16, but distmatch's precision is the setting"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=2"]))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    with pytest.raises(UserError, match="does not accumulate gradients"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=2"]))
+    assert not (tmp_path / "s").exists()
+
+
 def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_path, monkeypatch):
     from distmatch.methods.common import FewStepStudent
 

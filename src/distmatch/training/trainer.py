@@ -88,6 +88,7 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
+    _check_launcher_options(cfg)
     cpu = not torch.cuda.is_available()
     try:
         acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
@@ -101,6 +102,19 @@ def make_accelerator(cfg: TrainConfig):
     if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
         print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
     return acc
+
+
+def _check_launcher_options(cfg: TrainConfig) -> None:
+    """`accelerate launch --mixed_precision` / `--gradient_accumulation_steps` would be ignored (the run's own
+    settings decide, and are what its folder records): refused rather than silently run otherwise."""
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if asked not in ("no", cfg.precision):
+        raise UserError(f"the launcher asks for --mixed_precision {asked}, but distmatch's precision is the setting "
+                        f"train.precision ({cfg.precision} here; fp32 or bf16, as fp16 diverges in DMD2): set it "
+                        "with --set and launch without --mixed_precision")
+    if int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1") or 1) > 1:
+        raise UserError("distmatch does not accumulate gradients; launch without --gradient_accumulation_steps "
+                        "and set train.batch_size (per process) instead")
 
 
 class StopRequest:

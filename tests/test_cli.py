@@ -1,4 +1,5 @@
 """The command's contract: bad input gets one clear line and exit status 2, no traceback, nothing half-written."""
+import json
 import subprocess
 import sys
 
@@ -215,6 +216,21 @@ def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, tea
         assert_user_error(capsys, argv + ["cuda"], "device 'cuda' is not available", "0 CUDA device")
     assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", "moons", "--n", "8",
                                "--out", str(tmp_path / "e.json"), "--device", "cuda:9"], "'cuda:9' is not available")
+
+
+def test_evaluate_needs_enough_points_and_says_a_users_file_is_scored_whole(capsys, teacher_dir, tmp_path):
+    """One reference point gave NaN metrics with exit 0 (and images a traceback from KID or PRDC)."""
+    np.save(tmp_path / "one.npy", np.zeros((1, 2), np.float32))
+    assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", str(tmp_path / "one.npy"),
+                               "--out", str(tmp_path / "e.json")], "at least 10 samples and 10 reference points")
+    assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", "8gaussians", "--n", "3",
+                               "--out", str(tmp_path / "e.json")], "got n=3")
+    np.save(tmp_path / "mine.npy", np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(teacher_dir), "--data", str(tmp_path / "mine.npy"),
+                           "--n", "50", "--steps", "2", "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["split"] == "whole file" and result["n_reference"] == 50  # not "train": all of it
 
 
 def test_under_a_multi_process_launch_only_the_main_process_says_it(capsys, monkeypatch, tmp_path):

@@ -193,8 +193,9 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     if inception is not None and model.spec.kind == "vector":
         raise UserError("an Inception network scores images; this model makes vectors (drop --inception)")
     if isinstance(data, (str, Path)):
-        split = "test" if is_preset(str(data)) else "train"
-        reference, name = load_data(str(data), split=split, spec=model.spec), str(data)
+        preset = is_preset(str(data))
+        reference, name = load_data(str(data), split="test" if preset else "train", spec=model.spec), str(data)
+        split = "test" if preset else "whole file"  # a user's file is scored whole
     else:
         split, name = "given", "in-memory data"
         reference = from_arrays(data, labels, spec=model.spec)

@@ -51,6 +51,9 @@ def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inc
     return out
 
 
+MIN_SCORED = 10
+
+
 def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None = None, seed: int = 0,
                    speed: bool = True, train: Dataset | None = None, inception=None, data: str | None = None,
                    progress: bool = True) -> dict:
@@ -58,6 +61,9 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     `data`: where the reference came from (a preset or a path), for the in-domain network's training data;
     `progress`: a bar over a teacher's sampling."""
     steps = model.check_steps(steps)
+    if min(n, len(reference.x)) < MIN_SCORED:  # MMD and energy need two points, PRDC six (k = 5 neighbours)
+        raise UserError(f"scoring needs at least {MIN_SCORED} samples and {MIN_SCORED} reference points, got n={n} "
+                        f"and {len(reference.x)}")
     t0 = time.perf_counter()
     samples, labels = model.sample(n, steps, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0

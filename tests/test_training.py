@@ -179,6 +179,17 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     assert all(now[p] == files[p] for p in files if p.name in ("run.json", "log.jsonl"))
 
 
+def test_a_log_with_lines_not_its_own_resumes(tiny_teacher, tmp_path):
+    """JSON lines that are not log records (a number, a string, a list) made a resumed run fail with an
+    AttributeError: they are dropped like a line cut by a kill."""
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=7"]))
+    with open(tmp_path / "s" / "log.jsonl", "a") as f:
+        f.write('5\n"x"\n[1, 2]\n{"a": 1}\n{"it": 3\n')
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=9"]))
+    lines = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert all(isinstance(r, dict) and "it" in r for r in lines) and lines[-1]["it"] == 9
+
+
 def test_a_folder_holding_another_model_is_not_overwritten(tiny_teacher, tmp_path):
     """--out at a folder with a model but no checkpoint (a teacher kept without it, a user's own files) was
     overwritten in silence; this run's own finished folder without its checkpoint is trained again."""

@@ -9,6 +9,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from .. import checkpoint as ckpt
+
 LOG = "log.jsonl"
 
 
@@ -17,11 +19,13 @@ def read_log(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a hard kill; the rest of the log is still good
+        if isinstance(record, dict) and isinstance(record.get("it"), int):  # not ours otherwise
+            records.append(record)
     return records
 
 
@@ -37,8 +41,9 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOG
         kept = [r for r in read_log(run_dir) if r.get("it", 0) <= start]
-        self.elapsed = kept[-1]["time"] if kept and "time" in kept[-1] else 0.0
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        last = kept[-1].get("time") if kept else None
+        self.elapsed = float(last) if isinstance(last, (int, float)) else 0.0
+        ckpt.atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
 

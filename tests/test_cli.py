@@ -376,6 +376,16 @@ def test_a_setting_outside_its_range_is_one_line_before_any_work(capsys, teacher
     assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--set", "distill.train.itres=5"], "unknown config key 'train.itres'"),
+    (["compare", "--methods", "dmd2,tdm", "--set", "dmd2.guidance=-1"], "dmd2.guidance"),
+    (["compare", "--methods", "dmd2,tdm", "--set", "tdm.huber_c=abc"], "'tdm.huber_c' expects a number")])
+def test_demo_and_compare_refuse_a_distillation_setting_before_training_the_teacher(capsys, tmp_path, argv,
+                                                                                    message):
+    assert_user_error(capsys, [*argv, "--data", "moons", "--out", str(tmp_path / "o")], message)
+    assert not (tmp_path / "o").exists()  # the teacher (minutes at its defaults) was trained first
+
+
 def test_demo_and_compare_help_give_set_keys_they_accept(capsys):
     """Their --set keys carry a stage prefix; the help's example must be one they take."""
     from distmatch.report.compare import route_overrides

@@ -198,6 +198,15 @@ def as_teachers_classes(data: Dataset, classes: int, source: str) -> Dataset:
     return Dataset(data.x, labels, dataclasses.replace(data.spec, class_names=list(range(classes))), data.mixture)
 
 
+def check_settings(method: str | None, kind: str, steps: int, overrides: list[str], recipe: str | None = None
+                   ) -> None:
+    """A distillation's settings resolved and checked for a kind of data, before a teacher exists (demo and compare
+    train one first: a typo must not wait for it)."""
+    method, recipe = method_and_recipe(method, recipe)
+    config_mod.resolve(config_class(method), None, [*overrides, f"student.steps={steps}"],
+                       base=defaults_for(method, kind, steps, recipe))
+
+
 def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str | None = None,
                 steps: int | None = None, config_file: str | None = None, overrides: list[str] | None = None,
                 data_source: str | None = None, recipe: str | None = None) -> Path:

@@ -44,13 +44,17 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
     return list(zip(names, map(int, ks)))
 
 
-def check_plan(plan: list[tuple[str, int]], data: str) -> None:
+def check_plan(plan: list[tuple[str, int]], data: str, overrides: dict[str, list[str]] | None = None) -> None:
     """Refuse, before anything is trained, what the data cannot run: msd without labels, a recipe outside the
-    data and step counts it was measured on, or one that acts on ε-predicting teachers (compare's own predict
-    x̂_0)."""
+    data and step counts it was measured on, one that acts on ε-predicting teachers (compare's own predict
+    x̂_0), or a method's settings (`overrides` per entry) that its run would refuse."""
+    from ..methods import check_settings
     from ..methods.recipes import RECIPES, recipe_settings
 
     found = load_data(data)
+    for name, k in plan:
+        recipe = name if name in RECIPES else None
+        check_settings(None if recipe else name, found.spec.kind, k, (overrides or {}).get(name, []), recipe)
     if any(method_of(m) == "msd" for m, _ in plan) and found.labels is None:
         raise UserError("msd needs class labels; compare it on labelled data (e.g. 8gaussians-labeled, digits)")
     for name, k in plan:
@@ -171,8 +175,8 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("compare runs its methods as processes of its own (--jobs); run it without a launcher")
     plan = parse_plan(methods, steps)
-    check_plan(plan, data)
     t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])
+    check_plan(plan, data, m_over)
     out = Path(out or f"runs/compare-{Path(data).stem}")
     t0 = time.perf_counter()
     teacher_dir = train_teacher(data, out / "teacher", None, t_over)

@@ -139,12 +139,13 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
 
 def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None = None,
              overrides: list[str] | None = None, n_eval: int = 4000) -> Path | None:
-    from ..methods import run_distill
+    from ..methods import check_settings, run_distill
     from ..teachers.train import train_teacher
 
     if config_file:
         raise UserError("demo takes no --config; pass stage settings as --set teacher.KEY=V / distill.KEY=V")
     t_over, d_over = split_overrides(overrides or [])
+    check_settings("dmd2", load_data(data).spec.kind, steps, d_over)  # a typo must not wait for the teacher
     out = Path(out or f"runs/demo-{Path(data).stem}")
     timings = {}
     t0 = time.perf_counter()

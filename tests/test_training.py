@@ -179,6 +179,16 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
     assert all(now[p] == files[p] for p in files if p.name in ("run.json", "log.jsonl"))
 
 
+def test_a_damaged_checkpoint_says_what_to_do(tiny_teacher, tmp_path):
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=7"]))
+    (tmp_path / "s" / ckpt.CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(UserError, match="checkpoint.safetensors: .*damaged: delete it to train this run again"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=9"]))
+    (tmp_path / "s" / ckpt.CHECKPOINT).unlink()  # as told: its own finished folder trains again
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=9"]))
+    assert read_checkpoint_iteration(tmp_path / "s") == 9
+
+
 def test_a_log_with_lines_not_its_own_resumes(tiny_teacher, tmp_path):
     """JSON lines that are not log records (a number, a string, a list) made a resumed run fail with an
     AttributeError: they are dropped like a line cut by a kill."""

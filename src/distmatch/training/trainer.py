@@ -405,7 +405,10 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     if not path.is_file():
         _check_not_foreign(out, run_config)
         return 0
-    tensors, meta = ckpt.load_tensors(path)
+    try:
+        tensors, meta = ckpt.load_tensors(path)
+    except UserError as e:
+        raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
     diffs = _differences(meta.get("config", {}), run_config)
     if diffs:
         raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "

@@ -24,6 +24,8 @@ CONFIG = "config.json"
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return  # already there (a finished run re-run, even in a read-only folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     # An exclusive create under a random name, not tempfile: the file gets the umask's usual permissions (a
     # tempfile's are 0600), and a name clash raises before there is a file of ours to clean up.

@@ -435,3 +435,18 @@ def test_the_export_command_says_how_to_load_the_folder(ddpm_folder, tmp_path, c
             main(["export", "--model", str(student), "--out", str(tmp_path / f"{name}-export")])
         printed = capsys.readouterr().out
         assert exc.value.code == 0 and ("trust_remote_code=True" in printed) == remote, printed
+
+
+def test_an_export_removes_the_drafts_a_killed_export_left(tmp_path):
+    """A kill during export left a hidden draft folder beside OUT for good; the next export of OUT removes those
+    whose process is gone, and nothing else."""
+    import os
+
+    from distmatch.export import remove_stale_drafts
+
+    dead, live, other = (tmp_path / ".exp.4194305.ab12", tmp_path / f".exp.{os.getpid()}.cd34", tmp_path / ".exp.notes")
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "unet").mkdir()
+    remove_stale_drafts(tmp_path / "exp")
+    assert not dead.exists() and live.exists() and other.exists()

@@ -13,6 +13,7 @@ ignores keys starting with _) and a model card (README.md).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,6 +101,24 @@ def flow_scheduler(adapter, sigmas: list[float]):
                     "student levels to export")
 
 
+def remove_stale_drafts(out: Path) -> None:
+    """Drafts of `out` that a killed export left beside it (.OUT.PID.*, their process gone)."""
+    for draft in out.parent.glob(f".{out.name}.*.*"):
+        pid = draft.name[len(out.name) + 2:].split(".")[0]
+        if draft.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(draft, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def export_student(student_dir: str | Path, out: str | Path) -> Path:
     """Write the student in `student_dir` as a new diffusers folder `out` (written aside, then renamed)."""
     from .models import load_weights
@@ -113,7 +132,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
               "sigmas": sigmas, "teacher": model.config.get("teacher_dir"), "data": model.spec.source or None}
     out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    remove_stale_drafts(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}."))
     try:
         if model.config["network"]["kind"] == "unet":
             from .export_own import export_own_student

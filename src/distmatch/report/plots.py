@@ -6,6 +6,8 @@ registry alone (no leaked figures in long runs), and works with no display.
 """
 from __future__ import annotations
 
+import io
+
 import math
 import textwrap
 from pathlib import Path
@@ -26,10 +28,13 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def _save(fig: Figure, path: PathLike, **kwargs) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", **kwargs)
-    return path
+    """The figure as a PNG at `path`, atomically (a kill never leaves half a picture)."""
+    from ..checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def _subsample(x: np.ndarray, cap: int) -> np.ndarray:

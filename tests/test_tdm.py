@@ -44,8 +44,10 @@ def test_step_intervals_refuse_levels_too_close():
 
 
 def test_tdm_loss_pulls_towards_teacher_and_vanishes_at_a_match():
+    torch.manual_seed(0)
     x0 = torch.randn(64, 2, requires_grad=True)
-    real, fake = torch.randn(64, 2), torch.randn(64, 2)
+    real = torch.randn(64, 2)
+    fake = real + torch.sign(torch.randn(64, 2)) * (0.1 + torch.rand(64, 2))  # every gap far above c = 1e-3
     w = (x0.detach() - real).abs().mean(1, keepdim=True)
     tdm_generator_loss(x0, real, fake).backward()
     # the authors' pseudo-Huber per element at c = 1e-3: each element pushed by the sign of its gap x̂_real - x̂_fake,

@@ -7,7 +7,6 @@ Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint;
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,8 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
+from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
+                     check_same_run, differences, read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
 
@@ -74,21 +75,12 @@ class TrainConfig:
             raise UserError("config keys 'train.ckpt_every' and 'train.log_every' must be >= 1")
 
 
-# Keys that may differ when a run is resumed: they change how long or how loudly it runs, not what it computes.
-# A distillation run also records the noise levels its student's steps actually use ("levels") and, for K > 1, how
-# the steps are trained ("k_step"), both compared like any setting; so the student.* keys behind them may differ as
-# long as what they resolve to agrees (a 1-step student has level σ_max whatever sigma_top / sigma_last say).
-RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress", "train.preview",
-                     "student.sigma_top", "student.sigma_last", "student.sigmas", "student.start_sigma_max",
-                     "student.critic_per_step", "student.first_only", "student.backsim")
-
-
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
-    _check_launcher_options(cfg)
+    check_launcher_options(cfg)
     cpu = not torch.cuda.is_available()
     try:
         acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
@@ -102,19 +94,6 @@ def make_accelerator(cfg: TrainConfig):
     if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
         print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
     return acc
-
-
-def _check_launcher_options(cfg: TrainConfig) -> None:
-    """`accelerate launch --mixed_precision` / `--gradient_accumulation_steps` would be ignored (the run's own
-    settings decide, and are what its folder records): refused rather than silently run otherwise."""
-    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if asked not in ("no", cfg.precision):
-        raise UserError(f"the launcher asks for --mixed_precision {asked}, but distmatch's precision is the setting "
-                        f"train.precision ({cfg.precision} here; fp32 or bf16, as fp16 diverges in DMD2): set it "
-                        "with --set and launch without --mixed_precision")
-    if int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1") or 1) > 1:
-        raise UserError("distmatch does not accumulate gradients; launch without --gradient_accumulation_steps "
-                        "and set train.batch_size (per process) instead")
 
 
 class StopRequest:
@@ -172,20 +151,6 @@ class DataStream:
         return Batch(self.x[idx].to(self.device), labels)
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
-    out = []
-    for k in keys:
-        if k not in old:  # a setting added to distmatch after this run was made: the run had none to differ
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, prefix + k + ".")
-        elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 def lr_factor(it: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then constant or cosine decay, then an optional linear cool-down; a pure function of the
     iteration, so resuming needs no state."""
@@ -213,7 +178,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     None for no picture at that iteration."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
-    _check_same_run(accelerator, run_config)
+    check_same_run(accelerator, run_config)
     rank = accelerator.process_index
     torch.manual_seed(train_cfg.seed * 1000 + rank)
     ctx = Context(accelerator=accelerator, device=accelerator.device, train=train_cfg)
@@ -241,18 +206,6 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
         show(0)
     _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show)
     return method
-
-
-def _check_same_run(acc, run_config: dict) -> None:
-    """Every process must train the same run: a teacher built in each process from its own random start, or other
-    data, would be averaged over in silence."""
-    if acc.num_processes == 1:
-        return
-    text = json.dumps(run_config, sort_keys=True, default=str).encode()
-    digest = torch.tensor([float(int(hashlib.sha256(text).hexdigest()[:12], 16))], dtype=torch.float64)
-    if len(set(acc.gather(digest.to(acc.device)).tolist())) > 1:
-        raise UserError("the processes were given different runs (their teacher's weights, data or settings "
-                        "differ): load the same weights and data in every process")
 
 
 def _previewer(out, cfg, method, preview, logger):
@@ -292,7 +245,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
             _set_lr(method.optimizers(), it, cfg)
             ctx.it = it
             logs = method.step(data.next(), it)
-            _check_finite(logs, it, out, cfg.precision)
+            check_finite(logs, it, out, cfg.precision)
             it += 1
             logger.add(logs)
             bar.update(1)
@@ -330,29 +283,6 @@ def follow_thread_budget() -> None:
         torch.set_num_threads(n)
 
 
-def _check_finite(logs: dict, it: int, out: Path, precision: str = "fp32") -> None:
-    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
-    if bad:
-        name, value = next(iter(bad.items()))
-        _diverged(f"at iteration {it + 1} ({name} = {value})", out, precision)
-
-
-def _check_finite_weights(method: Method, acc, out: Path, it: int, precision: str) -> None:
-    """Before a checkpoint: weights gone non-finite (a loss guarded by nan_to_num can hide it from the logs) are
-    not saved over the last good checkpoint. Every process checks its own copy, so all stop together."""
-    for name, module in method.modules().items():
-        for key, t in acc.unwrap_model(module).state_dict().items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                _diverged(f"by iteration {it} ({name}.{key} is not finite)", out, precision)
-
-
-def _diverged(when: str, out: Path, precision: str):
-    hint = "a lower train.lr" + (" or train.precision=fp32" if precision != "fp32" else "")
-    kept = (f"the checkpoint of iteration {read_checkpoint_iteration(out)} in {out} is kept" if
-            (out / ckpt.CHECKPOINT).is_file() else "nothing was saved")
-    raise UserError(f"training diverged {when}; {kept}; try {hint}")
-
-
 class Interrupted(Exception):
     """The run was stopped on request and checkpointed."""
 
@@ -370,7 +300,7 @@ def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context, it: int) -> None:
     acc = ctx.accelerator
-    _check_finite_weights(method, acc, out, it, ctx.train.precision)
+    check_finite_weights(method, acc, out, it, ctx.train.precision)
     tensors = _rng_tensors(data, ctx)  # a collective: every rank takes part
     if acc.is_main_process:
         optim_meta = {}
@@ -385,31 +315,16 @@ def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStrea
     acc.wait_for_everyone()
 
 
-def _check_not_foreign(out: Path, run_config: dict) -> None:
-    """A folder with a model but no checkpoint: this run's own (its run.json says so; the checkpoint was deleted)
-    is trained again; another run's model or a user's files of those names are not overwritten."""
-    found = next((name for name in (ckpt.CONFIG, ckpt.MODEL) if (out / name).exists()), None)
-    if found is None:
-        return
-    try:
-        stored = json.loads((out / "run.json").read_text())
-        ours = not _differences({k: v for k, v in stored.items() if k != "processes"}, run_config)
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise UserError(f"{out} holds {found} of another model, and no checkpoint of this run; use another --out")
-
-
 def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context) -> int:
     path = out / ckpt.CHECKPOINT
     if not path.is_file():
-        _check_not_foreign(out, run_config)
+        check_not_foreign(out, run_config)
         return 0
     try:
         tensors, meta = ckpt.load_tensors(path)
     except UserError as e:
         raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
-    diffs = _differences(meta.get("config", {}), run_config)
+    diffs = differences(meta.get("config", {}), run_config)
     if diffs:
         raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
                         "use another --out, or the same settings to resume it")
@@ -431,13 +346,6 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     it = int(meta["iteration"])
     method.on_resume(it)
     return it
-
-
-def read_checkpoint_iteration(out_dir: str | Path) -> int | None:
-    path = Path(out_dir) / ckpt.CHECKPOINT
-    if not path.is_file():
-        return None
-    return int(ckpt.load_tensors(path)[1].get("iteration", 0))
 
 
 def dumps(obj) -> str:

@@ -1,0 +1,108 @@
+"""The trainer's guards: what a run refuses before it starts (launcher options, processes given different runs, a
+folder holding another model, settings changed on resume) and the divergence checks of its loop."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..errors import UserError
+from .method import Method
+
+
+# Keys that may differ when a run is resumed: they change how long or how loudly it runs, not what it computes.
+# A distillation run also records the noise levels its student's steps actually use ("levels") and, for K > 1, how
+# the steps are trained ("k_step"), both compared like any setting; so the student.* keys behind them may differ as
+# long as what they resolve to agrees (a 1-step student has level σ_max whatever sigma_top / sigma_last say).
+RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress", "train.preview",
+                     "student.sigma_top", "student.sigma_last", "student.sigmas", "student.start_sigma_max",
+                     "student.critic_per_step", "student.first_only", "student.backsim")
+
+
+def check_launcher_options(cfg) -> None:
+    """`accelerate launch --mixed_precision` / `--gradient_accumulation_steps` would be ignored (the run's own
+    settings decide, and are what its folder records): refused rather than silently run otherwise."""
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if asked not in ("no", cfg.precision):
+        raise UserError(f"the launcher asks for --mixed_precision {asked}, but distmatch's precision is the setting "
+                        f"train.precision ({cfg.precision} here; fp32 or bf16, as fp16 diverges in DMD2): set it "
+                        "with --set and launch without --mixed_precision")
+    if int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1") or 1) > 1:
+        raise UserError("distmatch does not accumulate gradients; launch without --gradient_accumulation_steps "
+                        "and set train.batch_size (per process) instead")
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
+    out = []
+    for k in keys:
+        if k not in old:  # a setting added to distmatch after this run was made: the run had none to differ
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, prefix + k + ".")
+        elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_same_run(acc, run_config: dict) -> None:
+    """Every process must train the same run: a teacher built in each process from its own random start, or other
+    data, would be averaged over in silence."""
+    if acc.num_processes == 1:
+        return
+    text = json.dumps(run_config, sort_keys=True, default=str).encode()
+    digest = torch.tensor([float(int(hashlib.sha256(text).hexdigest()[:12], 16))], dtype=torch.float64)
+    if len(set(acc.gather(digest.to(acc.device)).tolist())) > 1:
+        raise UserError("the processes were given different runs (their teacher's weights, data or settings "
+                        "differ): load the same weights and data in every process")
+
+
+def check_finite(logs: dict, it: int, out: Path, precision: str = "fp32") -> None:
+    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        _diverged(f"at iteration {it + 1} ({name} = {value})", out, precision)
+
+
+def check_finite_weights(method: Method, acc, out: Path, it: int, precision: str) -> None:
+    """Before a checkpoint: weights gone non-finite (a loss guarded by nan_to_num can hide it from the logs) are
+    not saved over the last good checkpoint. Every process checks its own copy, so all stop together."""
+    for name, module in method.modules().items():
+        for key, t in acc.unwrap_model(module).state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                _diverged(f"by iteration {it} ({name}.{key} is not finite)", out, precision)
+
+
+def _diverged(when: str, out: Path, precision: str):
+    hint = "a lower train.lr" + (" or train.precision=fp32" if precision != "fp32" else "")
+    kept = (f"the checkpoint of iteration {read_checkpoint_iteration(out)} in {out} is kept" if
+            (out / ckpt.CHECKPOINT).is_file() else "nothing was saved")
+    raise UserError(f"training diverged {when}; {kept}; try {hint}")
+
+
+def check_not_foreign(out: Path, run_config: dict) -> None:
+    """A folder with a model but no checkpoint: this run's own (its run.json says so; the checkpoint was deleted)
+    is trained again; another run's model or a user's files of those names are not overwritten."""
+    found = next((name for name in (ckpt.CONFIG, ckpt.MODEL) if (out / name).exists()), None)
+    if found is None:
+        return
+    try:
+        stored = json.loads((out / "run.json").read_text())
+        ours = not differences({k: v for k, v in stored.items() if k != "processes"}, run_config)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out} holds {found} of another model, and no checkpoint of this run; use another --out")
+
+
+def read_checkpoint_iteration(out_dir: str | Path) -> int | None:
+    path = Path(out_dir) / ckpt.CHECKPOINT
+    if not path.is_file():
+        return None
+    return int(ckpt.load_tensors(path)[1].get("iteration", 0))

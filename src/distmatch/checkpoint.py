@@ -33,19 +33,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         f = open(tmp, "xb")
     except OSError as e:
-        raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise _naming(e, path) from e
     try:
         with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # name the file the user knows, not our temporary one
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise type(e)(e.errno, e.strerror, str(path)) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error, naming the file the user knows rather than our temporary one."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -132,10 +132,13 @@ class FDistill(OdePairs, StudentCriticMethod):
         self.opts = opts = cfg.fdistill
         self.teacher = teacher
         self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic, student=cfg.student)
-        self.kind = teacher.schedule.kind if opts.bins_by == "time" else "vp"  # "vp": the grid index is the time
-        top = len(self.grid) - 1 if opts.bins_by == "time" else len(self.grid)  # index: as many levels per bin
-        ends = teacher_time(torch.tensor([0, top]), self.grid[[0, -1]], self.kind)
-        self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, tuple(ends.tolist())).to(ctx.device)
+        n, kind = len(self.grid), teacher.schedule.kind
+        if opts.bins_by == "time":  # FastGen's: equal width over the teacher's own time
+            self.bin_time = lambda idx, sigma: teacher_time(idx, sigma, kind)
+            t_range = tuple(self.bin_time(torch.tensor([0, n - 1]), self.grid[[0, -1]]).tolist())
+        else:  # equal shares of the levels the DM gradient draws: bins of grid indices
+            self.bin_time, t_range = (lambda idx, sigma: idx.double()), (0.0, float(n))
+        self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, t_range).to(ctx.device)
 
     def modules(self):
         return {**super().modules(), "ratio_bins": self.ratio_bins}
@@ -155,7 +158,7 @@ class FDistill(OdePairs, StudentCriticMethod):
         with torch.no_grad(), self.ctx.autocast():
             g = dm_gradient(x, self.real(x_t.detach(), sigma, cond), x0_fake.detach())
         r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range),
-                                      teacher_time(idx, sigma, self.kind), self.all_reduce())
+                                      self.bin_time(idx, sigma), self.all_reduce())
         h = f_weight(r, self.opts.divergence, self.all_reduce())
         loss_dm = dm_loss(x, g, weight=h)
         loss_g = gan_generator_loss(logits)

@@ -292,6 +292,29 @@ def test_a_flow_teachers_student_exports_with_the_flow_scheduler(ddpm_folder, tm
     assert printed.split()[:2] == ["DDPMPipeline", "FlowMatchEulerDiscreteScheduler"] and diff < 1e-4, (printed, diff)
 
 
+@pytest.mark.parametrize("flow", [False, True], ids=["ddpm", "flow"])
+def test_a_tdm_student_moves_along_its_own_noise_and_exports_with_a_deterministic_scheduler(
+        ddpm_folder, tmp_path, flow):
+    """TDM's student moves DDIM-like between steps: its export steps with DDIM (η = 0) on exactly its trained
+    timesteps, or with the flow scheduler's Euler step without stochastic sampling, and gives distmatch's images."""
+    folder = ddpm_folder
+    if flow:
+        folder = tmp_path / "flow"
+        pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
+        pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+        pipe.save_pretrained(folder)
+    student = run_distill(folder, tmp_path / "s", method="tdm", overrides=QUIET[:3])
+    out = export_student(student, tmp_path / "export")
+    record = json.loads((out / "model_index.json").read_text())["_distmatch"]
+    assert record["move"] == "ddim" and record["steps"] == 4 and "DDIM-like" in (out / "README.md").read_text()
+    printed, diff = same_images(student, out, 4, 6, tmp_path)
+    scheduler = "FlowMatchEulerDiscreteScheduler" if flow else f"DDIMScheduler {record['timesteps']}"
+    assert printed.startswith(f"DDPMPipeline {scheduler}") and diff < 1e-4, (printed, diff)
+    if not flow:
+        assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["timestep_spacing"] == "trailing"
+    assert torch.allclose(load_model(out).sample(3, seed=2)[0], load_model(student).sample(3, seed=2)[0], atol=1e-5)
+
+
 RELOAD_OWN = """
 import sys
 sys.modules["distmatch"] = None  # this process must do without distmatch
@@ -310,8 +333,9 @@ print(type(pipe).__name__)
 """
 
 
-@pytest.mark.parametrize("labelled", [False, True], ids=["unconditional", "classes"])
-def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labelled):
+@pytest.mark.parametrize("labelled, method", [(False, "dmd2"), (True, "dmd2"), (False, "tdm")],
+                         ids=["unconditional", "classes", "tdm"])
+def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labelled, method):
     from distmatch.teachers.train import train_teacher
 
     rng = np.random.default_rng(0)
@@ -319,8 +343,10 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
     np.savez(tmp_path / "d.npz", images=images, **({"labels": np.arange(48) % 3} if labelled else {}))
     tiny = ["train.progress=false", "train.batch_size=8", "train.iters=2"]
     teacher = train_teacher(str(tmp_path / "d.npz"), tmp_path / "t", overrides=tiny + ["network.channels=[8,8]"])
-    student = run_distill(teacher, tmp_path / "s", steps=2, overrides=tiny)
+    student = run_distill(teacher, tmp_path / "s", method=method, steps=2, overrides=tiny)
     out = export_student(student, tmp_path / "export")
+    assert json.loads((out / "student" / "config.json").read_text())["move"] == ("ddim" if method == "tdm" else
+                                                                                 "renoise")
     assert (out / "pipeline.py").is_file() and "trust_remote_code=True" in (out / "README.md").read_text()
     printed, diff = same_images(student, out, 2, 4, tmp_path, RELOAD_OWN)
     assert "loaded without" not in printed and "DistmatchStudentPipeline" in printed and diff < 1e-4, (printed, diff)

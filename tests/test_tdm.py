@@ -80,7 +80,14 @@ def test_tdm_trains_as_the_authors_code(tmp_path, monkeypatch):
     assert len(clipped) == 2 and not any(isinstance(m, Critic) for m in clipped)  # the two student updates
 
 
-def test_rollout_runs_each_row_only_as_far_as_it_is_read():
+def rollout_owner(gen, move: str = "ddim", sigmas=(80.0, 2.5, 0.9, 0.35)):
+    return SimpleNamespace(shape=(2,), sigmas=list(sigmas), gen=gen, student=SimpleNamespace(input_scale=sigmas[0]),
+                           opts=SimpleNamespace(move=move), ctx=SimpleNamespace(device="cpu",
+                                                                                 autocast=contextlib.nullcontext))
+
+
+@pytest.mark.parametrize("move", ["ddim", "renoise"])
+def test_rollout_runs_each_row_only_as_far_as_it_is_read(move):
     """A row that stops after step `last` costs no later passes, and every input and output it reads is the one
     the whole roll-out gives with the same draws."""
     calls = []
@@ -89,9 +96,7 @@ def test_rollout_runs_each_row_only_as_far_as_it_is_read():
         calls.append(len(x))
         return torch.tanh(x) + 0.1 * sigma[:, None]
 
-    owner = SimpleNamespace(shape=(2,), sigmas=[80.0, 2.5, 0.9, 0.35], gen=gen,
-                            student=SimpleNamespace(input_scale=80.0),
-                            ctx=SimpleNamespace(device="cpu", autocast=contextlib.nullcontext))
+    owner = rollout_owner(gen, move)
     torch.manual_seed(1)
     full_in, full_out = TDM.rollout(owner, 64, None)
     last = torch.arange(64) % 4
@@ -103,6 +108,48 @@ def test_rollout_runs_each_row_only_as_far_as_it_is_read():
         assert torch.allclose(outputs[k][last >= k], full_out[k][last >= k])
         assert torch.allclose(inputs[k][last >= k - 1], full_in[k][last >= k - 1])
     assert not torch.allclose(outputs[3], full_out[3])  # the rows that stopped earlier were not run
+
+
+def test_the_trained_trajectory_is_tdms_ddim_and_the_one_the_student_samples():
+    """TDM's student moves along its own predicted noise: x_{k+1} = x̂_0 + σ_{k+1} (x_k - x̂_0) / σ_k, with only the
+    first noise random; the roll-out it is trained on is the chain `sample` runs from the same z."""
+    from distmatch.samplers import few_step_sample
+
+    def gen(x, sigma, cond):
+        return torch.tanh(x / 3) + 0.1 * sigma[:, None]
+
+    owner = rollout_owner(gen)
+    torch.manual_seed(3)
+    inputs, outputs = TDM.rollout(owner, 256, None)
+    for k in range(3):
+        eps_hat = (inputs[k] - outputs[k]) / owner.sigmas[k]
+        assert torch.allclose(inputs[k + 1], outputs[k] + owner.sigmas[k + 1] * eps_hat, atol=1e-5)
+    torch.manual_seed(3)
+    z = torch.randn(256, 2)
+    assert torch.allclose(few_step_sample(gen, z, owner.sigmas, move="ddim"), outputs[-1], atol=1e-5)
+    assert not torch.allclose(few_step_sample(gen, z, owner.sigmas), outputs[-1], atol=1e-2)  # re-noised: another
+
+
+def test_a_trajectory_sample_is_diffused_on_from_the_next_state_and_importance_weighted():
+    """x_s = x_{k+1} + sqrt(s² - σ²_{k+1}) z, so its noise about x̂_0 has variance s² when ε̂ is Gaussian (weights
+    about 1) and is not weighted at all after the last step (x_s = x̂_0 + s z); a student whose ε̂ is far from
+    Gaussian (here 3x too wide) gets small weights, as in the authors' code."""
+    owner = SimpleNamespace(sigmas=[80.0, 2.5, 0.9, 0.35], opts=SimpleNamespace(move="ddim"))
+    torch.manual_seed(0)
+    n, x0 = 20000, torch.randn(20000, 64) * 0.5
+    for k, spread, expect in ((1, 1.0, 1.0), (3, 1.0, 1.0), (1, 3.0, 0.04)):
+        steps = torch.full((n,), k)
+        s = torch.full((n,), 0.95 if k == 1 else 0.2)
+        x_in = x0 + owner.sigmas[k] * spread * torch.randn(n, 64)
+        x_s, w = TDM.diffused(owner, x_in, x0, steps, s)
+        noise = (x_s - x0) / s[:, None]
+        if spread == 1.0:
+            assert noise.std().item() == pytest.approx(1.0, abs=0.01)
+        # 3x too wide: mean m² about 8.17 against 1, so weights about exp(-7.17 / 2) = 0.028 (and a little above)
+        assert w.mean().item() == pytest.approx(expect, rel=0.1 if expect == 1 else 0.5)
+        if k == 3:
+            assert torch.allclose(w, torch.ones(n))
+    assert w.max() < 0.5
 
 
 def test_tdm_resumed_run_equals_uninterrupted(tmp_path):

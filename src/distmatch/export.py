@@ -4,7 +4,8 @@ A student of a diffusers UNet2DModel teacher exports as a DDPMPipeline: its UNet
 parameterisation, the student's weights) and a scheduler that runs exactly the student's K trained levels, so
 `pipe(num_inference_steps=K)` runs the student (x̂_0 at each level, re-noised to the next): for a DDPM-family
 teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
-with `stochastic_sampling=True`. The same seed gives the same images as `distmatch sample --seed`. A
+with `stochastic_sampling=True`. A student that moves DDIM-like between its steps (tdm) gets a DDIMScheduler
+(η = 0) or the flow scheduler's deterministic Euler step instead. The same seed gives the same images as `distmatch sample --seed`. A
 class-conditional student keeps that network and scheduler with a pipeline.py that passes labels (export_classes.py).
 A student of distmatch's own U-Net exports with its code in the folder instead (export_own.py), loaded with
 `trust_remote_code=True`. The distillation's record goes into model_index.json under "_distmatch" (diffusers
@@ -51,7 +52,7 @@ def check_exportable(model: LoadedModel) -> None:
                         "with a DDPM-family or flow scheduler; this one is neither")
 
 
-def vp_scheduler(adapter, sigmas: list[float]):
+def vp_scheduler(adapter, sigmas: list[float], move: str = "renoise"):
     """An LCMScheduler pinned to the student's K timesteps (original_inference_steps = K), those timesteps, and
     whether the scheduler must be given them (custom levels, student.timesteps: no K-step LCM schedule has them).
 
@@ -70,6 +71,8 @@ def vp_scheduler(adapter, sigmas: list[float]):
                         "unchanged at timestep 0: distil with fewer steps or levels above 0 to export")
     num_train = min(trained[0] + 1, len(adapter.alphas_cumprod))
     custom = trained != lcm_timesteps(num_train, steps)
+    if move == "ddim":
+        return ddim_scheduler(adapter, trained, custom), trained, False
     if custom and (trained[0] != num_train - 1 or len(set(trained)) < steps):
         raise UserError(f"the student was trained at timesteps {trained}; an LCM scheduler runs its first at the "
                         "teacher's top level: distil with the default student levels to export")
@@ -82,16 +85,32 @@ def vp_scheduler(adapter, sigmas: list[float]):
     return scheduler, trained, custom
 
 
-def flow_scheduler(adapter, sigmas: list[float]):
+def ddim_scheduler(adapter, trained: list[int], custom: bool):
+    """A DDIMScheduler (η = 0, trailing spacing) on the teacher's first N = K·c timesteps, c = (t_0 + 1) // K: its
+    K steps are then the student's timesteps (i+1)·c - 1, each moved to the next by t - c, the last to ᾱ = 1,
+    where DDIM's sample is the student's x̂_0."""
+    from diffusers import DDIMScheduler
+
+    if custom:
+        raise UserError(f"the student was trained at timesteps {trained}, and a DDIM scheduler steps between evenly "
+                        "spaced ones: distil with the default student levels to export")
+    n = (trained[0] + 1) // len(trained) * len(trained)
+    return DDIMScheduler(num_train_timesteps=n, trained_betas=betas_from(adapter.alphas_cumprod[:n]),
+                         timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False,
+                         prediction_type=adapter.prediction)
+
+
+def flow_scheduler(adapter, sigmas: list[float], move: str = "renoise"):
     """A flow scheduler with stochastic sampling (each step's x̂_0 re-noised to the next level, as the student
-    was trained), whose K levels are the student's: the scheduler's own, or (student.flow_terminal) stretched to
-    its last level by `shift_terminal`."""
+    was trained; a DDIM-like student: its deterministic Euler step, the same move), whose K levels are the
+    student's: the scheduler's own, or (student.flow_terminal) stretched to its last level by `shift_terminal`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     steps, last = len(sigmas), sigmas[-1] / (1 + sigmas[-1])
     for terminal in [None] + ([last] if steps > 1 else []):
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,
-                                                    shift_terminal=terminal, stochastic_sampling=True)
+                                                    shift_terminal=terminal,
+                                                    stochastic_sampling=move != "ddim")
         scheduler.set_timesteps(steps)
         s = scheduler.sigmas[:-1].double()
         runs = torch.where(s >= 1, torch.full_like(s, FLOW_TOP), s / (1 - s))
@@ -130,7 +149,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
         raise UserError(f"{out} exists and is not empty; export into a new folder")
     sigmas = model.config["sigmas"]
     record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
-              "sigmas": sigmas, "teacher": model.config.get("teacher_dir"), "data": model.spec.source or None}
+              "sigmas": sigmas, "move": model.config.get("move", "renoise"), "teacher": model.config.get("teacher_dir"),
+              "data": model.spec.source or None}
     out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
     remove_stale_drafts(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}."))
@@ -163,7 +183,7 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
     adapter = model.denoiser
     make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
     try:
-        scheduler, record["timesteps"], custom = make(adapter, record["sigmas"])
+        scheduler, record["timesteps"], custom = make(adapter, record["sigmas"], record["move"])
     except UserError as e:
         raise UserError(f"{student_dir}: {e}") from None
     if model.num_classes or custom:
@@ -212,6 +232,8 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "timesteps that no K-step schedule of the scheduler picks itself, so `pipeline.py` (torch and diffusers "
               "only: the scheduler's loop) passes them to it, which is why loading asks for "
               "`trust_remote_code=True`; read it first.\n"}[custom]
+    moves = ("moving DDIM-like between its steps (its own predicted noise, deterministic after the first)"
+             if record.get("move") == "ddim" else "re-noising its output with fresh noise between its steps")
     default = "" if custom else (f", the stock pipeline's default (`num_inference_steps=1000`) included: pass "
                                  f"`num_inference_steps={record['steps']}`")
     return f"""---
@@ -220,8 +242,8 @@ tags: [distmatch, distillation, few-step]
 ---
 # A {record['steps']}-step student distilled with distmatch
 
-Distilled by distribution matching ({how}) from `{record['teacher']}`; trained at {trained}. It runs exactly as
-trained with:
+Distilled by distribution matching ({how}) from `{record['teacher']}`; trained at {trained}, {moves}. It runs
+exactly as trained with:
 
 ```python
 import torch

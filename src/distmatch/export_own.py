@@ -28,7 +28,7 @@ class DistmatchStudent(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, in_channels=1, size=(8, 8), channels=(32, 64, 64), blocks=1, attention=False, dropout=0.0,
-                 num_classes=0, class_weights=(), sigma_data=0.5, sigmas=(80.0,)):
+                 num_classes=0, class_weights=(), sigma_data=0.5, sigmas=(80.0,), move="renoise"):
         super().__init__()
         backbone = UNetBackbone(in_channels, tuple(size), channels, blocks, attention, dropout, num_classes)
         self.denoiser = EDMDenoiser(backbone, sigma_data)
@@ -44,7 +44,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 class DistmatchStudentPipeline(DiffusionPipeline):
-    """x̂_0 = G(σ_0 z); then x̂_0 = G(x̂_0 + σ_k ε_k, σ_k) for k = 1..K-1 (K = num_inference_steps <= trained K)."""
+    """x̂_0 = G(σ_0 z); then x̂_0 = G(x_k, σ_k) for k = 1..K-1 (K = num_inference_steps <= trained K), with
+    x_k = x̂_0 + σ_k ε_k (fresh noise) or, for a student trained DDIM-like (move = "ddim"), x̂_0 + σ_k ε̂ with its own
+    predicted noise ε̂ = (x_{k-1} - x̂_0) / σ_{k-1}."""
 
     def __init__(self, student):
         super().__init__()
@@ -64,10 +66,13 @@ class DistmatchStudentPipeline(DiffusionPipeline):
             labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
         shape = (batch_size, cfg.in_channels, *cfg.size)
         z = randn_tensor(shape, generator=generator, device=device)
-        noise = [randn_tensor(shape, generator=generator, device=device) for _ in sigmas[1:]]
-        x0 = self.student(z * sigmas[0], torch.full((batch_size,), sigmas[0], device=device), labels)
-        for eps, s in zip(noise, sigmas[1:]):
-            x0 = self.student(x0 + s * eps, torch.full((batch_size,), s, device=device), labels)
+        ddim = cfg.move == "ddim"
+        noise = [None if ddim else randn_tensor(shape, generator=generator, device=device) for _ in sigmas[1:]]
+        x = z * sigmas[0]
+        x0 = self.student(x, torch.full((batch_size,), sigmas[0], device=device), labels)
+        for eps, before, s in zip(noise, sigmas, sigmas[1:]):
+            x = x0 + s * ((x - x0) / before if ddim else eps)
+            x0 = self.student(x, torch.full((batch_size,), s, device=device), labels)
         images = (x0 / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
@@ -120,7 +125,7 @@ def export_own_student(model, weights: dict, folder: Path, record: dict) -> None
     student = cls(in_channels=c, size=[h, w], channels=list(net["channels"]), blocks=net["blocks"],
                   attention=net["attention"], dropout=net["dropout"], num_classes=model.num_classes,
                   class_weights=list(model.class_weights), sigma_data=model.config.get("sigma_data", 0.5),
-                  sigmas=list(model.config["sigmas"]))
+                  sigmas=list(model.config["sigmas"]), move=model.config.get("move", "renoise"))
     student.load_state_dict({"denoiser." + k[len("gen."):]: v for k, v in weights.items()})
     student.save_pretrained(folder / "student")
     ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.encode())

@@ -149,9 +149,9 @@ class LoadedModel:
             if solver == "ancestral":
                 return ancestral_sample(denoiser, z, steps, cond, schedule.sigma_min, schedule.sigma_max, limit, g)
             return ode_sample(denoiser, z, steps, solver, cond, schedule.sigma_min, schedule.sigma_max, limit)
-        sigmas = self.config["sigmas"][:steps]
-        renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]]
-        return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]))
+        sigmas, move = self.config["sigmas"][:steps], self.config.get("move", "renoise")
+        renoise = [torch.randn(z.shape, generator=g).to(z.device) for _ in sigmas[1:]] if move == "renoise" else None
+        return few_step_sample(self.denoiser, z, sigmas, cond, renoise, schedule.input_scale(sigmas[0]), move)
 
 
 def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:

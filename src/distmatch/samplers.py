@@ -1,7 +1,7 @@
 """Samplers over a denoiser D(x, σ, cond) in σ-space (see schedules.py). Pure functions, no I/O.
 
 Teachers solve the probability-flow ODE dx/dσ = (x - D(x, σ)) / σ on a Karras grid (Euler, or Heun = EDM
-Algorithm 1 without churn); a few-step student maps noise to data and re-noises between its steps.
+Algorithm 1 without churn); a few-step student maps noise to data and, between its steps, re-noises (or moves DDIM-like, TDM's students).
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .parameterization import append_dims
 from .schedules import SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 Denoiser = Callable[..., torch.Tensor]
@@ -103,16 +104,33 @@ def teacher_nfe(steps: int, solver: str) -> int:
     return 2 * steps - 1 if solver == "heun" else steps
 
 
+MOVES = ("renoise", "ddim")
+
+
 def few_step_sample(generator: Denoiser, noise: torch.Tensor, sigmas: Sequence[float], cond=None,
                     renoise: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                    input_scale: float | None = None) -> torch.Tensor:
-    """A K-step student: x̂_0 = G(s z, σ_0) with s = `input_scale` (default σ_0); then for k ≥ 1,
-    x̂_0 = G(x̂_0 + σ_k ε_k, σ_k).  NFE = K.
+                    input_scale: float | None = None, move: str = "renoise") -> torch.Tensor:
+    """A K-step student: x̂_0 = G(x_0, σ_0) from x_0 = s z with s = `input_scale` (default σ_0); then for k ≥ 1
+    x̂_0 = G(x_k, σ_k), where x_k is x̂_0 moved to σ_k. NFE = K.
 
-    `renoise` optionally supplies the ε_k (K-1 tensors) for reproducibility; otherwise fresh noise is drawn.
+    move="renoise": x_k = x̂_0 + σ_k ε_k with fresh noise (DMD2's backward simulation); `renoise` optionally
+    supplies the ε_k (K-1 tensors) for reproducibility. move="ddim": x_k = x̂_0 + σ_k ε̂ with the student's own
+    predicted noise ε̂ = (x_{k-1} - x̂_0) / σ_{k-1} (DDIM with η = 0, TDM's trajectory): only z is random.
     """
-    x0 = generator(noise * (input_scale or sigmas[0]), _full(noise, sigmas[0]), cond)
+    x = noise * (input_scale or sigmas[0])
+    x0 = generator(x, _full(noise, sigmas[0]), cond)
     for k, s in enumerate(sigmas[1:]):
-        eps = renoise[k] if renoise is not None else torch.randn_like(x0)
-        x0 = generator(x0 + s * eps, _full(x0, s), cond)
+        x = move_to(x0, s, x, sigmas[k], move, renoise[k] if renoise is not None else None)
+        x0 = generator(x, _full(x0, s), cond)
     return x0
+
+
+def move_to(x0: torch.Tensor, sigma, x: torch.Tensor, sigma_from, move: str = "renoise",
+            eps: torch.Tensor | None = None) -> torch.Tensor:
+    """A student's output x̂_0 (from input x at level sigma_from) taken to level `sigma`: re-noised with fresh
+    noise `eps` (drawn when None), or DDIM-like along its own predicted noise (x - x̂_0) / sigma_from. The levels
+    are numbers or one per sample."""
+    sigma, sigma_from = (append_dims(v, x0.ndim) if torch.is_tensor(v) else v for v in (sigma, sigma_from))
+    if move == "ddim":
+        return x0 + sigma * (x - x0) / sigma_from
+    return x0 + sigma * (torch.randn_like(x0) if eps is None else eps)

@@ -240,7 +240,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                  "network": student_network_config(teacher.config["network"], cfg.student),
                  "num_classes": teacher.num_classes,
                  "class_weights": teacher.class_weights, "sigma_data": teacher.config.get("sigma_data", 0.5),
-                 "sigmas": sigmas, "steps": len(sigmas), "teacher_dir": teacher_id(teacher),
+                 "sigmas": sigmas, "steps": len(sigmas), "move": getattr(getattr(cfg, method), "move", "renoise"),
+                 "teacher_dir": teacher_id(teacher),
                  "schedule": teacher.schedule.config(),
                  "teacher_nfe": teacher.nfe()}
 

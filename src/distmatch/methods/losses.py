@@ -31,15 +31,18 @@ def dm_loss(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor | None = N
 
 
 def critic_loss(x0_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
-                weighting: str = "edm", snr_cap: float = 5.0) -> torch.Tensor:
+                weighting: str = "edm", snr_cap: float = 5.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The critic (fake score) denoising loss on detached student samples.
-    weighting='edm': λ(σ) = (σ²+σ_d²)/(σσ_d)² (DMD2); 'snr': min(SNR, cap) with SNR = σ_d²/σ² (TDM)."""
+    weighting='edm': λ(σ) = (σ²+σ_d²)/(σσ_d)² (DMD2); 'snr': min(SNR, cap) with SNR = σ_d²/σ² (TDM).
+    `weight` (per sample) multiplies each sample's term, e.g. TDM's importance weights."""
     if weighting == "edm":
         w = edm_loss_weight(sigma, sigma_data)
     elif weighting == "snr":
         w = (sigma_data ** 2 / sigma ** 2).clamp(max=snr_cap) / sigma_data ** 2
     else:
         raise ValueError(f"unknown critic weighting {weighting!r}")
+    if weight is not None:
+        w = w * weight.float()
     return (append_dims(w, x0.ndim) * (x0_pred.float() - x0.float()) ** 2).mean()
 
 

@@ -64,9 +64,9 @@ RECIPES = {
         "1-step SWD x teacher 0.99-1.14 on the five 2-D presets (fdistill as published: 0.91-2.76)"),
     "tdm+ode": Recipe(
         "tdm", "tdm with pseudo-Huber c = 1 per sample (DMD's push below one data unit) plus the ODE regression at "
-        "weight 1; critic and student at one rate, both clipped, no weight decay",
+        "weight 1; critic and student at one rate, both clipped, no weight decay; re-noised between steps",
         {"vector": {"tdm": {"huber_c": 1.0, "huber": "sample", "ode_weight": 1.0, "critic_rate": 1.0,
-                            "clip_critic": True}, "train": {"weight_decay": 0.0}}},
+                            "clip_critic": True, "move": "renoise"}, "train": {"weight_decay": 0.0}}},
         "4-step SWD x teacher 0.81-1.12 on the five 2-D presets, 0.98 on an 8-D mixture (tdm before its authors' "
         "per-element loss and optimisers: 1.40-6.21, 3.41; as published: 1.60 / 4.18 on 8 / 25 Gaussians)"),
     # An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.

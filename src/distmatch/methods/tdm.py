@@ -1,13 +1,16 @@
 """TDM (Luo et al. 2025, "Learning Few-Step Diffusion Models by Trajectory Distribution Matching"): data-free.
 
 A K-step student (default 4) is matched step by step. Sampling-steps-aware decoupling: the output x̂_0^k of step k
-is only ever seen by the sampler after re-noising to σ_{k+1} (x_{k+1} = x̂_0^k + σ_{k+1} ε), so step k is matched to
-the data only on its own interval of noise levels, σ_{k+1} <= s < σ_k (the last step down to a small floor).
-The intervals of different steps are disjoint, so one critic (fake score) at level s models exactly one step's
-outputs. With the library's stochastic re-noising the student's trajectory at σ_{k+1} *is* x̂_0^k + σ_{k+1} ε, and
-diffusing further to s gives x̂_0^k + s ε exactly: TDM's trajectory samples, with an importance weight of 1 (the
-authors' demo re-noises DDIM-like with the student's own ε, hence its importance weight and its optional random
-landing point `--use_randmid`, neither of which is needed here).
+is only ever seen by the sampler at the next level σ_{k+1}, so step k is matched to the data only on its own
+interval of noise levels, σ_{k+1} <= s < σ_k (the last step down to a small floor). The intervals of different
+steps are disjoint, so one critic (fake score) at level s models exactly one step's outputs.
+
+As in the authors' code the student moves between its steps DDIM-like, along its own predicted noise
+ε̂ = (x_k - x̂_0^k) / σ_k: x_{k+1} = x̂_0^k + σ_{k+1} ε̂ (`move=ddim`; samplers.few_step_sample, and exported with a
+deterministic scheduler). A trajectory sample at s is that point diffused on with fresh noise z,
+x_s = x_{k+1} + sqrt(s² - σ²_{k+1}) z, whose noise m = (x_s - x̂_0^k) / s is not quite Gaussian; the critic's loss is
+weighted per sample by the authors' importance weight exp(-mean(m²)/2) / exp(-mean(z²)/2). `move=renoise` re-noises
+with fresh noise instead, as the other methods' students (x_s = x̂_0^k + s z, weight 1).
 
 The authors' code draws t ~ U[max(20, t_{k+1}), t_k - 10] in SD's 1000 timesteps. Here the timestep space is the
 teacher's own grid of levels (its timesteps; for distmatch's own teachers the 1000-point Karras grid DMD2's ranges
@@ -27,9 +30,7 @@ distance is |x̂_fake - x̂_real| wherever its gap exceeds c, so each element ge
 mean |x̂_0 - x̂_real| however small its real-fake gap; c = 1 per sample (recipe tdm+ode) makes it quadratic below one
 data unit, DMD's push.
 
-Not as published: TDM's demo moves its student from step to step DDIM-like (x_{k+1} = x̂_0^k + σ_{k+1} ε̂, its own
-predicted noise) and importance-weights its critic for that; here every student re-noises with fresh noise, as the
-other methods' do (one sampler and one export for every student).
+The authors' optional random landing point (`--use_randmid`, off in their published command) is not offered.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
+from ..parameterization import append_dims
+from ..samplers import MOVES, move_to
 from ..schedules import karras_grid_1000
 from ..training.method import Batch
 from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_student_options
@@ -69,6 +72,9 @@ class Options:
                                        # (step k from the ODE's state at σ_k to its end, pairs.py; recipe
                                        # tdm+ode: 1); 0 = off
     ode_pairs: int = 16384             # pairs for ode_weight, made once and cached in the run folder
+    move: str = "ddim"                 # between steps the student moves along its own predicted noise (TDM's
+                                       # DDIM-like trajectory, sampled and exported so); renoise: fresh noise, as
+                                       # the other methods' students (recipe tdm+ode)
 
     def validate(self):
         if self.critic_ratio < 1:
@@ -79,6 +85,8 @@ class Options:
             raise UserError("tdm.guidance and tdm.lr_critic must be >= 0, tdm.huber_c and tdm.critic_rate > 0")
         if self.huber not in ("element", "sample"):
             raise UserError(f"tdm.huber must be element or sample, got {self.huber!r}")
+        if self.move not in MOVES:
+            raise UserError(f"tdm.move must be one of {', '.join(MOVES)}, got {self.move!r}")
         check_ode_init("tdm", None, self.ode_pairs, self.ode_weight)
 
 
@@ -163,7 +171,7 @@ class TDM(OdePairs, StudentCriticMethod):
                 inputs.append(x)
                 outputs.append(x0)
                 if k + 1 < len(self.sigmas):
-                    x = noised(x0, full(x0, self.sigmas[k + 1]))
+                    x = move_to(x0, self.sigmas[k + 1], x, sigma, self.opts.move)
         return torch.stack(inputs), torch.stack(outputs)
 
     def step(self, batch: Batch, it: int) -> dict[str, float]:
@@ -174,17 +182,36 @@ class TDM(OdePairs, StudentCriticMethod):
         # each row of the roll-out runs only as far as either needs: 2.75 of 4 passes for 4 steps, not 4
         k_gen = k[torch.randperm(n, device=self.ctx.device)] if it % self.opts.critic_ratio == 0 else None
         inputs, outputs = self.rollout(n, cond, k if k_gen is None else torch.maximum(k, k_gen - 1))
-        logs = self.critic_step(outputs[k, rows], k, cond)
+        logs = self.critic_step(inputs[k, rows], outputs[k, rows], k, cond)
         if k_gen is not None:
             logs.update(self.generator_step(inputs[k_gen, rows], k_gen, cond))
         return logs
 
-    def critic_step(self, x0: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
-        """The fake score learns each step's (detached) outputs at levels inside that step's own interval."""
+    def diffused(self, x_in: torch.Tensor, x0: torch.Tensor, k: torch.Tensor, s: torch.Tensor):
+        """Step k's output x̂_0 (from input x_in) where the sampler takes it, at the next level σ_{k+1} (0 after the
+        last step), diffused on to s >= σ_{k+1} with fresh noise z: x_s = x̂_0 + σ_{k+1} ε̂ + sqrt(s² - σ²_{k+1}) z.
+        Returns x_s and TDM's importance weight exp(-mean(m²)/2) / exp(-mean(z²)/2) of the noise m = (x_s - x̂_0)/s
+        it holds (re-noised students: x_s = x̂_0 + s z, weight 1)."""
+        if self.opts.move != "ddim":
+            return noised(x0, s), None
+        levels = torch.tensor(self.sigmas + [0.0], device=k.device, dtype=torch.float64)
+        sigma_k, sigma_next = levels[k], levels[k + 1]
+        beta = (s.double() ** 2 - sigma_next ** 2).clamp(min=0).sqrt()
+        x_mid = move_to(x0, sigma_next.float(), x_in, sigma_k.float(), "ddim")
+        z = torch.randn_like(x0)
+        x_s = x_mid + append_dims(beta.float(), z.ndim) * z
+        m = (x_s - x0) / append_dims(s.float(), z.ndim)
+        weight = torch.exp(-0.5 * (m.float() ** 2).flatten(1).mean(1) + 0.5 * (z.float() ** 2).flatten(1).mean(1))
+        return x_s, weight
+
+    def critic_step(self, x_in: torch.Tensor, x0: torch.Tensor, k: torch.Tensor, cond) -> dict[str, float]:
+        """The fake score learns each step's (detached) outputs at levels inside that step's own interval, from
+        where the student's trajectory puts them, importance-weighted."""
         s = self.step_levels(k)
+        x_s, weight = self.diffused(x_in, x0, k, s)
         with self.ctx.autocast():
-            pred, _ = self.critic(noised(x0, s), s, cond)
-            loss = critic_loss(pred, x0, s, self.sigma_data, weighting="snr")
+            pred, _ = self.critic(x_s, s, cond)
+            loss = critic_loss(pred, x0, s, self.sigma_data, weighting="snr", weight=weight)
         self.update_critic(loss, clip=self.opts.clip_critic)  # the authors clip the student only
         return {"loss_critic": loss.item()}
 
@@ -202,7 +229,7 @@ class TDM(OdePairs, StudentCriticMethod):
         x0, cond = out[:n], cond[:n] if cond is not None else None
         s = self.step_levels(k)
         with torch.no_grad(), self.ctx.autocast():
-            x_s = noised(x0.detach(), s)
+            x_s, _ = self.diffused(x_in[:n], x0.detach(), k, s)
             x0_fake, _ = critic(x_s, s, cond)
             x0_real = self.real(x_s, s, cond)
         loss = tdm_generator_loss(x0, x0_real, x0_fake, self.opts.huber_c, per=self.opts.huber)

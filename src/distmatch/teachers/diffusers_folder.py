@@ -159,7 +159,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
         config["x0_limit"] = limit
     if record is not None:
         config.update(kind="student", method=record.get("method"), recipe=record.get("recipe"),
-                      sigmas=record["sigmas"], steps=len(record["sigmas"]))
+                      sigmas=record["sigmas"], steps=len(record["sigmas"]), move=record.get("move", "renoise"))
         return LoadedModel("student", config, spec, adapter, class_weights=config["class_weights"], path=path)
     return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
                        path=path)

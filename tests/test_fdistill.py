@@ -122,3 +122,34 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path):
     assert torch.equal(*bins)
 
 
+
+
+@pytest.mark.parametrize("features", ["teacher", "critic"])
+def test_the_discriminator_reads_the_frozen_teachers_features_as_fastgen(tiny_teacher, tmp_path, monkeypatch,
+                                                                         features):
+    """By default (FastGen) the discriminator is a head of its own on the teacher network's features, trained
+    beside the critic and reached by the generator's GAN term through the frozen teacher, whose weights stay
+    as they were; `features=critic` puts it on the critic, as dmd2's."""
+    from distmatch.methods import fdistill
+    from distmatch.models import load_model
+
+    teacher = load_model(tiny_teacher).init_net
+    seen, forward = [], type(teacher).forward
+
+    def watched(net, x, sigma, cond=None, return_features=False):
+        seen.append((return_features and not net.training, x.requires_grad))  # the teacher's is in eval mode
+        return forward(net, x, sigma, cond, return_features=return_features)
+
+    monkeypatch.setattr(type(teacher), "forward", watched)
+    before = {k: v.clone() for k, v in load_file(str(Path(tiny_teacher) / ckpt.MODEL)).items()}
+    run = run_distill(tiny_teacher, tmp_path / "s", method="fdistill",
+                      overrides=QUIET + ["train.batch_size=32", "train.iters=6", f"fdistill.features={features}"])
+    modules, extra = ckpt.load_tensors(run / ckpt.CHECKPOINT)
+    heads = {k.split("/")[1] for k in modules if "head" in k or k.startswith("module/disc/")}
+    assert heads == ({"disc"} if features == "teacher" else {"critic"}), heads
+    assert ("disc" in extra["optimizers"]) == (features == "teacher")
+    # the teacher's features served the discriminator's updates (no graph) and the generator's GAN term (graph)
+    on_teacher = {(f, g) for f, g in seen if f}
+    assert on_teacher == ({(True, False), (True, True)} if features == "teacher" else set()), on_teacher
+    assert all(torch.equal(before[k], v) for k, v in load_file(str(Path(tiny_teacher) / ckpt.MODEL)).items())
+    assert fdistill.Options().features == "teacher"

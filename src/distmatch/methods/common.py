@@ -272,6 +272,8 @@ class DistributionMatching:
                 loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
         self.optimizer_step(critic, opt_c, loss)
         logs["loss_critic"] = loss_fake.item()
+        if hasattr(self, "fit_discriminator") and real_x is not None:  # a discriminator of its own (fdistill)
+            logs.update(self.fit_discriminator(fake, real_x, cond))
         return logs
 
     def critic_samples(self, gen, cond, steps) -> torch.Tensor:

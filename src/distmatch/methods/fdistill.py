@@ -2,8 +2,10 @@
 
 DMD's distribution-matching gradient is the reverse-KL case of a general f-divergence; for any f the gradient is
 the same score difference weighted per sample by h(r) = r² f''(r), r = p_teacher / q_student at (x_t, σ).
-r comes from the GAN discriminator (head on the critic's features, trained inside the critic step exactly like
-dmd2's, real data vs student samples, both noised over the whole grid, so its optimal logit is log p_σ / q_σ):
+r comes from the GAN discriminator: as in the authors' code (NVlabs FastGen) a head on the frozen teacher
+network's features, trained beside the critic on real data vs student samples, both noised over the whole grid,
+so its optimal logit is log p_σ / q_σ; the generator's GAN term reaches it through the frozen teacher
+(`features=critic`: the head on the critic's features instead, trained inside the critic's loss as dmd2's).
 r = exp(logit) at the generator's own noisy sample, logit clamped to [-10, 10], r to [0.1, 20], detached, fp32.
 As in the authors' code (NVlabs FastGen), r is divided by its running mean in its noise-level bin (10 bins, EMA
 momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, so only the relative weights inside a
@@ -24,8 +26,9 @@ from torch import nn
 from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range, noised
-from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight, gan_generator_loss,
-                     gan_scale)
+from ..networks.heads import build_head
+from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
+                     gan_discriminator_loss, gan_generator_loss, gan_scale)
 from .pairs import OdePairs, check_ode_init
 
 
@@ -39,7 +42,10 @@ class Options:
     lr_critic: float = 0.0             # 0 = train.lr
     gan_weight_g: float = 0.5          # generator GAN weight (> 0: the method needs it); with gan_balance, the GAN
                                        # gradient's norm on the samples as a fraction of the weighted DM gradient's
-    gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
+    gan_weight_d: float = 1e-2         # discriminator loss weight (inside the critic loss with features=critic:
+                                       # keep <= 1e-2)
+    features: str = "teacher"          # what the discriminator reads: the frozen teacher network's features
+                                       # (FastGen) or the critic's, as dmd2's GAN head (DMD2)
     gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly (FastGen: 3e-3)
     ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
     bins: int = 10                     # noise-level bins of r's running mean
@@ -71,6 +77,8 @@ class Options:
             raise UserError(f"fdistill.lr_critic must be >= 0 (0: train.lr), got {self.lr_critic}")
         if self.bins_by not in ("index", "time"):
             raise UserError(f"fdistill.bins_by must be index or time, got {self.bins_by!r}")
+        if self.features not in ("teacher", "critic"):
+            raise UserError(f"fdistill.features must be teacher or critic, got {self.features!r}")
         check_ode_init("fdistill", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
@@ -104,6 +112,23 @@ class RatioBins(nn.Module):
         return r / (self.mean[b] + 1e-6)
 
 
+class TeacherFeatures:
+    """FastGen's discriminator: a trainable head (its own optimizer, at the critic's rate) on the features of the
+    frozen teacher network (the network the student starts from; for an exact mixture teacher, its trained one)."""
+
+    def __init__(self, ctx, teacher, lr_critic: float):
+        self.net = teacher.init_net.to(ctx.device).eval().requires_grad_(False)
+        source = getattr(self.net, "backbone", self.net)
+        if not getattr(source, "feature_dim", 0):
+            raise UserError("fdistill's discriminator reads the teacher's features, and this teacher's network names "
+                            "none: wrap it with wrap_teacher(..., features='<bottleneck sub-module>')")
+        self.head = ctx.prepare(build_head(source).to(ctx.device))
+        self.opt = ctx.make_optimizer(self.head.parameters(), lr=lr_critic or None)
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        return self.net(x, sigma, cond, return_features=True)[1].float()
+
+
 def teacher_time(index: torch.Tensor, sigma: torch.Tensor, kind: str) -> torch.Tensor:
     """The teacher's own time at levels given by grid index and σ: σ for a σ-space (EDM) teacher, the timestep for
     a DDPM one (its grid holds one level per timestep), s = σ / (1 + σ) for a flow one."""
@@ -131,7 +156,10 @@ class FDistill(OdePairs, StudentCriticMethod):
     def __init__(self, ctx, teacher, cfg, sigmas: list[float]):
         self.opts = opts = cfg.fdistill
         self.teacher = teacher
-        self.setup(ctx, teacher, sigmas, opts.guidance, gan=True, lr_critic=opts.lr_critic, student=cfg.student)
+        on_teacher = opts.features == "teacher"
+        self.setup(ctx, teacher, sigmas, opts.guidance, gan=not on_teacher, lr_critic=opts.lr_critic,
+                   student=cfg.student)
+        self.disc = TeacherFeatures(ctx, teacher, opts.lr_critic) if on_teacher else None
         n, kind = len(self.grid), teacher.schedule.kind
         if opts.bins_by == "time":  # FastGen's: equal width over the teacher's own time
             self.bin_time = lambda idx, sigma: teacher_time(idx, sigma, kind)
@@ -141,7 +169,43 @@ class FDistill(OdePairs, StudentCriticMethod):
         self.ratio_bins = RatioBins(opts.bins, opts.bin_momentum, t_range).to(ctx.device)
 
     def modules(self):
-        return {**super().modules(), "ratio_bins": self.ratio_bins}
+        return {**super().modules(), "ratio_bins": self.ratio_bins,
+                **({"disc": self.disc.head} if self.disc is not None else {})}
+
+    def optimizers(self):
+        return {**super().optimizers(), **({"disc": self.disc.opt} if self.disc is not None else {})}
+
+    def fit_discriminator(self, fake: torch.Tensor, real_x: torch.Tensor, cond) -> dict[str, float]:
+        """The head on the teacher's features: noisy real data (label 1) vs noisy student samples, each at its own
+        levels over the whole grid (called by fit_critic after the critic's update)."""
+        if self.disc is None:
+            return {}
+        n = len(fake)
+        (_, sigma), (_, sigma_r) = self.levels(n), self.levels(n)
+        both = torch.cat([noised(fake, sigma), noised(real_x, sigma_r)])
+        with self.ctx.autocast():
+            with torch.no_grad():
+                feats = self.disc.features(both, torch.cat([sigma, sigma_r]),
+                                           torch.cat([cond, cond]) if cond is not None else None)
+            logits = self.disc.head(feats)
+            loss_d = gan_discriminator_loss(logits[:n], logits[n:])
+        self.optimizer_step(self.disc.head, self.disc.opt, self.opts.gan_weight_d * loss_d)
+        return {"loss_gan_d": loss_d.item()}
+
+    def scores(self, critic, x_t: torch.Tensor, sigma: torch.Tensor, cond, steps):
+        """x̂_fake, x̂_real and the discriminator's logits at the student's noisy samples x_t; the logits keep the
+        graph to the samples (through the frozen teacher, or the frozen critic)."""
+        if self.disc is None:
+            x0_fake, logits = critic(x_t, sigma, cond, steps)
+            with torch.no_grad():
+                return x0_fake.detach(), self.real(x_t.detach(), sigma, cond), logits
+        with torch.no_grad():
+            x0_fake, _ = critic(x_t.detach(), sigma, cond, steps)
+        x0_teacher, feats = self.disc.net(x_t, sigma, cond, return_features=True)
+        logits = self.freeze(self.disc.head)(feats.float())
+        same = self.disc.net is self.teacher.denoiser and (cond is None or self.real.guidance == 1)
+        real = x0_teacher.detach().float() if same else self.real(x_t.detach(), sigma, cond)
+        return x0_fake, real, logits
 
     def all_reduce(self):
         acc = self.ctx.accelerator
@@ -154,9 +218,8 @@ class FDistill(OdePairs, StudentCriticMethod):
         with self.ctx.autocast():
             idx, sigma = self.levels(n, *self.opts.dm_range)
             x_t = noised(x, sigma)  # keeps x's graph for the GAN term
-            x0_fake, logits = critic(x_t, sigma, cond, steps)
-        with torch.no_grad(), self.ctx.autocast():
-            g = dm_gradient(x, self.real(x_t.detach(), sigma, cond), x0_fake.detach())
+            x0_fake, x0_real, logits = self.scores(critic, x_t, sigma, cond, steps)
+        g = dm_gradient(x.detach(), x0_real, x0_fake)
         r = self.ratio_bins.normalise(density_ratio(logits, 10.0, *self.opts.ratio_range),
                                       self.bin_time(idx, sigma), self.all_reduce())
         h = f_weight(r, self.opts.divergence, self.all_reduce())
@@ -169,6 +232,9 @@ class FDistill(OdePairs, StudentCriticMethod):
             loss = loss + o.ode_weight * loss_reg
             logs["loss_reg"] = loss_reg.item()
         self.update_generator(loss, critic)
+        if self.disc is not None:  # the head trainable again, without the GAN term's gradients
+            self.disc.opt.zero_grad(set_to_none=True)
+            self.ctx.unwrap(self.disc.head).requires_grad_(True)
         return logs
 
 

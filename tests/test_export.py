@@ -391,12 +391,15 @@ def test_guidance_needs_a_teacher_trained_without_a_class_too(tmp_path):
     run_distill(teacher, tmp_path / "s", data_source=data, overrides=quick)
 
 
-@pytest.mark.parametrize("kind,k", [("unet", 2), ("flow", 2), ("dit", 1)])
-def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(tmp_path, kind, k):
+@pytest.mark.parametrize("kind,k,method", [("unet", 2, "dmd2"), ("flow", 2, "dmd2"), ("dit", 1, "dmd2"),
+                                           ("unet", 2, "tdm")])
+def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(tmp_path, kind, k, method):
     """The stock network and scheduler plus pipeline.py: the same images as distmatch sample from the same seed,
-    with labels drawn as distmatch draws them (the teacher's classes, uniformly) or given by index or class name."""
+    with labels drawn as distmatch draws them (the teacher's classes, uniformly) or given by index or class name
+    (tdm's student: through DDIMScheduler)."""
     teacher, data = class_folder(tmp_path, kind)
-    student = run_distill(teacher, tmp_path / "s", steps=k, data_source=data, overrides=QUIET)
+    student = run_distill(teacher, tmp_path / "s", method=method, steps=k, data_source=data,
+                          overrides=QUIET if method == "dmd2" else QUIET[:3])
     out = export_student(student, tmp_path / "export")
     name = "transformer" if kind == "dit" else "unet"
     index = json.loads((out / "model_index.json").read_text())

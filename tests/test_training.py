@@ -153,6 +153,20 @@ def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
         run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=QUIET + ["train.iters=6"])
 
 
+def test_a_run_made_before_a_setting_existed_resumes_only_as_it_ran():
+    """A key added since a run was made changes nothing, unless its default computes otherwise than before (tdm's
+    move, fdistill's discriminator): then the run ran as the old value and resuming under another is refused."""
+    from distmatch.training.guards import differences
+
+    old = {"config": {"tdm": {"huber_c": 1.0}, "fdistill": {"bins": 10}}}
+    new = {"config": {"tdm": {"huber_c": 1.0, "move": "ddim", "later": 3}, "fdistill": {"bins": 10,
+                                                                                        "features": "teacher"}}}
+    assert differences(old, new) == ["config.fdistill.features: 'critic' -> 'teacher'",
+                                     "config.tdm.move: 'renoise' -> 'ddim'"]
+    new["config"]["tdm"]["move"], new["config"]["fdistill"]["features"] = "renoise", "critic"
+    assert differences(old, new) == []
+
+
 def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, tmp_path):
     """A 1-step student uses σ_max whatever sigma_top / sigma_last say; a 2-step one's levels must agree."""
     run_distill(tiny_teacher, tmp_path / "one", overrides=distill_args(["train.iters=3"]))

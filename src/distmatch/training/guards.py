@@ -37,13 +37,19 @@ def check_launcher_options(cfg) -> None:
                         "and set train.batch_size (per process) instead")
 
 
+# Settings added to distmatch with a default that computes otherwise than before: a run made before a key existed
+# ran as its value here says, so resuming it under another value is a change of settings.
+ADDED_SETTINGS = {"tdm.move": "renoise", "fdistill.features": "critic"}
+
+
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
     out = []
     for k in keys:
-        if k not in old:  # a setting added to distmatch after this run was made: the run had none to differ
+        before = [v for key, v in ADDED_SETTINGS.items() if (prefix + k).endswith(key)]
+        if k not in old and not before:  # a setting added after this run was made, which changes nothing
             continue
-        a, b = old.get(k), new.get(k)
+        a, b = old.get(k, before[0] if before else None), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, prefix + k + ".")
         elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):

@@ -9,10 +9,10 @@ so its optimal logit is log p_σ / q_σ; the generator's GAN term reaches it thr
 r = exp(logit) at the generator's own noisy sample, logit clamped to [-10, 10], r to [0.1, 20], detached, fp32.
 As in the authors' code (NVlabs FastGen), r is divided by its running mean in its noise-level bin (10 bins, EMA
 momentum 0.5, kept as buffers so they survive resume) and h by its batch mean, so only the relative weights inside a
-batch matter. FastGen's bins are of equal width in its time t; distmatch's (`bins_by=index`) hold equal shares of
-the levels the DM gradient draws (uniform by grid index, DMD2's). The two agree for a DDPM teacher (one level per
-timestep); for an EDM one FastGen's t is σ, and its first bin (σ < 8) holds 64 % of DMD2's draws: on 8 Gaussians
-that lost modes (RESULTS.md), so equal-width bins in the teacher's time are an option (`bins_by=time`).
+batch matter. The bins are FastGen's, of equal width in the teacher's own time t (`bins_by=time`): the timestep
+for a DDPM teacher, s for a flow one, σ for an EDM one, where the first bin (σ < 8) holds 64 % of DMD2's draws;
+`bins_by=index` takes bins holding equal shares of the levels the DM gradient draws instead (the same bins for a
+DDPM teacher; RESULTS.md has both on 8 Gaussians).
 The generator's non-saturating GAN term is part of the method.
 The noisy sample x_t = x + σ ε (σ in dm_range) serves the DM gradient, r and the generator's GAN loss alike.
 """
@@ -50,8 +50,8 @@ class Options:
     ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
     bins: int = 10                     # noise-level bins of r's running mean
     bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)
-    bins_by: str = "index"             # index: equal shares of the DM levels' grid; time: equal width in the
-                                       # teacher's own time (FastGen's; σ for an EDM teacher, s for a flow one)
+    bins_by: str = "time"              # time: equal width in the teacher's own time (FastGen's; σ for an EDM
+                                       # teacher, s for a flow one); index: equal shares of the DM levels' grid
     ode_init: float = 0.0              # share of the iterations spent first regressing the student on the
                                        # teacher's ODE pairs, as dmd2.ode_init (recipe fdistill+ode); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init, made once and cached in the run folder

@@ -57,8 +57,8 @@ RECIPES = {
         "published, one: 1.11 / 1.46 on 8 / 25 Gaussians)"),
     "fdistill+ode": Recipe(
         "fdistill", "fdistill plus the ODE regression (weight 0.25), the 1-step ODE warm-up (first 25%) and one "
-        "critic per step; its discriminator on the critic's features, as dmd2's",
-        {"vector": {"fdistill": {"ode_weight": 0.25, "features": "critic"}},
+        "critic per step; its discriminator on the critic's features, as dmd2's, its ratio bins of equal shares",
+        {"vector": {"fdistill": {"ode_weight": 0.25, "features": "critic", "bins_by": "index"}},
          "vector:1": {"fdistill": {"ode_init": 0.25}},
          "vector:K": _PER_STEP_CRITICS},
         "1-step SWD x teacher 0.99-1.14 on the five 2-D presets (fdistill as published: 0.91-2.76)"),

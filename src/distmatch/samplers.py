@@ -1,7 +1,8 @@
 """Samplers over a denoiser D(x, σ, cond) in σ-space (see schedules.py). Pure functions, no I/O.
 
 Teachers solve the probability-flow ODE dx/dσ = (x - D(x, σ)) / σ on a Karras grid (Euler, or Heun = EDM
-Algorithm 1 without churn); a few-step student maps noise to data and, between its steps, re-noises (or moves DDIM-like, TDM's students).
+Algorithm 1 without churn); a few-step student maps noise to data and, between its steps, re-noises (or moves
+DDIM-like: TDM's students).
 """
 from __future__ import annotations
 

@@ -4,12 +4,12 @@ A student of a diffusers UNet2DModel teacher exports as a DDPMPipeline: its UNet
 parameterisation, the student's weights) and a scheduler that runs exactly the student's K trained levels, so
 `pipe(num_inference_steps=K)` runs the student (x̂_0 at each level, re-noised to the next): for a DDPM-family
 teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
-with `stochastic_sampling=True`. A student that moves DDIM-like between its steps (tdm) gets a
-DDIMScheduler (η = 0) or the flow scheduler's deterministic Euler step instead. The same seed gives the same
-images as `distmatch sample --seed`. A class-conditional student keeps that network and scheduler with a
-pipeline.py that passes labels (export_classes.py). A student of distmatch's own U-Net exports with its code in the folder instead (export_own.py), loaded with
-`trust_remote_code=True`. The distillation's record goes into model_index.json under "_distmatch" (diffusers
-ignores keys starting with _) and a model card (README.md).
+with `stochastic_sampling=True`. A student that moves DDIM-like between its steps (tdm) gets a DDIMScheduler
+(η = 0) or the flow scheduler's deterministic Euler step instead. The same seed gives the same images as
+`distmatch sample --seed`. A class-conditional student keeps that network and scheduler with a pipeline.py that
+passes labels (export_classes.py). A student of distmatch's own U-Net exports with its code in the folder instead
+(export_own.py), loaded with `trust_remote_code=True`. The distillation's record goes into model_index.json under
+"_distmatch" (diffusers ignores keys starting with _) and a model card (README.md).
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ from distmatch.cli import run
 from distmatch.models import load_model
 
 if __name__ == "__main__":
-    teacher_dir, out_dir, *overrides = sys.argv[1:]
+    teacher_dir, out_dir, method, *overrides = sys.argv[1:]
     torch.set_num_threads(1)
-    run(["distill", "--teacher", teacher_dir, "--out", out_dir, "--steps", "2", "--set", *overrides])
+    run(["distill", "--teacher", teacher_dir, "--out", out_dir, "--method", method, "--steps", "2", "--set",
+         *overrides])
     model = load_model(out_dir)
     torch.save(model.denoiser.state_dict(), Path(out_dir) / f"rank{PartialState().process_index}.pt")

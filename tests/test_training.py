@@ -297,15 +297,20 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
-def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path):
+@pytest.mark.parametrize("method", ["dmd2", "fdistill"])
+def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
     """DDP over gloo, launched the documented way (`accelerate launch --multi_gpu --num_processes 2` starts two CPU
     processes): gradients are averaged across ranks, so both end with the same weights although each drew its own
-    data and noise; the command says it is done once, not once per process."""
+    data and noise; the command says it is done once, not once per process. fdistill: with its discriminator's
+    own head and optimizer beside the critic."""
     out = tmp_path / "ddp"
+    args = [*distill_args(), "train.iters=6", "train.ckpt_every=100"]
+    if method != "dmd2":
+        args = [a.replace("dmd2.", f"{method}.") for a in args]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           str(Path(__file__).parent / "ddp_worker.py"), str(tiny_teacher), str(out),
-           *distill_args(["train.iters=6", "train.ckpt_every=100"])]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "29533" if method == "dmd2" else "29535", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_teacher),
+           str(out), method, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("student ready in") == 1, done.stdout

@@ -303,7 +303,7 @@ def test_a_tdm_student_moves_along_its_own_noise_and_exports_with_a_deterministi
         pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
         pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
         pipe.save_pretrained(folder)
-    student = run_distill(folder, tmp_path / "s", method="tdm", overrides=QUIET[:3])
+    student = run_distill(folder, tmp_path / "s", method="tdm", overrides=QUIET[:3] + ["tdm.move=ddim"])
     out = export_student(student, tmp_path / "export")
     record = json.loads((out / "model_index.json").read_text())["_distmatch"]
     assert record["move"] == "ddim" and record["steps"] == 4 and "DDIM-like" in (out / "README.md").read_text()
@@ -343,7 +343,8 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
     np.savez(tmp_path / "d.npz", images=images, **({"labels": np.arange(48) % 3} if labelled else {}))
     tiny = ["train.progress=false", "train.batch_size=8", "train.iters=2"]
     teacher = train_teacher(str(tmp_path / "d.npz"), tmp_path / "t", overrides=tiny + ["network.channels=[8,8]"])
-    student = run_distill(teacher, tmp_path / "s", method=method, steps=2, overrides=tiny)
+    student = run_distill(teacher, tmp_path / "s", method=method, steps=2,
+                          overrides=tiny + (["tdm.move=ddim"] if method == "tdm" else []))
     out = export_student(student, tmp_path / "export")
     assert json.loads((out / "student" / "config.json").read_text())["move"] == ("ddim" if method == "tdm" else
                                                                                  "renoise")
@@ -399,7 +400,7 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
     (tdm's student: through DDIMScheduler)."""
     teacher, data = class_folder(tmp_path, kind)
     student = run_distill(teacher, tmp_path / "s", method=method, steps=k, data_source=data,
-                          overrides=QUIET if method == "dmd2" else QUIET[:3])
+                          overrides=QUIET if method == "dmd2" else QUIET[:3] + ["tdm.move=ddim"])
     out = export_student(student, tmp_path / "export")
     name = "transformer" if kind == "dit" else "unet"
     index = json.loads((out / "model_index.json").read_text())

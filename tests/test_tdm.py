@@ -183,3 +183,12 @@ def test_tdm_refuses_backsim_it_does_not_use(tmp_path):
     with pytest.raises(UserError, match="tdm does not use student.backsim"):
         run_distill(teacher_dir, tmp_path / "s", method="tdm", overrides=QUIET + ["student.backsim=shared"])
     assert not (tmp_path / "s" / "model.safetensors").exists()
+
+
+def test_tdm_moves_ddim_like_on_vectors_and_re_noises_on_images():
+    """The authors' trajectory on vectors; images re-noise (TDM's trajectory lost the digits, RESULTS.md)."""
+    from distmatch.methods import defaults_for
+    from distmatch.methods.tdm import Options
+
+    assert Options().move == "ddim" and defaults_for("tdm", "vector", 4).get("tdm", {}).get("move", "ddim") == "ddim"
+    assert defaults_for("tdm", "image", 4)["tdm"]["move"] == "renoise"

@@ -10,7 +10,8 @@ As in the authors' code the student moves between its steps DDIM-like, along its
 deterministic scheduler). A trajectory sample at s is that point diffused on with fresh noise z,
 x_s = x_{k+1} + sqrt(s² - σ²_{k+1}) z, whose noise m = (x_s - x̂_0^k) / s is not quite Gaussian; the critic's loss is
 weighted per sample by the authors' importance weight exp(-mean(m²)/2) / exp(-mean(z²)/2). `move=renoise` re-noises
-with fresh noise instead, as the other methods' students (x_s = x̂_0^k + s z, weight 1).
+with fresh noise instead, as the other methods' students (x_s = x̂_0^k + s z, weight 1): the default on images,
+where the DDIM-like trajectory lost the digits in its last step (RESULTS.md).
 
 The authors' code draws t ~ U[max(20, t_{k+1}), t_k - 10] in SD's 1000 timesteps. Here the timestep space is the
 teacher's own grid of levels (its timesteps; for distmatch's own teachers the 1000-point Karras grid DMD2's ranges
@@ -51,9 +52,11 @@ _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0, "weight_decay": 1e-2}  # the a
 # TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
 # A flow teacher's stock K levels end at its lowest training level, an interval too short for TDM's last step: its
 # levels end at s = shift(0.25), where DMD2's 4-step students start their last step (t = 249 of 1000).
+# Images re-noise between steps: TDM's DDIM-like trajectory lost the digits in their last step (FD 28x the
+# teacher's at 2000 iterations, RESULTS.md); tdm.move=ddim runs it.
 DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
                        "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "flow_terminal": 0.25}},
-            "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25}}}
+            "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25}, "tdm": {"move": "renoise"}}}
 
 
 @dataclass

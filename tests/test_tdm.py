@@ -185,10 +185,12 @@ def test_tdm_refuses_backsim_it_does_not_use(tmp_path):
     assert not (tmp_path / "s" / "model.safetensors").exists()
 
 
-def test_tdm_moves_ddim_like_on_vectors_and_re_noises_on_images():
-    """The authors' trajectory on vectors; images re-noise (TDM's trajectory lost the digits, RESULTS.md)."""
+def test_tdm_takes_its_distance_per_element_on_vectors_and_per_sample_on_images():
+    """The authors' trajectory everywhere; the code's per-element pseudo-Huber on vectors, the paper's per-sample
+    one on images (per element the last step lost the digits, RESULTS.md)."""
     from distmatch.methods import defaults_for
     from distmatch.methods.tdm import Options
 
-    assert Options().move == "ddim" and defaults_for("tdm", "vector", 4).get("tdm", {}).get("move", "ddim") == "ddim"
-    assert defaults_for("tdm", "image", 4)["tdm"]["move"] == "renoise"
+    assert Options().move == "ddim" and Options().huber == "element"
+    assert "tdm" not in defaults_for("tdm", "vector", 4)
+    assert defaults_for("tdm", "image", 4)["tdm"] == {"huber": "sample"}

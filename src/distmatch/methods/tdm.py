@@ -23,8 +23,8 @@ over the batch) at a level in that step's interval; then the student runs one st
 gradients and is regressed onto x̂_0 + (x̂_real - x̂_fake) (+ the CFG term via the guided real score) with a
 pseudo-Huber distance per element (the authors' code; `huber=sample` takes one distance per sample) divided by
 mean |x̂_0 - x̂_real| (on images per sample, the paper's d(x, y) = sqrt(||x - y||² + c²) - c: per element, the
-last step lost the digits, RESULTS.md). As in the authors' code the critic learns at five times the student's rate, AdamW decays both
-by 1e-2 and only the student's gradient is clipped (at 1).
+last step lost the digits, RESULTS.md). As in the authors' code the critic learns at five times the student's
+rate, AdamW decays both by 1e-2 and only the student's gradient is clipped (at 1).
 
 The pseudo-Huber constant c sets what kind of push that is. With the authors' c = 1e-3 (the default) each element's
 distance is |x̂_fake - x̂_real| wherever its gap exceeds c, so each element gets a push of unit size (its sign) over
@@ -52,8 +52,7 @@ _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0, "weight_decay": 1e-2}  # the a
 # TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
 # A flow teacher's stock K levels end at its lowest training level, an interval too short for TDM's last step: its
 # levels end at s = shift(0.25), where DMD2's 4-step students start their last step (t = 249 of 1000).
-# Images take the pseudo-Huber distance per sample (the paper's formula; the code's per element lost the digits:
-# FD 28x the teacher's against 1.17x, RESULTS.md); tdm.huber=element runs the code's.
+# Images take the pseudo-Huber distance per sample (see the module's docstring); tdm.huber=element runs the code's.
 DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
                        "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "flow_terminal": 0.25}},
             "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25}, "tdm": {"huber": "sample"}}}

@@ -249,6 +249,17 @@ def test_real_process_prints_one_line(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "none.npz" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_the_documented_launch_passes_the_one_line_on(tmp_path):
+    """The README launches with `accelerate launch -q`: without -q accelerate re-raises a refused command as its
+    own traceback; with it the command's one line is all the user reads, and the exit status stays non-zero."""
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "distmatch.cli", "distill", "--teacher", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.count("distmatch: error:") == 1 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_settings_reference_is_current():
     """docs/settings.md is generated from the option dataclasses; regenerate it when an option changes."""
     from pathlib import Path

@@ -2,8 +2,10 @@
 
     python bench/methods.py compare  --out bench/out/methods [--only moons,digits]   # `distmatch compare` per data set
     python bench/methods.py fdiv     --out bench/out/methods [--iters 2000]         # mode coverage per f-divergence
-    python bench/methods.py msd      --out bench/out/methods                        # 4 students vs 1 on digits
-    python bench/methods.py msd2d    --out bench/out/methods [--only 8gaussians-labeled]  # the same on labelled 2-D
+    python bench/methods.py msd      --out bench/out/methods [--rows msd-8k,msd-dm-8k]  # 4 students vs 1 on digits
+    python bench/methods.py msd2d    --out bench/out/methods [--only 8gaussians-labeled] [--rows msd,msd-dm]
+                                                                                    # the same on labelled 2-D
+`--rows` runs only the named rows (their run folders' names; the teacher always), and each part resumes.
 
 Each writes <out>/<part>.json and <out>/<part>.md (copied into bench/RESULTS.md by hand).
 """
@@ -79,7 +81,7 @@ def run_fdiv(out: Path, iters: int) -> None:
                                                   "smallest_mode_share"]) + "\n")
 
 
-def run_msd(out: Path) -> None:
+def run_msd(out: Path, only_rows: list[str]) -> None:
     from distmatch.data import load_data
     from distmatch.methods import run_distill
     from distmatch.eval.evaluate import evaluate_model
@@ -90,13 +92,17 @@ def run_msd(out: Path) -> None:
     teacher = load_model(tdir)
     ref = load_data("digits", split="test", spec=teacher.spec)
     train = load_data("digits", spec=teacher.spec)
-    plan = [("dmd2", "dmd2", ["train.iters=2000"]),
-            ("dmd2 without GAN (the recipe each MSD student follows)", "dmd2", ["train.iters=2000", "dmd2.gan=false"]),
-            ("msd 4 students, same total iterations", "msd", ["train.iters=2000"]),
-            ("msd 4 students, 4x iterations (each as dmd2)", "msd", ["train.iters=8000"])]
+    plan = [("dmd2", "dmd2", "dmd2", ["train.iters=2000"]),
+            ("dmd2 without GAN", "dmd2-without-GAN", "dmd2", ["train.iters=2000", "dmd2.gan=false"]),
+            ("msd 4 students, same total iterations", "msd-4-students", "msd", ["train.iters=2000"]),
+            ("msd 4 students, 4x iterations (each as dmd2)", "msd-8k", "msd", ["train.iters=8000"]),
+            ("msd 4 students, 4x iterations, DM stage only (msd.gan=false)", "msd-dm-8k", "msd",
+             ["train.iters=8000", "msd.gan=false"])]
     rows = []
-    for name, method, extra in plan:
-        run_dir = out / "msd" / (name.split(",")[0].split(" (")[0].replace(" ", "-") + ("-8k" if "4x" in name else ""))
+    for name, folder, method, extra in plan:
+        if only_rows and folder not in only_rows:
+            continue
+        run_dir = out / "msd" / folder
         t0 = time.perf_counter()
         run_distill(tdir, run_dir, method=method, overrides=QUIET + extra)
         seconds = round(time.perf_counter() - t0, 1)
@@ -112,7 +118,7 @@ def run_msd(out: Path) -> None:
                                                  "samples_per_s", "distill_s"]) + "\n")
 
 
-def run_msd2d(out: Path, only: list[str]) -> None:
+def run_msd2d(out: Path, only: list[str], only_rows: list[str]) -> None:
     """MSD (4 students) and one DMD2 student, both 1-step at their defaults, against the class-conditional exact
     teacher of each labelled 2-D preset: SWD against the held-out split (5000 samples, mean of 3 seeds)."""
     from distmatch.data import load_data
@@ -127,11 +133,15 @@ def run_msd2d(out: Path, only: list[str]) -> None:
         teacher = load_model(tdir)
         ref = load_data(data, split="test", spec=teacher.spec)
         rows = []
-        for name, model_dir, method in [("teacher", None, None), ("dmd2 1-step", root / "dmd2", "dmd2"),
-                                        ("msd 4 students, 1-step", root / "msd", "msd")]:
+        plan = [("teacher", None, None, []), ("dmd2 1-step", root / "dmd2", "dmd2", []),
+                ("msd 4 students, 1-step", root / "msd", "msd", []),
+                ("msd 4 students, 1-step, DM stage only (msd.gan=false)", root / "msd-dm", "msd", ["msd.gan=false"])]
+        for name, model_dir, method, extra in plan:
+            if method and only_rows and model_dir.name not in only_rows:
+                continue
             t0 = time.perf_counter()
             if method:
-                run_distill(tdir, model_dir, method=method, overrides=QUIET)
+                run_distill(tdir, model_dir, method=method, overrides=QUIET + extra)
             seconds = round(time.perf_counter() - t0, 1) if method else None
             model = teacher if method is None else load_model(model_dir)
             evals = [evaluate_model(model, ref, n=5000, seed=s, speed=False) for s in range(3)]
@@ -151,6 +161,7 @@ def main():
     ap.add_argument("part", choices=["compare", "fdiv", "msd", "msd2d"])
     ap.add_argument("--out", default="bench/out/methods")
     ap.add_argument("--only", default="")
+    ap.add_argument("--rows", default="")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -162,9 +173,9 @@ def main():
     elif args.part == "fdiv":
         run_fdiv(out, args.iters)
     elif args.part == "msd2d":
-        run_msd2d(out, [d for d in args.only.split(",") if d])
+        run_msd2d(out, [d for d in args.only.split(",") if d], [r for r in args.rows.split(",") if r])
     else:
-        run_msd(out)
+        run_msd(out, [r for r in args.rows.split(",") if r])
 
 
 if __name__ == "__main__":

@@ -105,20 +105,39 @@ def test_saved_model_routes_each_class_to_its_owner_only(msd_run):
     assert sorted(i for i, _ in calls) == [0, 1] and sum(n for _, n in calls) == 64
 
 
-def test_msd_resumed_run_equals_uninterrupted(tmp_path):
-    """Small students across the pre-stage / distillation boundary: every module, optimizer and draw survives."""
+def test_msd_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    """Small students stopped (as by Ctrl-C) inside the pre-stage and resumed across both stage boundaries (teacher
+    score matching -> DM at 8, DM -> ADM at 14): every module, optimizer and draw survives."""
+    from distmatch.training import trainer
+    from distmatch.training.trainer import Interrupted
+
     teacher = train_teacher("8gaussians-labeled", tmp_path / "t", overrides=TINY + QUIET)
+    args = QUIET + ["train.batch_size=32", "train.ckpt_every=7", "msd.students=2", "msd.small=true",
+                    "msd.prestage_iters=8", "msd.critic_ratio=2", "msd.partition=kmeans", "train.iters=20"]
+    run_distill(teacher, tmp_path / "full", method="msd", overrides=args)
 
-    def args(iters):
-        return QUIET + ["train.batch_size=32", "train.ckpt_every=7", "msd.students=2", "msd.small=true",
-                        "msd.prestage_iters=8", "msd.critic_ratio=2", "msd.partition=kmeans", f"train.iters={iters}"]
+    class StopAtSix(trainer.StopRequest):
+        checks = 0
 
-    run_distill(teacher, tmp_path / "full", method="msd", overrides=args(20))
-    run_distill(teacher, tmp_path / "half", method="msd", overrides=args(10))
-    run_distill(teacher, tmp_path / "half", method="msd", overrides=args(20))
+        @property
+        def requested(self):  # asked once before each step: the 7th time is before iteration 6
+            StopAtSix.checks += 1
+            return StopAtSix.checks > 6
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", StopAtSix)
+        with pytest.raises(Interrupted):
+            run_distill(teacher, tmp_path / "half", method="msd", overrides=args)
+    run_distill(teacher, tmp_path / "half", method="msd", overrides=args)
     a, b = (load_file(str(Path(tmp_path / r) / ckpt.MODEL)) for r in ("full", "half"))
     assert a.keys() == b.keys() and any(k.startswith("students.1.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(line) for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
+    assert "loss_gan_d" not in logs[0] and "loss_gan_d" in logs[-1]  # the ADM stage ran after the resume
 
 
 def test_small_students_are_smaller_and_pretrained_on_the_teacher(labelled_teacher, tmp_path):
@@ -196,3 +215,18 @@ def test_small_students_settings_need_msd_small():
         with pytest.raises(UserError, match="shape small students: set msd.small=true"):
             Options(**shape).validate()
     Options(small=True, student_width=8).validate()
+
+
+def test_adm_stage_takes_each_students_real_data_from_its_own_classes():
+    """The GAN of student i sees real rows of i's classes only; a student whose classes have no data is refused."""
+    from types import SimpleNamespace
+
+    from distmatch.methods.msd import own_rows
+
+    labels = torch.tensor([0, 3, 1, 2, 3, 0, 2])
+    rows = own_rows(SimpleNamespace(labels=labels), owner=[0, 0, 1, 1], students=2)
+    assert [r.tolist() for r in rows] == [[0, 2, 5], [1, 3, 4, 6]]
+    with pytest.raises(UserError, match=r"none of classes \[2, 3\].*msd.gan=false"):
+        own_rows(SimpleNamespace(labels=torch.tensor([0, 1, 1])), owner=[0, 0, 1, 1], students=2)
+    with pytest.raises(UserError, match="no labels"):
+        own_rows(SimpleNamespace(labels=None), owner=[0, 1], students=2)

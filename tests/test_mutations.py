@@ -92,9 +92,9 @@ def leak(monkeypatch):
     monkeypatch.setattr(tdm.TDM, "rollout", rollout_with_graph)
     monkeypatch.setattr(tdm.TDM, "critic_step", stepping_the_student(tdm.TDM.critic_step))
 
-    def msd_critic_step(self, i, cond):  # msd: student i's own optimizer
+    def msd_critic_step(self, i, cond, *args):  # msd: student i's own optimizer
         self.opt_g[i].zero_grad(set_to_none=True)
-        logs = msd_update(self, i, cond)
+        logs = msd_update(self, i, cond, *args)
         self.opt_g[i].step()
         return logs
 

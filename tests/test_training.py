@@ -155,15 +155,18 @@ def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
 
 def test_a_run_made_before_a_setting_existed_resumes_only_as_it_ran():
     """A key added since a run was made changes nothing, unless its default computes otherwise than before (tdm's
-    move, fdistill's discriminator): then the run ran as the old value and resuming under another is refused."""
+    move, fdistill's discriminator, msd's ADM stage): then the run ran as the old value and resuming under another
+    is refused."""
     from distmatch.training.guards import differences
 
-    old = {"config": {"tdm": {"huber_c": 1.0}, "fdistill": {"bins": 10}}}
+    old = {"config": {"tdm": {"huber_c": 1.0}, "fdistill": {"bins": 10}, "msd": {"students": 2}}}
     new = {"config": {"tdm": {"huber_c": 1.0, "move": "ddim", "later": 3}, "fdistill": {"bins": 10,
-                                                                                        "features": "teacher"}}}
+                                                                                        "features": "teacher"},
+                      "msd": {"students": 2, "gan": True, "adm_start": 0.5}}}
     assert differences(old, new) == ["config.fdistill.features: 'critic' -> 'teacher'",
-                                     "config.tdm.move: 'renoise' -> 'ddim'"]
+                                     "config.msd.gan: False -> True", "config.tdm.move: 'renoise' -> 'ddim'"]
     new["config"]["tdm"]["move"], new["config"]["fdistill"]["features"] = "renoise", "critic"
+    new["config"]["msd"]["gan"] = False
     assert differences(old, new) == []
 
 

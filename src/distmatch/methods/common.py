@@ -258,7 +258,7 @@ class DistributionMatching:
         _, sigma = self.levels(n)
         logs = {}
         with self.ctx.autocast():
-            if self.ctx.unwrap(critic).head is not None:
+            if self.ctx.unwrap(critic).head is not None and real_x is not None:
                 _, sigma_r = self.levels(n)
                 both = torch.cat([noised(fake, sigma), noised(real_x, sigma_r)])
                 cond2 = torch.cat([cond, cond]) if cond is not None else None
@@ -267,9 +267,10 @@ class DistributionMatching:
                 loss_d = gan_discriminator_loss(logits[:n], logits[n:])
                 loss = loss_fake + gan_weight_d * loss_d
                 logs["loss_gan_d"] = loss_d.item()
-            else:
-                x0, _ = critic(noised(fake, sigma), sigma, cond, steps)
+            else:  # a head not yet trained (msd's DM stage) stays in the graph at weight 0: DDP reduces it alike
+                x0, logits = critic(noised(fake, sigma), sigma, cond, steps)
                 loss = loss_fake = critic_loss(x0, fake, sigma, self.sigma_data)
+                loss = loss if logits is None else loss + 0.0 * logits.float().sum()
         self.optimizer_step(critic, opt_c, loss)
         logs["loss_critic"] = loss_fake.item()
         if hasattr(self, "fit_discriminator") and real_x is not None:  # a discriminator of its own (fdistill)

@@ -1,9 +1,11 @@
 """MSD (Song et al. 2024, arXiv 2410.23274): multi-student distillation behind a class router.
 
 K students each own a disjoint set of classes (equal contiguous splits, or a balanced k-means of the per-class
-data means) and are each distilled like DMD2 without GAN on their own classes only: labels drawn from the
-student's classes, its own critic initialised from the teacher. At sampling time a ClassRouter sends each label
-to its owner, so the NFE stays that of one student.
+data means) and are each distilled on their own classes only, with a critic of their own initialised from the
+teacher, in the paper's two stages: DM (DMD2's distribution matching and two time-scale critic, no GAN), then ADM,
+which resumes from it and adds DMD2's GAN: a head on the student's critic, trained on real data of the student's
+own classes (`msd.gan`, from `msd.adm_start` of the distillation on). At sampling time a ClassRouter sends each
+label to its owner, so the NFE stays that of one student.
 
 Cost: one iteration trains ONE student (student `it % K`, a DMD2 iteration: critic every turn, generator every
 `critic_ratio`-th turn of that student), so an MSD iteration costs what a DMD2 iteration does and each student gets
@@ -30,8 +32,8 @@ from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
 from .common import (Critic, DistributionMatching, RealScore, check_dm_range, draw_labels,
-                     init_copy, refuse_student_options, student_network_config)
-from .losses import dm_loss
+                     init_copy, noised, refuse_student_options, student_network_config)
+from .losses import dm_loss, gan_generator_loss, gan_scale
 from .router import ClassRouter
 
 # Students own few classes each and get train.iters / K iterations: on vectors Adam's beta1 0.9 and the rate 1e-4
@@ -57,6 +59,12 @@ class Options:
     student_channels: list[int] = field(default_factory=list)  # small U-Net students (empty: half the teacher's)
     prestage_iters: int = 500          # small students: teacher score matching iterations before distillation
     prestage_lr: float = 1e-3          # learning rate of teacher score matching
+    gan: bool = True                   # the ADM stage: DMD2's GAN on real data of each student's own classes
+    adm_start: float = 0.5             # share of the distillation iterations in the DM stage before ADM begins
+                                       # (the paper's stage lengths could not be read; half each)
+    gan_weight_g: float = 0.5          # generator GAN weight, as dmd2's (balanced against the DM gradient's norm)
+    gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
+    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as DMD2's code
 
     def validate(self):
         if self.students < 0:
@@ -73,6 +81,9 @@ class Options:
             raise UserError("msd.student_width must be >= 0, msd.student_channels positive, msd.guidance >= 0")
         if self.lr_critic < 0:
             raise UserError(f"msd.lr_critic must be >= 0 (0: train.lr), got {self.lr_critic}")
+        if not 0.0 <= self.adm_start < 1.0 or self.gan_weight_g < 0 or self.gan_weight_d < 0:
+            raise UserError(f"msd.adm_start must be in [0, 1) and the GAN weights >= 0, got adm_start="
+                            f"{self.adm_start}")
 
 
 # ---------------------------------------------------------------- partitions of the classes
@@ -138,6 +149,20 @@ def class_owners(teacher, opts: Options, data=None) -> list[int]:
     return contiguous_partition(k, students)
 
 
+def own_rows(data, owner: list[int], students: int) -> list[torch.Tensor]:
+    """The data rows of each student's classes: the real side of its GAN."""
+    if data is None or data.labels is None:
+        raise UserError("msd's ADM stage trains each student's GAN on real data of its classes, and these data "
+                        "carry no labels: give labelled data (--data), or turn the stage off (msd.gan=false)")
+    of = torch.as_tensor(owner)[data.labels.cpu()]
+    rows = [(of == i).nonzero().flatten() for i in range(students)]
+    if empty := [i for i, r in enumerate(rows) if not len(r)]:
+        classes = [c for c, j in enumerate(owner) if j == empty[0]]
+        raise UserError(f"msd's ADM stage trains each student's GAN on real data of its classes, and the data hold "
+                        f"none of classes {classes}: give data of every class, or turn the stage off (msd.gan=false)")
+    return rows
+
+
 def small_network(net_cfg: dict, opts: Options) -> dict:
     """The network config of a small student: the teacher's, narrower (and optionally shallower)."""
     cfg = copy.deepcopy(net_cfg)
@@ -159,8 +184,9 @@ class MSD(DistributionMatching, Method):
 
     @classmethod
     def needs_data(cls, cfg) -> bool:
-        # teacher score matching regresses at noisy data; k-means groups the classes by their data's means
-        return (cfg.msd.small and cfg.msd.prestage_iters > 0) or cfg.msd.partition == "kmeans"
+        # teacher score matching regresses at noisy data; k-means groups the classes by their data's means; the
+        # ADM stage's GAN tells real data from the students' samples
+        return (cfg.msd.small and cfg.msd.prestage_iters > 0) or cfg.msd.partition == "kmeans" or cfg.msd.gan
 
     def __init__(self, ctx, teacher, cfg, sigmas: list[float], data=None):
         refuse_student_options(cfg, self.name)
@@ -187,6 +213,9 @@ class MSD(DistributionMatching, Method):
             params = [p for gen in self.gens for p in gen.parameters()]
             self.opt_pre = ctx.make_optimizer(params, lr=opts.prestage_lr)
         self.weights = [self.student_class_weights(teacher.class_weights, i) for i in range(self.n_students)]
+        self.adm_from = self.prestage + int(round(opts.adm_start * (cfg.train.iters - self.prestage)))
+        self.real_rows = own_rows(data, self.owner, self.n_students) if opts.gan else None
+        self.data = data
         self.set_student(teacher.schedule, sigmas, teacher.spec.shape, ctx.device, cfg.student)
 
     def add_student(self, teacher):
@@ -201,7 +230,8 @@ class MSD(DistributionMatching, Method):
         self.gens.append(ctx.prepare(gen))
         # after prepare: a small student's random start is the first process's on every process, and so its EMA
         self.emas.append(ema_copy(ctx.unwrap(self.gens[-1])))
-        self.critics.append(ctx.prepare(Critic(init_copy(teacher.init_net, ctx.device), gan=False).to(ctx.device)))
+        critic = Critic(init_copy(teacher.init_net, ctx.device), gan=opts.gan)
+        self.critics.append(ctx.prepare(critic.to(ctx.device)))
         self.opt_g.append(ctx.make_optimizer(self.gens[-1].parameters()))
         self.opt_c.append(ctx.make_optimizer(self.critics[-1].parameters(), lr=opts.lr_critic or None))
 
@@ -226,11 +256,18 @@ class MSD(DistributionMatching, Method):
         if it < self.prestage:
             return self.prestage_step(batch)
         i, turn = (it - self.prestage) % self.n_students, (it - self.prestage) // self.n_students
-        cond = draw_labels(self.weights[i], self.ctx.train.batch_size, self.ctx.device)
-        logs = self.critic_step(i, cond)
+        adm = self.opts.gan and it >= self.adm_from
+        n = self.ctx.train.batch_size
+        real_x, cond = self.own_real(i, n) if adm else (None, draw_labels(self.weights[i], n, self.ctx.device))
+        logs = self.critic_step(i, cond, real_x)
         if turn % self.opts.critic_ratio == 0:
-            logs.update(self.generator_step(i, cond))
+            logs.update(self.generator_step(i, cond, adm))
         return logs
+
+    def own_real(self, i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n real samples of student i's own classes, with their labels (the fake samples are drawn at those)."""
+        rows = self.real_rows[i][torch.randint(len(self.real_rows[i]), (n,))]
+        return self.data.x[rows].to(self.ctx.device), self.data.labels[rows].to(self.ctx.device)
 
     def prestage_step(self, batch: Batch) -> dict[str, float]:
         """Teacher score matching: every small student regresses onto the teacher on its classes' share of the batch."""
@@ -259,10 +296,11 @@ class MSD(DistributionMatching, Method):
             ema_update(ema, self.ctx.unwrap(gen), decay)
         return {"loss_tsm": total.item() / len(self.gens)}
 
-    def critic_step(self, i: int, cond) -> dict[str, float]:
-        return self.fit_critic(self.gens[i], self.critics[i], self.opt_c[i], len(cond), cond)
+    def critic_step(self, i: int, cond, real_x=None) -> dict[str, float]:
+        return self.fit_critic(self.gens[i], self.critics[i], self.opt_c[i], len(cond), cond, real_x,
+                               self.opts.gan_weight_d)
 
-    def generator_step(self, i: int, cond) -> dict[str, float]:
+    def generator_step(self, i: int, cond, adm: bool = False) -> dict[str, float]:
         n, gen = len(cond), self.gens[i]
         steps = self.student.pick_step(self.ctx.shared_generator, n)
         critic = self.freeze(self.critics[i])
@@ -270,10 +308,18 @@ class MSD(DistributionMatching, Method):
             x = self.student.sample(gen, cond, steps, grad=True).float()
         _, sigma = self.levels(n, *self.opts.dm_range)
         g = self.dm_grad(critic, x, sigma, cond, steps)
-        loss = dm_loss(x, g)
+        loss = loss_dm = dm_loss(x, g)
+        logs = {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
+        if adm:  # DMD2's generator GAN term, on the student's own critic's head
+            _, sigma_g = self.levels(n)
+            with self.ctx.autocast():
+                _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
+            loss_g = gan_generator_loss(logits)
+            loss = loss + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
+            logs["loss_gan_g"] = loss_g.item()
         # EMA warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
         self.end_student_turn(gen, self.opt_g[i], self.emas[i], critic, self.opt_c[i], loss)
-        return {"loss_dm": loss.item(), "dm_grad": g.abs().mean().item()}
+        return logs
 
     def export(self):
         weights = {f"students.{i}.{k}": v for i, ema in enumerate(self.emas) for k, v in ema.state_dict().items()}

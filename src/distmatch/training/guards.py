@@ -39,7 +39,7 @@ def check_launcher_options(cfg) -> None:
 
 # Settings added to distmatch with a default that computes otherwise than before: a run made before a key existed
 # ran as its value here says, so resuming it under another value is a change of settings.
-ADDED_SETTINGS = {"tdm.move": "renoise", "fdistill.features": "critic"}
+ADDED_SETTINGS = {"tdm.move": "renoise", "fdistill.features": "critic", "msd.gan": False}
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

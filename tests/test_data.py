@@ -178,19 +178,30 @@ def test_grayscale_folder_is_one_channel(tmp_path):
     assert data.x.shape == (3, 1, 5, 5) and data.labels is None
 
 
-def test_what_reading_a_folder_loses_is_said(tmp_path, capsys):
-    """Alpha channels are dropped and 16-bit grayscale is rescaled to 8 bits: each said once, with a count."""
+def test_a_folder_keeps_transparency_and_16_bits(tmp_path, capsys):
+    """An alpha channel that is not fully opaque is kept (4 channels; an image without one gets an opaque one, said
+    once with a count); a fully opaque one carries nothing and is dropped; 16-bit grayscale stays 16-bit."""
     Image.new("RGBA", (5, 5), (200, 10, 20, 128)).save(tmp_path / "a.png")
     Image.new("RGBA", (5, 5), (100, 10, 20, 255)).save(tmp_path / "b.png")
     _write_png(tmp_path / "c.png", (5, 5), "RGB", 60)
     data = load_data(str(tmp_path))
-    assert data.x.shape == (3, 3, 5, 5)
-    assert "2 image(s) with an alpha channel, dropped" in capsys.readouterr().err
+    back = data.spec.to_user(data.x)
+    assert back.shape == (3, 5, 5, 4) and back[:, 0, 0].tolist() == [[200, 10, 20, 128], [100, 10, 20, 255],
+                                                                      [60, 10, 20, 255]]
+    assert "gave 2 image(s) without transparency an opaque alpha channel" in capsys.readouterr().err
+    (tmp_path / "opaque").mkdir()
+    Image.new("RGBA", (5, 5), (100, 10, 20, 255)).save(tmp_path / "opaque" / "b.png")
+    assert load_data(str(tmp_path / "opaque")).x.shape == (1, 3, 5, 5)
     (tmp_path / "deep").mkdir()
     Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(tmp_path / "deep" / "d.png")
+    Image.fromarray(np.full((5, 5), 1000, dtype=np.uint16)).save(tmp_path / "deep" / "e.png")
     deep = load_data(str(tmp_path / "deep"))
-    assert deep.spec.to_user(deep.x).max() == 255
-    assert "1 image(s) 16-bit, rescaled to 8" in capsys.readouterr().err
+    back = deep.spec.to_user(deep.x)
+    assert back.dtype == np.uint16 and sorted(back[:, 0, 0, 0].tolist()) == [1000, 65535]
+    _write_png(tmp_path / "deep" / "f.png", (5, 5), "L", 255)
+    back = load_data(str(tmp_path / "deep")).spec.to_user(load_data(str(tmp_path / "deep")).x)
+    assert sorted(back[:, 0, 0, 0].tolist()) == [1000, 65535, 65535]
+    assert "scaled 1 8-bit image(s) to 16 bits" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- bad input: one-line UserErrors

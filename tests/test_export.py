@@ -480,3 +480,35 @@ def test_an_export_removes_the_drafts_a_killed_export_left(tmp_path):
         (folder / "unet").mkdir()
     remove_stale_drafts(tmp_path / "exp")
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_class_folders_student_and_its_export_sample_and_score_as_the_data(tmp_path, capsys):
+    """Class sub-folders named 0..2 feed a 3-class diffusers teacher and score its student (they were refused as
+    labels '0' not among the classes 0, 1, 2); `sample` of the export gives what the run folder gives, in the
+    data's own layout and dtype (it gave [-1, 1] NCHW floats)."""
+    from PIL import Image
+
+    from distmatch.cli import main
+
+    teacher, _ = class_folder(tmp_path, "unet")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (tmp_path / "png" / str(i % 3)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)[..., 0]).save(tmp_path / "png" / str(i % 3)
+                                                                                     / f"{i}.png")
+    student = run_distill(teacher, tmp_path / "s", data_source=str(tmp_path / "png"), overrides=QUIET)
+    out = export_student(student, tmp_path / "export")
+    def cli(*argv) -> int:
+        with pytest.raises(SystemExit) as done:
+            main(list(argv))
+        return done.value.code
+
+    got = {}
+    for name, model in (("run", student), ("export", out)):
+        assert cli("sample", "--model", str(model), "--n", "4", "--seed", "3", "--out", str(tmp_path / f"{name}.npz")) == 0
+        got[name] = np.load(tmp_path / f"{name}.npz")
+    assert got["export"]["samples"].dtype == np.uint8 and got["export"]["samples"].shape == (4, 8, 8, 1)
+    assert all(np.array_equal(got["run"][k], got["export"][k]) for k in got["run"].files)
+    code = cli("evaluate", "--model", str(out), "--data", str(tmp_path / "png"), "--n", "12", "--out",
+               str(tmp_path / "e.json"))
+    assert code == 0, capsys.readouterr().err

@@ -150,7 +150,7 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     sigmas = model.config["sigmas"]
     record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
               "sigmas": sigmas, "move": model.config.get("move", "renoise"), "teacher": model.config.get("teacher_dir"),
-              "data": model.spec.source or None}
+              "data": model.spec.source or None, "spec": model.spec.to_dict()}  # samples come back as the data
     out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
     remove_stale_drafts(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}."))

@@ -60,7 +60,8 @@ class LoadedModel:
         if steps < 1:
             raise UserError(f"--steps must be >= 1, got {steps}")
         if self.kind == "student" and steps > len(self.config["sigmas"]):
-            raise UserError(f"this student was trained for at most {len(self.config['sigmas'])} steps; got --steps {steps}")
+            k = len(self.config["sigmas"])
+            raise UserError(f"this student was trained for at most {k} step{'s' if k > 1 else ''}; got --steps {steps}")
         return steps
 
     def nfe(self, steps: int | None = None) -> int:

@@ -153,6 +153,9 @@ def _label_indices(labels: np.ndarray | None, class_names: list, origin: str) ->
     if labels is None or not class_names:
         return None
     index = {name: i for i, name in enumerate(class_names)}
+    # a model whose classes are numbers (a diffusers teacher's 0..C-1) reads the class sub-folders named 0..C-1
+    for i, name in enumerate(class_names):
+        index.setdefault(str(name), i)
     try:
         indices = [index[value] for value in labels.tolist()]
     except KeyError as e:

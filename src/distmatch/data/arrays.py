@@ -188,25 +188,57 @@ def _labelled_files(folder: Path) -> list[tuple[Path, str | None]]:
 
 
 def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """(H, W) uint8 for grayscale images, (H, W, 3) uint8 otherwise, and what was lost on the way, if anything."""
+    """(H, W) grayscale (uint8, or uint16 for 16-bit files), (H, W, 3) uint8 colour or (H, W, 4) uint8 with an alpha
+    channel that is not fully opaque (an opaque one carries nothing and is dropped); and what was lost, if anything."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode.startswith("I"):  # 16/32-bit grayscale: rescale the 16-bit range to 8 bits
-                wide = np.asarray(img).astype(np.float64)
-                return np.rint(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8), "16-bit, rescaled to 8"
+            if img.mode.startswith("I"):  # 16/32-bit grayscale: kept at 16 bits
+                wide = np.asarray(img).astype(np.int64)
+                clipped = "with values outside 0..65535, clipped" if wide.min() < 0 or wide.max() > 65535 else None
+                return np.clip(wide, 0, 65535).astype(np.uint16), clipped
             if img.mode in GRAYSCALE_MODES:
                 return np.asarray(img.convert("L"), dtype=np.uint8), None
-            alpha = "with an alpha channel, dropped" if "A" in img.getbands() or "transparency" in img.info else None
-            return np.asarray(img.convert("RGB"), dtype=np.uint8), alpha
+            if "A" in img.getbands() or "transparency" in img.info:
+                rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+                return (rgba if (rgba[..., 3] < 255).any() else rgba[..., :3]), None
+            return np.asarray(img.convert("RGB"), dtype=np.uint8), None
     except Exception as e:  # PIL raises many kinds for damaged files
         raise UserError(f"cannot read image {path}: {_short(e)}") from None
 
 
+def _as_one_kind(pixels: list[np.ndarray], folder: Path) -> np.ndarray:
+    """The images stacked as (N, H, W, C) of one depth and channel count, each widening said once, with a count:
+    8-bit images among 16-bit ones are scaled to 16 bits, grayscale among colour becomes RGB, and images without
+    transparency among those with it get an opaque alpha channel. Nothing is lost on the way."""
+    deep = sum(p.dtype == np.uint16 for p in pixels)
+    if 0 < deep < len(pixels):
+        print(f"warning: {folder}: scaled {len(pixels) - deep} 8-bit image(s) to 16 bits to match the {deep} "
+              "16-bit one(s)", file=sys.stderr)
+    if deep:
+        pixels = [p.astype(np.uint16) * 257 if p.dtype == np.uint8 else p for p in pixels]
+    pixels = [p[..., None] if p.ndim == 2 else p for p in pixels]
+    channels = max(p.shape[-1] for p in pixels)
+    grayscale = sum(p.shape[-1] == 1 for p in pixels)
+    if channels > 1 and grayscale:
+        print(f"warning: {folder}: converted {grayscale} grayscale image(s) to RGB to match the "
+              f"{len(pixels) - grayscale} colour one(s)", file=sys.stderr)
+        pixels = [np.repeat(p, 3, axis=2) if p.shape[-1] == 1 else p for p in pixels]
+    if channels == 4:
+        opaque = sum(p.shape[-1] == 3 for p in pixels)
+        if opaque:
+            print(f"warning: {folder}: gave {opaque} image(s) without transparency an opaque alpha channel, to "
+                  f"match the {len(pixels) - opaque} with it", file=sys.stderr)
+        full = np.iinfo(pixels[0].dtype).max
+        pixels = [np.concatenate([p, np.full(p.shape[:2] + (1,), full, p.dtype)], 2) if p.shape[-1] == 3 else p
+                  for p in pixels]
+    return np.stack(pixels)
+
+
 def read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, H, W, C) uint8 images and the folder-name labels (None without class sub-folders)."""
+    """(N, H, W, C) uint8 (or uint16) images and the folder-name labels (None without class sub-folders)."""
     files = _labelled_files(folder)
     pixels, lost = [], Counter()
     for path, _ in files:
@@ -220,14 +252,8 @@ def read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
         pixels.append(img)
     for loss, count in lost.items():
         print(f"warning: {folder}: {count} image(s) {loss}", file=sys.stderr)
-    grayscale = sum(p.ndim == 2 for p in pixels)
-    if 0 < grayscale < len(pixels):
-        print(f"warning: {folder}: converted {grayscale} grayscale image(s) to RGB to match the "
-              f"{len(pixels) - grayscale} colour one(s)", file=sys.stderr)
-        pixels = [np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p for p in pixels]
-    array = np.stack([p[..., None] if p.ndim == 2 else p for p in pixels])
     labels = None if files[0][1] is None else np.array([label for _, label in files])
-    return array, labels
+    return _as_one_kind(pixels, folder), labels
 
 
 def _size(img: np.ndarray) -> str:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
@@ -137,7 +138,8 @@ def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | No
     net.train()
     order = train_idx[torch.randperm(len(train_idx), generator=g)]
     pos = 0
-    for _ in range(hp["steps"]):
+    for _ in tqdm(range(hp["steps"]), desc="fitting the in-domain feature network (once per data set)",
+                  leave=False, unit="step", mininterval=1.0):
         if pos + hp["batch"] > len(order):  # new epoch: reshuffle
             order, pos = train_idx[torch.randperm(len(train_idx), generator=g)], 0
         idx = order[pos:pos + hp["batch"]]

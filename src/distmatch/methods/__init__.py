@@ -193,7 +193,8 @@ def as_teachers_classes(data: Dataset, classes: int, source: str) -> Dataset:
     number = [int(n) if str(n).strip().lstrip("-").isdigit() else None for n in names]
     if bad := [n for n, i in zip(names, number) if i is None or not 0 <= i < classes]:
         raise UserError(f"data '{source}' carry labels {', '.join(map(repr, bad[:3]))}, but the teacher's classes "
-                        f"are the numbers 0..{classes - 1}")
+                        f"are the numbers 0..{classes - 1}: name the class sub-folders (or labels) by the teacher's "
+                        "class numbers")
     labels = torch.tensor(number)[data.labels]
     return Dataset(data.x, labels, dataclasses.replace(data.spec, class_names=list(range(classes))), data.mixture)
 

@@ -158,11 +158,25 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     if limit := x0_limit(scheduler.config):
         config["x0_limit"] = limit
     if record is not None:
-        config.update(kind="student", method=record.get("method"), recipe=record.get("recipe"),
+        spec = exported_spec(record, spec, path)
+        config.update(kind="student", method=record.get("method"), recipe=record.get("recipe"), spec=spec.to_dict(),
                       sigmas=record["sigmas"], steps=len(record["sigmas"]), move=record.get("move", "renoise"))
         return LoadedModel("student", config, spec, adapter, class_weights=config["class_weights"], path=path)
     return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
                        path=path)
+
+
+def exported_spec(record: dict, spec: DataSpec, path: Path) -> DataSpec:
+    """The data's layout, dtype and value range an exported student samples in, as its run folder did (exports
+    older than the record's "spec" give [-1, 1] NCHW floats, as the network makes them)."""
+    if not isinstance(record.get("spec"), dict):
+        return spec
+    data = DataSpec.from_dict(record["spec"])
+    if tuple(data.shape) != tuple(spec.shape) or len(data.class_names) != len(spec.class_names):
+        raise UserError(f"{path}: its distillation record describes data of shape {tuple(data.shape)} with "
+                        f"{len(data.class_names)} classes, but its model makes {tuple(spec.shape)} with "
+                        f"{len(spec.class_names)}")
+    return data
 
 
 def exported_record(path: Path, names: set[str]) -> dict | None:

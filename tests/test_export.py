@@ -505,7 +505,8 @@ def test_a_class_folders_student_and_its_export_sample_and_score_as_the_data(tmp
 
     got = {}
     for name, model in (("run", student), ("export", out)):
-        assert cli("sample", "--model", str(model), "--n", "4", "--seed", "3", "--out", str(tmp_path / f"{name}.npz")) == 0
+        assert cli("sample", "--model", str(model), "--n", "4", "--seed", "3",
+                   "--out", str(tmp_path / f"{name}.npz")) == 0
         got[name] = np.load(tmp_path / f"{name}.npz")
     assert got["export"]["samples"].dtype == np.uint8 and got["export"]["samples"].shape == (4, 8, 8, 1)
     assert all(np.array_equal(got["run"][k], got["export"][k]) for k in got["run"].files)

@@ -300,20 +300,25 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
-@pytest.mark.parametrize("method", ["dmd2", "fdistill"])
+@pytest.mark.parametrize("method", ["dmd2", "fdistill", "msd"])
 def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
     """DDP over gloo, launched the documented way (`accelerate launch --multi_gpu --num_processes 2` starts two CPU
     processes): gradients are averaged across ranks, so both end with the same weights although each drew its own
     data and noise; the command says it is done once, not once per process. fdistill: with its discriminator's
-    own head and optimizer beside the critic."""
+    own head and optimizer beside the critic; msd: two students, across its DM -> ADM boundary (a GAN head that
+    the DM stage does not train)."""
     out = tmp_path / "ddp"
-    args = [*distill_args(), "train.iters=6", "train.ckpt_every=100"]
+    args = [*distill_args(), "train.iters=8" if method == "msd" else "train.iters=6", "train.ckpt_every=100"]
     if method != "dmd2":
         args = [a.replace("dmd2.", f"{method}.") for a in args]
+    if method == "msd":
+        tiny_teacher = train_teacher("8gaussians-labeled", tmp_path / "t",
+                                     overrides=TINY_NET + QUIET + ["train.iters=30", "train.batch_size=128"])
+        args.append("msd.students=2")
+    port = {"dmd2": "29533", "fdistill": "29535", "msd": "29536"}[method]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           "29533" if method == "dmd2" else "29535", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_teacher),
-           str(out), method, *args]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+           str(Path(__file__).parent / "ddp_worker.py"), str(tiny_teacher), str(out), method, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("student ready in") == 1, done.stdout

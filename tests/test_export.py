@@ -513,3 +513,13 @@ def test_a_class_folders_student_and_its_export_sample_and_score_as_the_data(tmp
     code = cli("evaluate", "--model", str(out), "--data", str(tmp_path / "png"), "--n", "12", "--out",
                str(tmp_path / "e.json"))
     assert code == 0, capsys.readouterr().err
+
+
+def test_an_unconditional_students_export_reads_back_after_labelled_data(ddpm_folder, tmp_path):
+    """Labelled data (digits) distilled into an unconditional teacher: its export samples as the data, with no
+    classes (it was refused: the record's data named 10 classes the model does not have)."""
+    student = run_distill(ddpm_folder, tmp_path / "s", data_source="digits", overrides=QUIET)
+    again = load_model(export_student(student, tmp_path / "export"))
+    assert again.num_classes == 0 and again.spec.class_names == []
+    x, labels = again.sample(2, seed=0)
+    assert labels is None and again.spec.to_user(x).shape == load_model(student).spec.to_user(x).shape

@@ -10,6 +10,7 @@ middle block.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -172,11 +173,11 @@ def exported_spec(record: dict, spec: DataSpec, path: Path) -> DataSpec:
     if not isinstance(record.get("spec"), dict):
         return spec
     data = DataSpec.from_dict(record["spec"])
-    if tuple(data.shape) != tuple(spec.shape) or len(data.class_names) != len(spec.class_names):
-        raise UserError(f"{path}: its distillation record describes data of shape {tuple(data.shape)} with "
-                        f"{len(data.class_names)} classes, but its model makes {tuple(spec.shape)} with "
-                        f"{len(spec.class_names)}")
-    return data
+    if tuple(data.shape) != tuple(spec.shape):
+        raise UserError(f"{path}: its distillation record describes data of shape {tuple(data.shape)}, but its "
+                        f"model makes {tuple(spec.shape)}")
+    # the classes are the model's: labelled data distilled into an unconditional teacher carry names it has not
+    return dataclasses.replace(data, class_names=spec.class_names)
 
 
 def exported_record(path: Path, names: set[str]) -> dict | None:

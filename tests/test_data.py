@@ -273,3 +273,17 @@ def test_spec_mismatch_and_unknown_label(tmp_path):
     labelled = tmp_path / "digits.npz"
     np.savez(labelled, images=np.zeros((2, 8, 8)), labels=np.array([3, 11]))
     _raises_one_line("label 11", load_data, str(labelled), spec=spec)
+
+
+def test_a_folder_of_float_images_keeps_its_values(tmp_path):
+    """Float TIFFs (mode F) in [0, 1] are kept as floats (they became 8-bit zeros); floats among integer images
+    are refused in one line."""
+    values = np.linspace(0, 1, 25, dtype=np.float32).reshape(5, 5)
+    for i in range(2):
+        Image.fromarray(values * (i + 1) / 2, mode="F").save(tmp_path / f"{i}.tif")
+    data = load_data(str(tmp_path))
+    back = data.spec.to_user(data.x)
+    assert back.dtype == np.float32 and np.allclose(back[1, :, :, 0], values, atol=1e-6)
+    _write_png(tmp_path / "c.png", (5, 5), "L", 60)
+    with pytest.raises(UserError, match="2 floating-point image.*among 1 integer.*keep one kind"):
+        load_data(str(tmp_path))

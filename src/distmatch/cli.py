@@ -157,6 +157,11 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
 
+    if not 0 <= getattr(args, "seed", 0) < 2 ** 32:
+        raise UserError(f"--seed must be in 0..{2 ** 32 - 1}, got {args.seed}")
+    if getattr(args, "out", None) == "":
+        raise UserError("--out is empty: name a file or folder")
+
     if args.command in SINGLE and not _main_process():
         return 0  # the same samples and files once, not once per process
     return getattr(commands, args.command)(args) or 0
@@ -182,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}", file=sys.stderr)
         code = UserError.exit_code
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+        room = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+        if not room and e.filename is None:
             raise
         if _main_process():  # a full disk or a file-size limit: what was saved before is intact
-            print(f"distmatch: error: cannot write to {e.filename}: {e.strerror.lower()}; files written before "
-                  "are intact, re-run the same command once there is room", file=sys.stderr)
+            why = (e.strerror or str(e)).lower()
+            print(f"distmatch: error: cannot write to {e.filename}: {why}; files written before are intact, re-run "
+                  "the same command once there is room" if room else f"distmatch: error: {e.filename}: {why}",
+                  file=sys.stderr)
         code = UserError.exit_code
     except Interrupted as e:
         if _main_process():

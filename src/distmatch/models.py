@@ -205,8 +205,14 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
 
         gen = build_student_generator(cfg, shape, weights, network).to(device).eval()
         return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []), path=run_dir)
-    net = build_denoiser(cfg["network"], shape, k, sd)
-    net.load_state_dict(_strip(weights, "net."))
+    try:
+        net = build_denoiser(cfg["network"], shape, k, sd)
+        net.load_state_dict(_strip(weights, "net."))
+        int(cfg.get("sample_steps", 1))
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # a config.json edited by hand, or damaged
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{run_dir}: its weights and {ckpt.CONFIG} do not fit together ({why}); the folder was "
+                        "edited or damaged: train the teacher again") from None
     net = net.to(device).eval().requires_grad_(False)
     denoiser = net
     if cfg.get("teacher") == "gmm":

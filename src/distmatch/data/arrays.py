@@ -29,7 +29,7 @@ LABEL_KEYS = ("labels", "y")
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 NPY_SIGNATURE = b"\x93NUMPY"
-GRAYSCALE_MODES = ("1", "L", "F")  # plus the 16/32-bit "I*" modes, rescaled separately
+GRAYSCALE_MODES = ("1", "L")  # float "F" and 16/32-bit "I*" modes are kept at their depth, separately
 
 
 @dataclass
@@ -188,7 +188,7 @@ def _labelled_files(folder: Path) -> list[tuple[Path, str | None]]:
 
 
 def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """(H, W) grayscale (uint8, or uint16 for 16-bit files), (H, W, 3) uint8 colour or (H, W, 4) uint8 with an alpha
+    """(H, W) grayscale (uint8, uint16 for 16-bit files, float32 for float ones), (H, W, 3) uint8 colour or (H, W, 4) uint8 with an alpha
     channel that is not fully opaque (an opaque one carries nothing and is dropped); and what was lost, if anything."""
     from PIL import Image
 
@@ -199,6 +199,8 @@ def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
                 wide = np.asarray(img).astype(np.int64)
                 clipped = "with values outside 0..65535, clipped" if wide.min() < 0 or wide.max() > 65535 else None
                 return np.clip(wide, 0, 65535).astype(np.uint16), clipped
+            if img.mode == "F":  # 32-bit float grayscale: kept as floats, in their own range
+                return np.asarray(img, dtype=np.float32), None
             if img.mode in GRAYSCALE_MODES:
                 return np.asarray(img.convert("L"), dtype=np.uint8), None
             if "A" in img.getbands() or "transparency" in img.info:
@@ -213,6 +215,10 @@ def _as_one_kind(pixels: list[np.ndarray], folder: Path) -> np.ndarray:
     """The images stacked as (N, H, W, C) of one depth and channel count, each widening said once, with a count:
     8-bit images among 16-bit ones are scaled to 16 bits, grayscale among colour becomes RGB, and images without
     transparency among those with it get an opaque alpha channel. Nothing is lost on the way."""
+    floats = sum(p.dtype.kind == "f" for p in pixels)
+    if 0 < floats < len(pixels):
+        raise UserError(f"{folder}: holds {floats} floating-point image(s) among {len(pixels) - floats} integer ones; "
+                        "their value ranges cannot be matched: keep one kind in the folder")
     deep = sum(p.dtype == np.uint16 for p in pixels)
     if 0 < deep < len(pixels):
         print(f"warning: {folder}: scaled {len(pixels) - deep} 8-bit image(s) to 16 bits to match the {deep} "

@@ -139,11 +139,16 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:
         raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # its notes on missing weights:
+    # the one line below says what is wrong
     try:
         unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, NotImplementedError) as e:
         raise UserError(f"{path}: cannot read the diffusers model ({str(e).splitlines()[0]})") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
     shape = (c.in_channels, *size)

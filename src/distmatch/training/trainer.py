@@ -58,6 +58,8 @@ class TrainConfig:
             raise UserError(f"config key 'train.lr' must be > 0, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise UserError(f"config key 'train.ema' must be in [0, 1), got {self.ema}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UserError(f"config key 'train.seed' must be in 0..{2 ** 32 - 1}, got {self.seed}")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"config key 'train.precision' must be fp32 or bf16, got {self.precision!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

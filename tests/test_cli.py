@@ -410,3 +410,27 @@ def test_demo_and_compare_help_give_set_keys_they_accept(capsys):
         example = text.split("--set ")[-1].split(" (repeatable)")[0].split()
         assert example and all("=" in item for item in example), text
         take(example)  # accepted, not refused
+
+
+def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
+    """A seed beyond 32 bits, an empty --out, an output path the file system refuses, and a teacher whose
+    config.json was edited so that its weights no longer fit: one line each, status 2."""
+    import shutil
+
+    big = str(2 ** 64)
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "2", "--seed", big, "--out",
+                               str(tmp_path / "x.npy")],
+                      "--seed must be in 0..")
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
+                               "--set", f"train.seed={big}"], "train.seed")
+    assert_user_error(capsys, ["distill", "--teacher", str(teacher_dir), "--out", ""], "--out is empty")
+    code, _, err = run_cli(capsys, "sample", "--model", str(teacher_dir), "--n", "2",
+                           "--out", str(tmp_path / ("a" * 300 + ".npy")))  # after the sampler's progress bar
+    assert code == 2 and err.strip().endswith("file name too long") and "Traceback" not in err, err
+    edited = tmp_path / "edited"
+    shutil.copytree(teacher_dir, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["network"]["width"] *= 2
+    (edited / "config.json").write_text(json.dumps(cfg))
+    assert_user_error(capsys, ["sample", "--model", str(edited), "--n", "2", "--out", str(tmp_path / "x.npy")],
+                      "do not fit together")

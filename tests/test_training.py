@@ -489,3 +489,21 @@ def test_tensorboard_keeps_the_step_a_run_resumes_from(tiny_teacher, tmp_path):
     logged = [json.loads(line)["it"] for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
     assert [e.step for e in events.Scalars("loss_critic")] == logged == [5, 10, 15, 20]
     assert [e.step for e in events.Images("samples")] == [0, 10, 20]
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tiny_teacher, tmp_path):
+    """Two commands writing one --out interleaved their logs and checkpoints (the second with other settings, before
+    the first had a checkpoint to compare with): while one holds the folder, the other is refused in one line."""
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first command's process holds it
+    try:
+        with pytest.raises(UserError, match="another distmatch process is writing"):
+            run_distill(tiny_teacher, out, overrides=distill_args(["train.iters=4"]))
+    finally:
+        os.close(fd)
+    run_distill(tiny_teacher, out, overrides=distill_args(["train.iters=4"]))  # released: it runs
+    assert (out / ckpt.MODEL).is_file()

@@ -434,3 +434,18 @@ def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
     (edited / "config.json").write_text(json.dumps(cfg))
     assert_user_error(capsys, ["sample", "--model", str(edited), "--n", "2", "--out", str(tmp_path / "x.npy")],
                       "do not fit together")
+
+
+def test_a_teachers_data_file_changed_since_is_not_distilled_on(capsys, tmp_path):
+    """Without --data a student is distilled on the teacher's own data file; one replaced since (or gone) is
+    refused in one line, where it was used in silence."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "d.npy", rng.normal(size=(200, 2)).astype(np.float32))
+    teacher = tmp_path / "t"
+    assert run_cli(capsys, "teacher", "--data", str(tmp_path / "d.npy"), "--out", str(teacher),
+                   "--set", "train.iters=2", *TINY)[0] == 0
+    np.save(tmp_path / "d.npy", 100 * rng.normal(size=(50, 2)).astype(np.float32))
+    argv = ["distill", "--teacher", str(teacher), "--out", str(tmp_path / "s"), "--set", "train.iters=2"]
+    assert_user_error(capsys, argv, "have changed since it was trained", "--data")
+    (tmp_path / "d.npy").unlink()
+    assert_user_error(capsys, argv, "are gone")

@@ -15,7 +15,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import config as config_mod
-from ..data import Dataset, dataset_fingerprint, in_value_range, load_data
+from ..data import Dataset, dataset_fingerprint, in_value_range, is_preset, load_data
 from ..data.arrays import CHANNEL_COUNTS
 from ..errors import UserError
 from ..models import LoadedModel, load_model
@@ -138,6 +138,7 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
         if teacher.num_classes and data.labels is not None:
             data = as_teachers_classes(data, teacher.num_classes, source)
     else:
+        check_teachers_data_unchanged(teacher, data_source)
         data = load_data(source, spec=teacher.spec)
         if not teacher.spec.source:  # a vector teacher built in Python: samples come back in the data's dtype
             data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, dtype=load_data(source).spec.dtype))
@@ -146,6 +147,18 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     if not teacher.num_classes:
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
+
+
+def check_teachers_data_unchanged(teacher: LoadedModel, data_source: str | None) -> None:
+    """Distilled on the teacher's own data file (no --data), that file must still hold what the teacher learnt."""
+    source, known = teacher.spec.source, getattr(teacher.spec, "fingerprint", None)
+    if data_source is not None or not source or is_preset(source) or not known:
+        return
+    if not Path(source).exists():
+        raise UserError(f"the teacher's data '{source}' are gone: give the data to distil on (--data)")
+    if load_data(source).spec.fingerprint != known:
+        raise UserError(f"the teacher's data '{source}' have changed since it was trained: give the data to distil "
+                        "on (--data)")
 
 
 def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict) -> None:

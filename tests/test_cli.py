@@ -449,3 +449,14 @@ def test_a_teachers_data_file_changed_since_is_not_distilled_on(capsys, tmp_path
     assert_user_error(capsys, argv, "have changed since it was trained", "--data")
     (tmp_path / "d.npy").unlink()
     assert_user_error(capsys, argv, "are gone")
+
+
+def test_a_setting_given_twice_is_refused(capsys, tmp_path):
+    """The last of two values used to win in silence, even after an invalid first; --steps against student.steps
+    and a method listed twice in compare alike."""
+    out = ["--out", str(tmp_path / "s")]
+    assert_user_error(capsys, ["distill", "--teacher", "t", *out, "--set", "train.iters=abc", "train.iters=2"],
+                      "train.iters is given twice")
+    assert_user_error(capsys, ["distill", "--teacher", "t", *out, "--steps", "2", "--set", "student.steps=3"],
+                      "student.steps is given twice", "--steps 2")
+    assert_user_error(capsys, ["compare", "--methods", "dmd2,dmd,dmd2", *out], "dmd2 at 1 step(s) is listed twice")

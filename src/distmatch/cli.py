@@ -153,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
 SINGLE = ("sample", "evaluate", "export")  # commands that train nothing: under a launcher, the first process runs them
 
 
+def check_overrides_once(args) -> None:
+    """A key given twice (or --steps against student.steps) is refused: the last one used to win in silence, even
+    after an invalid first."""
+    seen: dict[str, str] = {}
+    steps = getattr(args, "steps", None)
+    if steps is not None and getattr(args, "command", "") == "distill":
+        seen["student.steps"] = f"--steps {steps}"
+    for item in getattr(args, "overrides", None) or []:
+        key = item.split("=", 1)[0].strip()
+        if key in seen:
+            raise UserError(f"{key} is given twice ({seen[key]} and --set {item}): give it once")
+        seen[key] = f"--set {item}"
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
@@ -161,6 +175,7 @@ def run(argv: list[str] | None = None) -> int:
         raise UserError(f"--seed must be in 0..{2 ** 32 - 1}, got {args.seed}")
     if getattr(args, "out", None) == "":
         raise UserError("--out is empty: name a file or folder")
+    check_overrides_once(args)
 
     if args.command in SINGLE and not _main_process():
         return 0  # the same samples and files once, not once per process

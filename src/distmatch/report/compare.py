@@ -35,13 +35,17 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
         raise UserError(f"--methods: unknown method or recipe {unknown[0] if unknown else '(none given)'!r} "
                         f"(methods: {', '.join(METHODS)}; recipes: {', '.join(RECIPES)})")
     if steps is None:
-        return [(m, DEFAULT_STEPS.get(method_of(m), 1)) for m in names]
-    ks = [s.strip() for s in steps.split(",")]
-    if len(ks) == 1:
-        ks = ks * len(names)
-    if len(ks) != len(names) or not all(k.isdigit() and int(k) >= 1 for k in ks):
-        raise UserError(f"--steps must be one K >= 1 or one per method ({len(names)}), got {steps!r}")
-    return list(zip(names, map(int, ks)))
+        entries = [(m, DEFAULT_STEPS.get(method_of(m), 1)) for m in names]
+    else:
+        ks = [s.strip() for s in steps.split(",")]
+        if len(ks) == 1:
+            ks = ks * len(names)
+        if len(ks) != len(names) or not all(k.isdigit() and int(k) >= 1 for k in ks):
+            raise UserError(f"--steps must be one K >= 1 or one per method ({len(names)}), got {steps!r}")
+        entries = list(zip(names, map(int, ks)))
+    if twice := [e for i, e in enumerate(entries) if e in entries[:i]]:
+        raise UserError(f"--methods: {twice[0][0]} at {twice[0][1]} step(s) is listed twice; list each once")
+    return entries
 
 
 def check_plan(plan: list[tuple[str, int]], data: str, overrides: dict[str, list[str]] | None = None) -> None:
@@ -165,6 +169,11 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
     return costs
 
 
+def own_length(overrides: list[str], iters: int) -> list[str]:
+    """compare's short length, unless the user's --set gives one (each key reaches a run once)."""
+    return [] if any(o.split("=", 1)[0].strip() == "train.iters" for o in overrides) else [f"train.iters={iters}"]
+
+
 def run_compare(data: str, methods: str, steps: str | None, out: str | None, config_file: str | None,
                 overrides: list[str] | None, jobs: int | None = None) -> Path:
     from ..eval.evaluate import evaluate_model
@@ -191,7 +200,7 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
         rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
                          name=f"teacher network ({teacher.config['solver']})"))
     students = []
-    work = [(out / f"{method}-{k}step", method, k, [f"train.iters={COMPARE_ITERS[kind]}"] + m_over[method])
+    work = [(out / f"{method}-{k}step", method, k, own_length(m_over[method], COMPARE_ITERS[kind]) + m_over[method])
             for method, k in plan]
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")

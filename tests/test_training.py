@@ -44,7 +44,7 @@ def assert_same_weights(a, b):
 
 
 @pytest.mark.parametrize("extra", [[], ["student.critic_per_step=true", "dmd2.gan=true"]], ids=["one", "per-step"])
-def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
+def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra, capsys):
     """A 2-step student (two optimizers, EMA, data stream, shared step draws; one critic, or one per step with GAN
     heads) resumed halfway. Halfway is simulated by a run of 10 iterations extended to 20, which would move the
     end of the ODE warm-up (a share of train.iters), so it is off here (see the next test for resuming inside it)."""
@@ -54,7 +54,9 @@ def test_resumed_run_equals_uninterrupted(tiny_teacher, tmp_path, extra):
     path = tmp_path / "half" / "log.jsonl"
     first = json.loads(path.read_text().splitlines()[-1])
     path.write_text(path.read_text().replace(json.dumps(first), json.dumps({**first, "time": 1000.0})))
+    capsys.readouterr()
     run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=distill_args(["train.iters=20", *extra]))
+    assert "train.iters grew from 10 to 20" in capsys.readouterr().err  # said: shares of the run now span 20
     assert_same_weights(tmp_path / "full", tmp_path / "half")
     log = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["it"] for r in log] == sorted({r["it"] for r in log})  # one run, no repeated iterations

@@ -375,6 +375,12 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
         raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
                         "use another --out, or the same settings to resume it")
     acc = ctx.accelerator
+    before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
+    after = run_config.get("config", {}).get("train", {}).get("iters")
+    if before not in (None, after) and acc.is_main_process:
+        print(f"note: train.iters grew from {before} to {after}: what is set as a share of the run (a cosine decay "
+              "or cool-down, a stage boundary) now spans the longer run, so it ends unlike a run started at "
+              f"{after}", file=sys.stderr)
     if meta.get("world_size", 1) != acc.num_processes:
         raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same "
                         "number")

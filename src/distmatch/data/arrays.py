@@ -328,6 +328,9 @@ def infer_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:
 def _rank4_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:
     last_is_channel, first_is_channel = shape[3] in CHANNEL_COUNTS, shape[1] in CHANNEL_COUNTS
     if layout == "auto":
+        if last_is_channel and first_is_channel:  # tiny images: either axis could hold the channels
+            print(f"warning: {path}: shape {shape} reads as (N, C, H, W) or (N, H, W, C); taken as (N, H, W, C) "
+                  f"({shape[3]} channels)", file=sys.stderr)
         if last_is_channel:
             return "nhwc"
         if first_is_channel:

@@ -70,6 +70,15 @@ def test_pairs_made_by_another_teacher_or_damaged_are_not_reused(tiny_teacher, t
     cache.write_bytes(cache.read_bytes()[:100])  # a damaged cache is made again, not a stop
     run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=args + ["train.iters=4"])
     assert torch.equal(ckpt.load_tensors(cache)[0]["noise"], made)
+    tensors, meta = ckpt.load_tensors(cache)  # cut short, or with a NaN, under the right settings: made again too
+    ckpt.save_tensors(cache, {k: v[:5] for k, v in tensors.items()}, meta)
+    run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=args + ["train.iters=6"])
+    tensors, meta = ckpt.load_tensors(cache)
+    assert torch.equal(tensors["noise"], made)
+    tensors["sample"][0, 0] = float("nan")
+    ckpt.save_tensors(cache, tensors, meta)
+    run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=args + ["train.iters=8"])
+    assert torch.isfinite(ckpt.load_tensors(cache)[0]["sample"]).all()
 
 
 def test_pairs_of_a_conditional_teacher_carry_labels_with_the_class_weights():

@@ -156,7 +156,7 @@ def load_file(path: str | None) -> dict:
         return {}
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"--config {path} is a folder, not a file" if p.is_dir() else f"config file not found: {path}")
     try:
         data = read_yaml(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:

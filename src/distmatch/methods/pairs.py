@@ -171,9 +171,11 @@ class OdePairs:
                 tensors, stored = ckpt.load_tensors(path)
             except UserError:  # a damaged cache: the pairs are a function of their settings, made again alike
                 tensors, stored = {}, {"damaged": True}
-            if stored == meta:
+            whole = all(len(t) == meta["pairs"] and torch.isfinite(t.float()).all() for t in tensors.values())
+            if stored == meta and whole:
                 return tensors
-            why = "cannot be read" if stored.get("damaged") else "was made with other settings or another teacher"
+            why = ("cannot be read" if stored.get("damaged") else "holds cut or non-finite pairs" if stored == meta
+                   else "was made with other settings or another teacher")
             print(f"{path} {why}; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),

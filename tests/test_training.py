@@ -29,7 +29,11 @@ def tiny_teacher(tmp_path_factory):
 
 
 def distill_args(extra=()):
-    return QUIET + ["train.batch_size=32", "train.ckpt_every=7", "dmd2.critic_ratio=2", *extra]
+    """The tests' short settings, each key once (the command refuses a key given twice): `extra` wins."""
+    given = {item.split("=", 1)[0] for item in extra}
+    base = [item for item in ("train.batch_size=32", "train.ckpt_every=7", "dmd2.critic_ratio=2")
+            if item.split("=", 1)[0] not in given]
+    return QUIET + base + list(extra)
 
 
 def weights(run):
@@ -310,7 +314,7 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
     own head and optimizer beside the critic; msd: two students, across its DM -> ADM boundary (a GAN head that
     the DM stage does not train)."""
     out = tmp_path / "ddp"
-    args = [*distill_args(), "train.iters=8" if method == "msd" else "train.iters=6", "train.ckpt_every=100"]
+    args = distill_args(["train.iters=8" if method == "msd" else "train.iters=6", "train.ckpt_every=100"])
     if method != "dmd2":
         args = [a.replace("dmd2.", f"{method}.") for a in args]
     if method == "msd":

@@ -43,3 +43,32 @@ def short_mixture_run(tmp_path):
                                teacher_swd=teacher_swd, stats=mode_stats(xs, ref.mixture))
 
     return run
+
+
+@pytest.fixture
+def stop_before(monkeypatch):
+    """stop_before(n): the trainer's next run stops before iteration n, as a Ctrl-C there would (its loop asks for a
+    stop request once before each step); undone by stop_before(None)."""
+    from distmatch.training import trainer
+
+    def arm(n):
+        if n is None:
+            monkeypatch.setattr(trainer, "StopRequest", original)
+            return
+
+        class StopAt(original):
+            checks = 0
+
+            @property
+            def requested(self):
+                StopAt.checks += 1
+                return StopAt.checks > n
+
+            @requested.setter
+            def requested(self, value):
+                pass
+
+        monkeypatch.setattr(trainer, "StopRequest", StopAt)
+
+    original = trainer.StopRequest
+    return arm

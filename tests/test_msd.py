@@ -105,33 +105,19 @@ def test_saved_model_routes_each_class_to_its_owner_only(msd_run):
     assert sorted(i for i, _ in calls) == [0, 1] and sum(n for _, n in calls) == 64
 
 
-def test_msd_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+def test_msd_resumed_run_equals_uninterrupted(tmp_path, stop_before):
     """Small students stopped (as by Ctrl-C) inside the pre-stage and resumed across both stage boundaries (teacher
     score matching -> DM at 8, DM -> ADM at 14): every module, optimizer and draw survives."""
-    from distmatch.training import trainer
     from distmatch.training.trainer import Interrupted
 
     teacher = train_teacher("8gaussians-labeled", tmp_path / "t", overrides=TINY + QUIET)
     args = QUIET + ["train.batch_size=32", "train.ckpt_every=7", "msd.students=2", "msd.small=true",
                     "msd.prestage_iters=8", "msd.critic_ratio=2", "msd.partition=kmeans", "train.iters=20"]
     run_distill(teacher, tmp_path / "full", method="msd", overrides=args)
-
-    class StopAtSix(trainer.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):  # asked once before each step: the 7th time is before iteration 6
-            StopAtSix.checks += 1
-            return StopAtSix.checks > 6
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    with monkeypatch.context() as m:
-        m.setattr(trainer, "StopRequest", StopAtSix)
-        with pytest.raises(Interrupted):
-            run_distill(teacher, tmp_path / "half", method="msd", overrides=args)
+    stop_before(6)
+    with pytest.raises(Interrupted):
+        run_distill(teacher, tmp_path / "half", method="msd", overrides=args)
+    stop_before(None)
     run_distill(teacher, tmp_path / "half", method="msd", overrides=args)
     a, b = (load_file(str(Path(tmp_path / r) / ckpt.MODEL)) for r in ("full", "half"))
     assert a.keys() == b.keys() and any(k.startswith("students.1.") for k in a)

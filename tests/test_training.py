@@ -119,31 +119,17 @@ def test_a_preview_that_fails_is_reported_once_and_the_run_goes_on(tiny_teacher,
     assert (tmp_path / "s" / "model.safetensors").is_file()  # the run finished and saved its student
 
 
-def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, monkeypatch):
+def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, stop_before):
     """dmd2.ode_init = 0.6 of 20 iterations: stopped at iteration 10 (as by Ctrl-C), inside the regression on the
     teacher's ODE pairs, and re-run, it ends where an uninterrupted run ends, with the cached pairs."""
-    from distmatch.training import trainer
     from distmatch.training.trainer import Interrupted
 
     args = distill_args(["train.iters=20", "dmd2.ode_init=0.6", "dmd2.ode_pairs=64"])
     run_distill(tiny_teacher, tmp_path / "full", overrides=args)
-
-    class StopAtTen(trainer.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):  # the loop asks once before each step: the 11th time is before iteration 10
-            StopAtTen.checks += 1
-            return StopAtTen.checks > 10
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    with monkeypatch.context() as m:
-        m.setattr(trainer, "StopRequest", StopAtTen)
-        with pytest.raises(Interrupted):
-            run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    stop_before(10)
+    with pytest.raises(Interrupted):
+        run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    stop_before(None)
     assert read_checkpoint_iteration(tmp_path / "half") == 10
     run_distill(tiny_teacher, tmp_path / "half", overrides=args)
     assert_same_weights(tmp_path / "full", tmp_path / "half")

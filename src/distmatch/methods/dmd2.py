@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range, noised
@@ -58,6 +60,17 @@ class Options:
         check_ode_init("dmd2", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
+def generator_gan_term(method, critic, x, cond, steps, loss_dm) -> tuple[torch.Tensor, float]:
+    """DMD2's generator GAN term on the samples x, through the frozen critic's head at a fresh noise level, weighted
+    by the method's gan_weight_g (balanced against the DM loss's gradient, or fixed); and the GAN loss's value."""
+    _, sigma_g = method.levels(len(x))
+    with method.ctx.autocast():
+        _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
+    loss_g = gan_generator_loss(logits)
+    o = method.opts
+    return gan_scale(loss_dm, loss_g, x, o.gan_weight_g, o.gan_balance) * loss_g, loss_g.item()
+
+
 class DMD2(OdePairs, StudentCriticMethod):
     name = "dmd2"
 
@@ -78,12 +91,8 @@ class DMD2(OdePairs, StudentCriticMethod):
         loss_dm = dm_loss(x, g)
         loss, logs = loss_dm, {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if self.opts.gan:
-            _, sigma_g = self.levels(n)
-            with self.ctx.autocast():
-                _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
-            loss_g = gan_generator_loss(logits)
-            loss = loss + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
-            logs["loss_gan_g"] = loss_g.item()
+            term, logs["loss_gan_g"] = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            loss = loss + term
         if loss_reg is not None:
             loss = loss + o.ode_weight * loss_reg
             logs["loss_reg"] = loss_reg.item()

@@ -32,8 +32,9 @@ from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
 from .common import (Critic, DistributionMatching, RealScore, check_dm_range, draw_labels,
-                     init_copy, noised, refuse_student_options, student_network_config)
-from .losses import dm_loss, gan_generator_loss, gan_scale
+                     init_copy, refuse_student_options, student_network_config)
+from .dmd2 import generator_gan_term
+from .losses import dm_loss
 from .router import ClassRouter
 
 # Students own few classes each and get train.iters / K iterations: on vectors Adam's beta1 0.9 and the rate 1e-4
@@ -311,12 +312,8 @@ class MSD(DistributionMatching, Method):
         loss = loss_dm = dm_loss(x, g)
         logs = {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if adm:  # DMD2's generator GAN term, on the student's own critic's head
-            _, sigma_g = self.levels(n)
-            with self.ctx.autocast():
-                _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
-            loss_g = gan_generator_loss(logits)
-            loss = loss + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
-            logs["loss_gan_g"] = loss_g.item()
+            term, logs["loss_gan_g"] = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            loss = loss + term
         # EMA warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
         self.end_student_turn(gen, self.opt_g[i], self.emas[i], critic, self.opt_c[i], loss)
         return logs

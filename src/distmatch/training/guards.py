@@ -1,11 +1,13 @@
 """The trainer's guards: what a run refuses before it starts (launcher options, processes given different runs, a
-folder holding another model, settings changed on resume) and the divergence checks of its loop."""
+folder holding another model or written by another process, settings changed on resume) and the divergence checks
+of its loop."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -112,3 +114,40 @@ def read_checkpoint_iteration(out_dir: str | Path) -> int | None:
     if not path.is_file():
         return None
     return int(ckpt.load_tensors(path)[1].get("iteration", 0))
+
+
+@contextmanager
+def folder_lock(out: Path, accelerator):
+    """One run at a time in a run folder: a second command writing the same --out (another launch, or the same one
+    twice) is refused, where the two used to interleave their logs and checkpoints. The first process holds an
+    advisory lock on the folder itself; the system drops it when the process ends, however it ends."""
+    fd, busy = None, False
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, busy = _lock(out)
+    if accelerator.num_processes > 1:  # every process hears it, not the first alone
+        busy = bool(accelerator.gather(torch.tensor([float(busy)], device=accelerator.device)).max())
+    if busy:
+        raise UserError(f"another distmatch process is writing {out}; wait for it to end (re-running the command "
+                        "then resumes or finds it finished), or use another --out")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(out: Path) -> tuple[int | None, bool]:
+    """(the folder's descriptor holding its lock, whether another process holds it); no lock where the system
+    has no flock (the descriptor is None)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None, False
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None, True
+    return fd, False

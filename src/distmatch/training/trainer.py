@@ -23,7 +23,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import UserError
 from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
-                     check_same_run, differences, read_checkpoint_iteration)  # noqa: F401 (re-exported)
+                     check_same_run, differences, folder_lock, read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
 
@@ -182,43 +182,6 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     accelerator = make_accelerator(train_cfg)
     with folder_lock(out, accelerator):
         return _train(out, accelerator, run_config, train_cfg, dataset, build_method, description, preview)
-
-
-@contextmanager
-def folder_lock(out: Path, accelerator):
-    """One run at a time in a run folder: a second command writing the same --out (another launch, or the same one
-    twice) is refused, where the two used to interleave their logs and checkpoints. The first process holds an
-    advisory lock on the folder itself; the system drops it when the process ends, however it ends."""
-    fd, busy = None, False
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, busy = _lock(out)
-    if accelerator.num_processes > 1:  # every process hears it, not the first alone
-        busy = bool(accelerator.gather(torch.tensor([float(busy)], device=accelerator.device)).max())
-    if busy:
-        raise UserError(f"another distmatch process is writing {out}; wait for it to end (re-running the command "
-                        "then resumes or finds it finished), or use another --out")
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _lock(out: Path) -> tuple[int | None, bool]:
-    """(the folder's descriptor holding its lock, whether another process holds it); no lock where the system
-    has no flock (the descriptor is None)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None, False
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None, True
-    return fd, False
 
 
 def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dataset,

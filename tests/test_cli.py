@@ -460,3 +460,20 @@ def test_a_setting_given_twice_is_refused(capsys, tmp_path):
     assert_user_error(capsys, ["distill", "--teacher", "t", *out, "--steps", "2", "--set", "student.steps=3"],
                       "student.steps is given twice", "--steps 2")
     assert_user_error(capsys, ["compare", "--methods", "dmd2,dmd,dmd2", *out], "dmd2 at 1 step(s) is listed twice")
+
+
+def test_a_student_config_without_levels_is_refused_as_damaged(capsys, teacher_dir, tmp_path):
+    """A student whose config.json lost its levels read "trained for at most 0 step; got --steps 1" though no
+    --steps was given: now the folder is named as edited or damaged."""
+    import shutil
+
+    student = tmp_path / "s"
+    assert run_cli(capsys, "distill", "--teacher", str(teacher_dir), "--out", str(student), "--set",
+                   "train.iters=2", "train.batch_size=16", "train.progress=false", "dmd2.gan=false")[0] == 0
+    damaged = tmp_path / "damaged"
+    shutil.copytree(student, damaged)
+    cfg = json.loads((damaged / "config.json").read_text())
+    cfg["sigmas"] = []
+    (damaged / "config.json").write_text(json.dumps(cfg))
+    assert_user_error(capsys, ["sample", "--model", str(damaged), "--n", "2", "--out", str(tmp_path / "x.npy")],
+                      "names no noise levels", "edited or damaged")

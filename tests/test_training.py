@@ -141,8 +141,9 @@ def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=3"]))
     with pytest.raises(UserError, match="different settings.*train.lr"):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6", "train.lr=0.01"]))
-    with pytest.raises(UserError, match=r"different settings \(method: 'dmd2' -> 'dmd'"):  # named first
+    with pytest.raises(UserError, match=r"different settings \(method: 'dmd2' -> 'dmd'") as refused:  # named first
         run_distill(tiny_teacher, tmp_path / "s", method="dmd", overrides=QUIET + ["train.iters=6"])
+    assert "config.dmd2: {...} -> None" in str(refused.value)  # a whole section in short, not its every key
 
 
 def test_a_run_made_before_a_setting_existed_resumes_only_as_it_ran():

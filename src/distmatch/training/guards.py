@@ -44,6 +44,11 @@ def check_launcher_options(cfg) -> None:
 ADDED_SETTINGS = {"tdm.move": "renoise", "fdistill.features": "critic", "msd.gan": False}
 
 
+def _short(value) -> str:
+    """A setting's value for a one-line refusal: a whole section (a method's, when the method changed) as {...}."""
+    return "{...}" if isinstance(value, dict) else repr(value)
+
+
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
     out = []
@@ -55,7 +60,7 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, prefix + k + ".")
         elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+            out.append(f"{prefix}{k}: {_short(a)} -> {_short(b)}")
     return out
 
 

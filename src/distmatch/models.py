@@ -206,7 +206,6 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
         if not isinstance(cfg.get("sigmas"), list) or not cfg["sigmas"]:
             raise UserError(f"{run_dir}: its {ckpt.CONFIG} names no noise levels for the student's steps; the folder "
                             "was edited or damaged: distil it again")
-
         gen = build_student_generator(cfg, shape, weights, network).to(device).eval()
         return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []), path=run_dir)
     try:

@@ -188,8 +188,9 @@ def _labelled_files(folder: Path) -> list[tuple[Path, str | None]]:
 
 
 def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """(H, W) grayscale (uint8, uint16 for 16-bit files, float32 for float ones), (H, W, 3) uint8 colour or (H, W, 4) uint8 with an alpha
-    channel that is not fully opaque (an opaque one carries nothing and is dropped); and what was lost, if anything."""
+    """(H, W) grayscale (uint8; uint16 for 16-bit files, float32 for float ones), (H, W, 3) uint8 colour, or
+    (H, W, 4) uint8 with an alpha channel that is not fully opaque (an opaque one carries nothing and is dropped);
+    and what was lost, if anything."""
     from PIL import Image
 
     try:

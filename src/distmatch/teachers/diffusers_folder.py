@@ -140,8 +140,8 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     if unet_class not in SUPPORTED_MODELS:
         raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
     verbosity = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # its notes on missing weights:
-    # the one line below says what is wrong
+    # quiet its own notes on missing weights: the one line below says what is wrong
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
     try:
         unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)

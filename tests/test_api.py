@@ -279,3 +279,96 @@ def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeyp
         images = (0.2 * rng.standard_normal((64, 1, 8, 8)) + shift).clip(-1, 1).astype(np.float32)
         distmatch.evaluate(teacher, images, n=64, progress=False)
     assert len(list((tmp_path / "cache").glob("*-train-*.safetensors"))) == 2
+
+
+class Seen(Gauss):
+    """Gauss that records every σ it is called at."""
+
+    def __init__(self, prediction: str = "x0"):
+        super().__init__(0.0, 0.5)
+        self.sigmas, self.prediction = [], prediction
+
+    def forward(self, x, sigma):
+        self.sigmas.append(sigma.detach())
+        x0 = super().forward(x, sigma)
+        return x0 if self.prediction == "x0" else (x - x0) / sigma.reshape(-1, 1)  # ε̂ = (x - x̂_0) / σ
+
+
+def test_a_sigma_space_network_is_called_inside_its_range_only(tmp_path):
+    """A σ-space denoiser is run on [sigma_min, sigma_max] only: by dmd's ODE pairs too (they ran down to EDM's
+    0.002), by a K-step student whose default levels would leave the range (refused in one line, not run above
+    σ_max), and by student.sigmas given above it; an ε-predicting one's student starts at σ <= 14.62 or at
+    student.start_sigma_max, as a DDPM teacher's does (it started at σ_max, 80)."""
+    data = np.random.default_rng(0).normal(scale=0.5, size=(256, 2))
+    quick = {"train.iters": 1, "train.batch_size": 8, "dmd.pairs": 16}
+    net = Seen()
+    teacher = distmatch.wrap_teacher(net, sample_shape=(2,), sigma_min=0.05, sigma_max=20.0, features="mid",
+                                     sample_steps=4)
+    distmatch.distill(teacher, tmp_path / "dmd", data=data, method="dmd", settings=quick, progress=False)
+    assert float(torch.cat(net.sigmas).min()) >= 0.05 * (1 - 1e-6)
+    quick = {"train.iters": 1, "train.batch_size": 8}
+    low = distmatch.wrap_teacher(Seen(), sample_shape=(2,), sigma_max=0.5, features="mid")
+    with pytest.raises(UserError, match=r"default levels \[0.5, 0.8434, .*\] do not fall within the teacher's σ"):
+        distmatch.distill(low, tmp_path / "k4", data=data, steps=4, settings=quick, progress=False)
+    with pytest.raises(UserError, match="student.sigmas go up to 200, above the teacher's top level σ = 20"):
+        distmatch.distill(teacher, tmp_path / "hi", data=data, settings={**quick, "student.sigmas": [200.0]},
+                          progress=False)
+    eps = distmatch.wrap_teacher(Seen("epsilon"), sample_shape=(2,), prediction="epsilon", features="mid")
+    fast = {"train.iters": 1, "train.batch_size": 8, "dmd2.gan": False}
+    assert distmatch.distill(eps, tmp_path / "e", settings=fast, progress=False).loaded.config["sigmas"] == [14.62]
+    assert distmatch.distill(eps, tmp_path / "e5", settings={**fast, "student.start_sigma_max": 5.0},
+                             progress=False).loaded.config["sigmas"] == [5.0]
+    student = distmatch.load(tmp_path / "e", network=Seen("epsilon"))
+    with pytest.raises(UserError, match="the teacher given is a student, not a teacher"):
+        distmatch.distill(student, tmp_path / "s2", settings=fast, progress=False)
+
+
+class Lookup(torch.nn.Module):
+    """A DDPM-style network whose time embedding is a table of `steps` entries and whose labels index `classes`."""
+
+    def __init__(self, steps: int = 1000, classes: int = 0):
+        super().__init__()
+        self.time = torch.nn.Embedding(steps, 2)
+        self.label = torch.nn.Embedding(max(classes, 1), 2)
+
+    def forward(self, x, t, labels=None):
+        return x * self.time(t) + (0 if labels is None else self.label(labels))
+
+
+def test_arguments_a_network_cannot_use_are_refused_not_ignored(tmp_path, capsys):
+    """wrap_teacher refuses in one line what it used to ignore or meet as a traceback later: a time table or a
+    label table smaller than the schedule or num_classes says, arguments of another convention, a table given as
+    a name, non-finite flow constants, a fractional step count, a value range for vectors; load names a network
+    of another class than the student's."""
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler().alphas_cumprod
+    wrap = distmatch.wrap_teacher
+    for call, match in (
+            (lambda: wrap(Lookup(50), (2,), alphas_cumprod=ac, timesteps="discrete"), "IndexError"),
+            (lambda: wrap(Lookup(1000, 3), (2,), alphas_cumprod=ac, timesteps="discrete", num_classes=5),
+             "with label 4: IndexError"),
+            (lambda: wrap(Lookup(), (2,), alphas_cumprod="linear"), "alphas_cumprod must be a table of numbers"),
+            (lambda: wrap(Seen(), (2,), flow=True, shift=float("nan")), "finite shift"),
+            (lambda: wrap(Seen(), (2,), flow=True, timesteps="discrete"), "timesteps= says how a DDPM-style"),
+            (lambda: wrap(Seen(), (2,), timesteps="discrete"), "timesteps= says how a DDPM-style"),
+            (lambda: wrap(Lookup(), (2,), alphas_cumprod=ac, shift=3.0), "shift describe a flow-matching network"),
+            (lambda: wrap(Seen(), (2,), time_scale=1.0), "time_scale describe a flow-matching network"),
+            (lambda: wrap(Seen(), (2,), sample_steps=2.5), "sample_steps must be a whole number"),
+            (lambda: wrap(Seen(), (2,), value_range=(0, 255)), "vectors keep their own units")):
+        with pytest.raises(UserError, match=match):
+            call()
+    three = wrap(Lookup(1000, 3), (2,), alphas_cumprod=ac, timesteps="discrete", num_classes=3)
+    assert three.sample(2).shape == (2, 2)
+    teacher = wrap(Seen(), (2,), features="mid")
+    assert repr(teacher) == ("<distmatch teacher (in memory): vectors of dimension 2 (float32; unlabeled), "
+                             "79 network evaluations>")
+    fast = {"train.iters": 1, "train.batch_size": 8, "dmd2.gan": False}
+    distmatch.distill(teacher, tmp_path / "s", settings=fast, progress=False)
+    capsys.readouterr()
+    distmatch.load(tmp_path / "s", network=Gauss(0.0, 0.5))
+    assert "distilled from a test_api.Seen; network= is a test_api.Gauss" in capsys.readouterr().err
+    with pytest.raises(UserError, match="msd.gan=false"):
+        labelled = wrap(Lookup(1000, 2), (2,), alphas_cumprod=ac, timesteps="discrete", num_classes=2, features=None)
+        distmatch.distill(labelled, tmp_path / "m", method="msd",
+                          data=np.zeros((8, 2)), labels=np.arange(8) % 2, settings={"train.iters": 1}, progress=False)

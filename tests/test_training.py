@@ -122,13 +122,14 @@ def test_a_preview_that_fails_is_reported_once_and_the_run_goes_on(tiny_teacher,
 def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_path, stop_before):
     """dmd2.ode_init = 0.6 of 20 iterations: stopped at iteration 10 (as by Ctrl-C), inside the regression on the
     teacher's ODE pairs, and re-run, it ends where an uninterrupted run ends, with the cached pairs."""
-    from distmatch.training.trainer import Interrupted
+    from distmatch import Interrupted
 
     args = distill_args(["train.iters=20", "dmd2.ode_init=0.6", "dmd2.ode_pairs=64"])
     run_distill(tiny_teacher, tmp_path / "full", overrides=args)
     stop_before(10)
-    with pytest.raises(Interrupted):
+    with pytest.raises(KeyboardInterrupt, match="stopped at iteration 10 of 20") as stopped:  # as Ctrl-C is
         run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    assert isinstance(stopped.value, Interrupted)
     stop_before(None)
     assert read_checkpoint_iteration(tmp_path / "half") == 10
     run_distill(tiny_teacher, tmp_path / "half", overrides=args)

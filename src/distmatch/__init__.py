@@ -8,5 +8,7 @@
 __version__ = "0.1.0"
 
 from .api import Model, distill, evaluate, load, train_teacher, wrap_teacher  # noqa: E402
+from .errors import Interrupted, UserError  # noqa: E402
 
-__all__ = ["Model", "distill", "evaluate", "load", "train_teacher", "wrap_teacher", "__version__"]
+__all__ = ["Interrupted", "Model", "UserError", "distill", "evaluate", "load", "train_teacher", "wrap_teacher",
+           "__version__"]

@@ -126,7 +126,9 @@ def _source(data, labels, out: Path) -> str | None:
 
 def train_teacher(data, out, settings: dict | None = None, labels=None, progress: bool = True) -> Model:
     """Train a teacher on `data` (a preset name, a path, or an array/tensor with `labels=` beside it) into the run
-    folder `out`; re-running resumes it."""
+    folder `out`; re-running resumes it. Ctrl-C (or SIGTERM) stops it after the current step, checkpointed, and
+    raises distmatch.Interrupted (a KeyboardInterrupt); bad input raises distmatch.UserError, whose message is one
+    line naming what is wrong."""
     from .teachers.train import train_teacher as train
 
     out = Path(out)
@@ -140,7 +142,8 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
             settings: dict | None = None, recipe: str | None = None, progress: bool = True) -> Model:
     """Distil `teacher` (a run folder, a Model, or a network from wrap_teacher) into a `steps`-step student in the
     run folder `out` (default: the method's own, as student.steps in `settings`: 1, tdm 4), with `method` as
-    published (default dmd2) or a named `recipe`; `data` as for train_teacher (default: the teacher's own)."""
+    published (default dmd2) or a named `recipe`; `data` as for train_teacher (default: the teacher's own).
+    Re-running resumes it; Ctrl-C and bad input as for train_teacher."""
     from .methods import load_teacher, run_distill
 
     out = Path(out)
@@ -223,9 +226,24 @@ def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_st
         raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
     if value_range is not None and (len(value_range) != 2 or not float(value_range[0]) < float(value_range[1])):
         raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
-    if sample_steps is not None and sample_steps < 1:
-        raise UserError(f"sample_steps must be >= 1 (or None: the default), got {sample_steps}")
+    if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer))
+                                     or sample_steps < 1):
+        raise UserError(f"sample_steps must be a whole number >= 1 (or None: the default), got {sample_steps!r}")
+    if value_range is not None and len(shape) == 1:
+        raise UserError("value_range says what an image network's [-1, 1] stands for; vectors keep their own units")
     return shape
+
+
+def _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps) -> None:
+    """Arguments of one convention given to a network of another are refused, not ignored."""
+    if timesteps != "continuous" and (flow or alphas_cumprod is None):
+        raise UserError("timesteps= says how a DDPM-style network (alphas_cumprod given) is fed t; a flow or σ-space "
+                        "network takes its time as given (adapt a lookup table with a small module)")
+    flow_args = {"shift": (shift, 1.0), "time_scale": (time_scale, 1000.0),
+                 "num_train_timesteps": (num_train_timesteps, 1000)}
+    if given := [k for k, (v, default) in flow_args.items() if v != default and not flow]:
+        this = "DDPM-style (levels from alphas_cumprod)" if alphas_cumprod is not None else "a σ-space denoiser"
+        raise UserError(f"{', '.join(given)} describe a flow-matching network (flow=True); this one is {this}")
 
 
 def _users_network(net: torch.nn.Module) -> torch.nn.Module:
@@ -276,6 +294,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     time embedding that is a lookup table). With `flow=True`, `net` is a flow-matching network called as
     net(x_s, t[, labels]) on x_s = (1-s) x_0 + s ε with t = time_scale · s, predicting the velocity ε - x_0, trained
     on a flow scheduler's `num_train_timesteps` levels after `shift`. Adapt other time scalings with a small module.
+    σ or t arrives as a (batch,) float32 tensor (int64 with `timesteps="discrete"`), labels as (batch,) int64.
     A σ-space denoiser was trained on σ in [`sigma_min`, `sigma_max`] (default EDM's 0.002 and 80, made for data of
     std `sigma_data` = 0.5: give your own range when your data's spread differs); `sigma_data` also scales the
     critic's loss weights and a K-step student's default levels (student.sigma_top / sigma_last are for 0.5).
@@ -288,10 +307,12 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     the teacher, heun or euler (its probability-flow ODE, `sample_steps` steps) or ancestral (DDPM's stochastic
     sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE
     for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave it None when your own
-    sampler does not clip."""
+    sampler does not clip. `net` is put in eval mode and its parameters frozen (requires_grad False): a teacher
+    stays as it is, and its students and critics are trained as copies of it."""
     from .teachers.adapters import FlowAdapter, VPAdapter
 
     shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
+    _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)
     net = _users_network(net)
     _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
     net = net.eval().requires_grad_(False)

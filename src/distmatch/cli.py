@@ -188,7 +188,7 @@ def _main_process() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.trainer import Interrupted
+    from .errors import Interrupted
 
     try:
         code = run(argv)

@@ -9,3 +9,8 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C, SIGTERM) after its current step, checkpointed: calling the same command or
+    function again resumes it. A KeyboardInterrupt, so code that stops on Ctrl-C stops on it alike."""

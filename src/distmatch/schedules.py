@@ -135,11 +135,24 @@ class NoiseSchedule:
         return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
     def given_levels(self, sigmas: list[float]) -> list[float]:
-        """student.sigmas, refused above a DDPM-family teacher's top level (its network has no timestep there)."""
-        if self.kind == "vp" and max(sigmas) > self.sigma_max * (1 + 1e-6):
+        """student.sigmas, refused above the top level of a teacher that has one (a DDPM-family network has no
+        timestep there; a σ-space denoiser was not trained there). A flow teacher's top is pure noise, s = 1."""
+        if self.kind != "flow" and max(sigmas) > self.sigma_max * (1 + 1e-6):
+            last = "its last training timestep" if self.kind == "vp" else "the top of the σ range it was trained on"
             raise UserError(f"student.sigmas go up to {max(sigmas):g}, above the teacher's top level σ = "
-                            f"{self.sigma_max:.4g} (its last training timestep)")
+                            f"{self.sigma_max:.4g} ({last})")
         return list(sigmas)
+
+    def _ve_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float) -> list[float]:
+        """A σ-space teacher's student: σ_max (an ε teacher's capped at start_max), then sigma_top .. sigma_last,
+        all within the range the teacher was trained on."""
+        top = min(self.sigma_max, start_max) if start_max else self.sigma_max
+        levels = student_sigmas(steps, top, sigma_top, sigma_last)
+        if steps > 1 and not (levels[0] > levels[1] and levels[-1] >= self.sigma_min * (1 - 1e-6)):
+            raise UserError(f"a {steps}-step student's default levels {[round(v, 4) for v in levels]} do not fall "
+                            f"within the teacher's σ range [{self.sigma_min:.4g}, {top:.4g}]: give student.sigmas "
+                            "(or student.sigma_top and student.sigma_last) inside it")
+        return levels
 
     def timestep_levels(self, timesteps: list[int]) -> list[float]:
         """σ of a DDPM-family teacher's training timesteps (student.timesteps; the grid holds σ(t) at index t)."""
@@ -153,13 +166,14 @@ class NoiseSchedule:
 
     def student_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float = 0.0,
                        flow_terminal: float = 0.0) -> list[float]:
-        """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max, then geometric from sigma_top
-        to sigma_last; VP: the timesteps a consistency-style scheduler pins for K steps, (i+1)·(T//K) - 1 for
-        i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000), where T counts the training levels with σ <= start_max
-        when that is set (all of them otherwise); flow: a flow scheduler's K levels (evenly spaced in time from
-        s = 1 to its lowest training s, each shifted), or with `flow_terminal` stretched to end at its shift."""
+        """A K-step student's levels, the ones an exported scheduler runs. VE: σ_max (or start_max when lower),
+        then geometric from sigma_top to sigma_last; VP: the timesteps a consistency-style scheduler pins for K
+        steps, (i+1)·(T//K) - 1 for i = K-1..0 (999, 749, 499, 249 for K = 4 of 1000), where T counts the training
+        levels with σ <= start_max when that is set (all of them otherwise); flow: a flow scheduler's K levels
+        (evenly spaced in time from s = 1 to its lowest training s, each shifted), or with `flow_terminal` stretched
+        to end at its shift."""
         if self.kind == "ve":
-            return student_sigmas(steps, self.sigma_max, sigma_top, sigma_last)
+            return self._ve_levels(steps, sigma_top, sigma_last, start_max)
         if self.kind == "vp":
             if steps > len(self.grid):
                 raise UserError(f"a {steps}-step student needs {steps} of its teacher's training timesteps; it was "

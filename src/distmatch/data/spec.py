@@ -212,10 +212,12 @@ class DataSpec:
         return cls(**known)
 
     def describe(self) -> str:
+        """What the samples are; where they came from when the spec was read from data (a wrapped network's has no
+        data behind it)."""
         classes = f"{self.num_classes} classes" if self.class_names else "unlabeled"
+        origin = f"{self.n} from {self.source}, " if self.source else ""
         if self.kind == "vector":
-            return f"{self.n} vectors of dimension {self.shape[0]} ({self.dtype}) from {self.source}, {classes}"
+            return f"vectors of dimension {self.shape[0]} ({self.dtype}; {origin}{classes})"
         c, h, w = self.shape
         lo, hi = self.value_range
-        return (f"{self.n} images {c}x{h}x{w} ({self.dtype} {self.layout}, values in [{lo}, {hi}]) "
-                f"from {self.source}, {classes}")
+        return f"images {c}x{h}x{w} ({self.dtype} {self.layout}, values in [{lo}, {hi}]; {origin}{classes})"

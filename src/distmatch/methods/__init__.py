@@ -229,6 +229,9 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     method, recipe = method_and_recipe(method, recipe)
     module = method_module(method)
     teacher = teacher if isinstance(teacher, LoadedModel) else load_teacher(teacher)
+    if teacher.kind != "teacher":
+        raise UserError(f"the teacher given is a {teacher.kind}, not a teacher: distil a teacher (a run of `distmatch "
+                        "teacher`, a diffusers model folder or a network from wrap_teacher)")
     overrides = list(overrides or [])
     if steps is not None:
         overrides.append(f"student.steps={steps}")

@@ -26,7 +26,7 @@ class StudentConfig:
     sigma_top: float = 7.0                # default levels for K > 1 (data of std 0.5): geometric from sigma_top ...
     sigma_last: float = 0.35              # ... down to sigma_last (a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
-    start_sigma_max: float = 14.62        # an ε-predicting VP teacher's student starts at its highest level with
+    start_sigma_max: float = 14.62        # an ε-predicting teacher's student starts at its highest level with
                                           # σ <= this (0: its top): Stable Diffusion's top, where DMD2 was published
                                           # (a linear-β DDPM's, σ 157, multiplies ε̂'s error 157x in x̂_0)
     flow_terminal: float = 0.0            # flow teachers, K > 1: the last level s = shift(this) (0: the stock
@@ -91,14 +91,14 @@ class RealScore(nn.Module):
 class Critic(nn.Module):
     """The fake score: a denoiser trained on student samples; optionally a GAN head on its features."""
 
-    def __init__(self, denoiser: nn.Module, gan: bool):
+    def __init__(self, denoiser: nn.Module, gan: bool, section: str = "dmd2"):
         super().__init__()
         self.denoiser = denoiser
         source = getattr(denoiser, "backbone", denoiser)  # distmatch's networks, or an adapter of a user's
         if gan and not getattr(source, "feature_dim", 0):
             raise UserError("the GAN head needs the critic's features, and this teacher's network names none: wrap "
                             "it with wrap_teacher(..., features='<bottleneck sub-module>') or turn the GAN off "
-                            "(e.g. --set dmd2.gan=false)")
+                            f"(--set {section}.gan=false)")
         self.head = build_head(source) if gan else None
 
     def forward(self, x, sigma, cond=None, step=None):
@@ -349,9 +349,9 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.gen = ctx.prepare(gen)  # then the EMA: from the weights every process holds after prepare
         self.ema = ema_copy(ctx.unwrap(self.gen))
         if student.critic_per_step and len(sigmas) > 1:
-            critic = StepCritics([Critic(init_copy(teacher.init_net, ctx.device), gan) for _ in sigmas])
+            critic = StepCritics([Critic(init_copy(teacher.init_net, ctx.device), gan, self.name) for _ in sigmas])
         else:
-            critic = Critic(init_copy(teacher.init_net, ctx.device), gan)
+            critic = Critic(init_copy(teacher.init_net, ctx.device), gan, self.name)
         self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)

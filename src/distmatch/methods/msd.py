@@ -231,7 +231,7 @@ class MSD(DistributionMatching, Method):
         self.gens.append(ctx.prepare(gen))
         # after prepare: a small student's random start is the first process's on every process, and so its EMA
         self.emas.append(ema_copy(ctx.unwrap(self.gens[-1])))
-        critic = Critic(init_copy(teacher.init_net, ctx.device), gan=opts.gan)
+        critic = Critic(init_copy(teacher.init_net, ctx.device), gan=opts.gan, section="msd")
         self.critics.append(ctx.prepare(critic.to(ctx.device)))
         self.opt_g.append(ctx.make_optimizer(self.gens[-1].parameters()))
         self.opt_c.append(ctx.make_optimizer(self.critics[-1].parameters(), lr=opts.lr_critic or None))

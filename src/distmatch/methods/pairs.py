@@ -86,6 +86,13 @@ def teacher_fingerprint(teacher) -> str:
     return h.hexdigest()[:16]
 
 
+def lowest_level(schedule) -> dict:
+    """The teacher's lowest training level, where its ODE ends, when it is not EDM's σ_min (kept out of the cache's
+    settings then, so that pairs made before stay valid)."""
+    s = schedule.sigma_min
+    return {"sigma_min": s} if schedule.kind != "ve" or abs(s / SIGMA_MIN - 1) > 1e-9 else {}
+
+
 def ode_solver(teacher) -> str:
     """DMD's pairs are the teacher's deterministic noise -> sample map: its ODE solver, Heun for a teacher that
     samples with the (stochastic) ancestral sampler."""
@@ -149,7 +156,7 @@ class OdePairs:
                 "solver": ode_solver(teacher), "sigma_max": self.student.sigmas[0], "guidance": guidance,
                 "shape": list(teacher.spec.shape), "class_weights": self.class_weights,
                 "teacher": teacher_fingerprint(teacher), **self.pair_levels(),
-                **({"sigma_min": teacher.schedule.sigma_min} if teacher.schedule.kind != "ve" else {}),
+                **lowest_level(teacher.schedule),
                 **({"x0_limit": teacher.config["x0_limit"]} if teacher.config.get("x0_limit") else {})}
 
     def pair_levels(self) -> dict:

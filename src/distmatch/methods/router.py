@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 from torch import nn
@@ -51,8 +52,12 @@ def build_network(net_cfg: dict, shape, num_classes: int, sigma_data: float, net
     if net_cfg.get("kind") != "external":
         return build_denoiser(net_cfg, shape, num_classes, sigma_data)
     if network is None:
-        raise UserError(f"this student was distilled from a network defined in Python ({net_cfg['class']}); load "
-                        "it in Python with distmatch.load(path, network=<an instance of that class>)")
+        raise UserError(f"this student was distilled from a network defined in Python ({net_cfg['class']}); only "
+                        "Python rebuilds it: distmatch.load(path, network=<an instance of that class>) samples it "
+                        "(it cannot be exported: a diffusers pipeline runs diffusers models only)")
+    if (given := f"{type(network).__module__}.{type(network).__qualname__}") != net_cfg.get("class", given):
+        print(f"warning: this student was distilled from a {net_cfg['class']}; network= is a {given}, used as "
+              "given", file=sys.stderr)
     return rebuild_adapter(net_cfg, copy_of(network))
 
 

@@ -124,7 +124,7 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
     teacher_curves = read_log(out / "teacher")
     sections = [
         {"heading": "Summary", "text": [headline(rows, kind), budget_line(out / "student"),
-                                         f"data: {data_name} ({teacher.spec.describe()})",
+                                         f"data: {data_name}: {teacher.spec.describe()}",
                                          scoring_line(data_name, rows)]},
         {"heading": "Samples", "images": [str(sample_png)]},
         {"heading": "Metrics", "table": metrics_table(rows, columns)},

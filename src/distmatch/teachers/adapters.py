@@ -77,14 +77,20 @@ class TeacherAdapter(nn.Module):
         the features' channels and size (features="auto": first find the network's bottleneck)."""
         p = next(self.parameters(), None)
         x = torch.zeros((1,) + tuple(shape), device=p.device if p is not None else "cpu")
-        cond = torch.zeros(1, dtype=torch.long, device=x.device) if self.num_classes else None
+        # the highest label: a label table smaller than num_classes fails here, not in the first sampling
+        cond = torch.full((1,), self.num_classes - 1, dtype=torch.long, device=x.device) if self.num_classes else None
         if self.features == AUTO:
             self.features = self._bottleneck(lambda: self(x, torch.ones(1, device=x.device), cond), shape)
         try:
             with torch.no_grad():
                 out = self(x, torch.ones(1, device=x.device), cond, return_features=self.features is not None)
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise UserError(f"the network fails on samples of shape {tuple(shape)}: {str(e).splitlines()[0]}") from None
+        except UserError:
+            raise
+        except Exception as e:  # any failure of the user's network is named in one line
+            why = (str(e).splitlines() or [""])[0]
+            raise UserError(f"the network fails on samples of shape {tuple(shape)}"
+                            f"{' with label ' + str(self.num_classes - 1) if self.num_classes else ''}: "
+                            f"{type(e).__name__}: {why}") from None
         x0, f = out if self.features is not None else (out, None)
         if x0.shape != x.shape:
             raise UserError(f"the network's prediction has shape {tuple(x0.shape[1:])} for samples of shape "
@@ -118,7 +124,7 @@ class TeacherAdapter(nn.Module):
         try:
             with torch.no_grad():
                 call()
-        except (RuntimeError, TypeError, ValueError):
+        except Exception:
             seen = []  # the probe that follows says what is wrong with the network
         finally:
             for hook in hooks:
@@ -248,7 +254,11 @@ class VPAdapter(TeacherAdapter):
             raise UserError(f"a DDPM-style network predicts one of {', '.join(VP_PREDICTIONS)}, got {prediction!r}")
         if timesteps not in ("continuous", "discrete"):
             raise UserError(f"timesteps must be continuous or discrete, got {timesteps!r}")
-        a = finite_top(torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        try:
+            a = finite_top(torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(f"alphas_cumprod must be a table of numbers (a scheduler's alphas_cumprod), got "
+                            f"{type(alphas_cumprod).__name__}") from None
         if a.ndim != 1 or len(a) < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
             raise UserError("alphas_cumprod must be a falling 1-D table of values in (0, 1), one per timestep")
         self.prediction, self.timesteps = prediction, timesteps
@@ -307,8 +317,9 @@ class FlowAdapter(TeacherAdapter):
     def __init__(self, net: nn.Module, num_train: int = 1000, shift: float = 1.0, time_scale: float = 1000.0,
                  num_classes: int = 0, features: str | None = None):
         super().__init__(net, num_classes, features)
-        if num_train < 2 or shift <= 0 or time_scale <= 0:
-            raise UserError("a flow teacher needs num_train >= 2, shift > 0 and time_scale > 0")
+        if not (num_train >= 2 and 0 < shift < math.inf and 0 < time_scale < math.inf):
+            raise UserError(f"a flow teacher needs num_train_timesteps >= 2 and finite shift > 0 and time_scale > 0, "
+                            f"got {num_train}, {shift} and {time_scale}")
         self.num_train, self.shift, self.time_scale = int(num_train), float(shift), float(time_scale)
 
     def schedule(self) -> NoiseSchedule:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .. import checkpoint as ckpt
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
                      check_same_run, differences, folder_lock, read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
@@ -292,10 +292,6 @@ def follow_thread_budget() -> None:
         torch.set_num_threads(n)
 
 
-class Interrupted(Exception):
-    """The run was stopped on request and checkpointed."""
-
-
 def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
     mine = torch.cat([torch.get_rng_state(), data.generator.get_state()])
     acc = ctx.accelerator
@@ -340,10 +336,11 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     acc = ctx.accelerator
     before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
     after = run_config.get("config", {}).get("train", {}).get("iters")
-    if before not in (None, after) and acc.is_main_process:
-        print(f"note: train.iters grew from {before} to {after}: what is set as a share of the run (a cosine decay "
-              "or cool-down, a stage boundary) now spans the longer run, so it ends unlike a run started at "
-              f"{after}", file=sys.stderr)
+    if before not in (None, after) and after is not None and after >= int(meta["iteration"]) and acc.is_main_process:
+        grew = after > before  # fewer than the iterations done is refused later, with its own line
+        print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
+              f"the run (a cosine decay or cool-down, a stage boundary) now spans the "
+              f"{'longer' if grew else 'shorter'} run, so it ends unlike a run started at {after}", file=sys.stderr)
     if meta.get("world_size", 1) != acc.num_processes:
         raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same "
                         "number")

@@ -287,3 +287,20 @@ def test_a_folder_of_float_images_keeps_its_values(tmp_path):
     _write_png(tmp_path / "c.png", (5, 5), "L", 60)
     with pytest.raises(UserError, match="2 floating-point image.*among 1 integer.*keep one kind"):
         load_data(str(tmp_path))
+
+
+def test_reference_images_of_another_number_kind_are_read_in_their_own_range(tmp_path, capsys):
+    """A model trained on [0, 1] floats scored against the same images as uint8 PNG-like pixels, and the reverse:
+    each kind is read in its own range, so both give the same normalised images (0..255 pixels were read as
+    model units, and every score was off); 0..255 floats against a uint8 model are read as 0..255."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    floats = (pixels / 255).astype(np.float32)
+    float_model = load_data(str(_save_npy(tmp_path, floats, "f.npy")))
+    uint8_model = load_data(str(_save_npy(tmp_path, pixels, "u.npy")))
+    for model, other in ((float_model, "u.npy"), (uint8_model, "f.npy")):
+        again = load_data(str(tmp_path / other), spec=model.spec)
+        assert torch.allclose(again.x, model.x, atol=1e-6)
+        assert "reading them in their own value range" in capsys.readouterr().err
+    wide = load_data(str(_save_npy(tmp_path, pixels.astype(np.float32), "w.npy")), spec=uint8_model.spec)
+    assert torch.allclose(wide.x, uint8_model.x, atol=1e-6)

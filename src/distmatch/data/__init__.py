@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..teachers.gmm import GaussianMixture
 from .arrays import RawData, check_array, check_labels, infer_layout, read_data
 from .presets import PRESETS, SPLIT_SEEDS, list_presets, load_preset, preset_mixture
-from .spec import DataSpec, data_fingerprint, normalised_sample_shape
+from .spec import DataSpec, data_fingerprint, infer_value_range, normalised_sample_shape
 
 __all__ = ["Dataset", "DataSpec", "load_data", "from_arrays", "is_preset", "list_presets"]
 
@@ -94,6 +94,8 @@ def _scale_spec(raw: RawData, spec: DataSpec, origin: str) -> DataSpec:
             return fitted
         check_in_range(float(raw.array.min()), float(raw.array.max()), spec.value_range, origin)
         return dataclasses.replace(fitted, value_range=list(spec.value_range), range_fixed=True)
+    if _other_number_kind(raw, spec):  # 0..255 pixels are not [0, 1] floats: each kind is read in its own range
+        return dataclasses.replace(spec, value_range=_own_range(raw.array, spec, origin))
     return spec
 
 
@@ -143,9 +145,26 @@ def _check_compatible(raw: RawData, spec: DataSpec, origin: str) -> None:
     if normalised_sample_shape(sample_shape, raw.layout) != tuple(spec.shape):
         raise UserError(f"data '{origin}' has samples of shape {sample_shape} "
                         f"but the model was trained on {spec.sample_shape}")
-    if kind == "image" and spec.source and (raw.array.dtype.kind == "f") != (np.dtype(spec.dtype).kind == "f"):
+    if _other_number_kind(raw, spec):
         print(f"warning: data '{origin}' are {raw.array.dtype} images but the model was trained on {spec.dtype} "
-              f"ones; scaling them by the model's value range {spec.value_range}", file=sys.stderr)
+              f"ones; reading them in their own value range {_own_range(raw.array, spec, origin)}", file=sys.stderr)
+
+
+def _other_number_kind(raw: RawData, spec: DataSpec) -> bool:
+    """Images of integers for a model trained on floats, or the reverse (PNGs against a float .npy)."""
+    return raw.layout != "nd" and bool(spec.source) and (raw.array.dtype.kind == "f") != (
+        np.dtype(spec.dtype).kind == "f")
+
+
+def _own_range(arr: np.ndarray, spec: DataSpec, origin: str) -> list:
+    """The value range images of another number kind than the model's data are read in: their own by the documented
+    rule (uint8: 0..255; floats in [0, 1] or [-1, 1]), floats beyond those read in the model's range if they fit it
+    (0..255 floats for a model of uint8 images)."""
+    own = infer_value_range(arr, origin)
+    lo, hi = spec.value_range
+    if arr.dtype.kind == "f" and own not in ([0.0, 1.0], [-1.0, 1.0]) and lo <= arr.min() and arr.max() <= hi:
+        return list(spec.value_range)
+    return own
 
 
 def _label_indices(labels: np.ndarray | None, class_names: list, origin: str) -> torch.Tensor | None:

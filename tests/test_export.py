@@ -465,6 +465,16 @@ def test_the_export_command_says_how_to_load_the_folder(ddpm_folder, tmp_path, c
             main(["export", "--model", str(student), "--out", str(tmp_path / f"{name}-export")])
         printed = capsys.readouterr().out
         assert exc.value.code == 0 and ("trust_remote_code=True" in printed) == remote, printed
+    # run again, the export is there: nothing to do; another student's export in that folder is refused
+    folder = tmp_path / "custom-export"
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--model", str(tmp_path / "custom"), "--out", str(folder)])
+    assert exc.value.code == 0 and "already holds this export" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--model", str(tmp_path / "plain"), "--out", str(folder)])
+    assert exc.value.code == 2 and "exists and is not empty" in capsys.readouterr().err
 
 
 def test_an_export_removes_the_drafts_a_killed_export_left(tmp_path):

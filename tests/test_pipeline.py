@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from distmatch.cli import main
+from distmatch.training.logging import read_log
 
 TINY_UNET = ["--set", "network.channels=[8,16]", "--set", "train.progress=false", "--set", "train.batch_size=16"]
 
@@ -54,11 +55,11 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypa
 
 def test_demo_writes_report_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = cli("demo", "--data", "8gaussians", "--out", str(out), "--set", "teacher.train.iters=60",
-               "--set", "teacher.network.width=32", "--set", "teacher.network.depth=1",
-               "--set", "teacher.train.progress=false", "--set", "distill.train.iters=40",
-               "--set", "distill.train.batch_size=64", "--set", "distill.train.progress=false")
-    assert code == 0
+    argv = ("demo", "--data", "8gaussians", "--out", str(out), "--set", "teacher.train.iters=60",
+            "--set", "teacher.network.width=32", "--set", "teacher.network.depth=1",
+            "--set", "teacher.train.progress=false", "--set", "distill.train.iters=40",
+            "--set", "distill.train.batch_size=64", "--set", "distill.train.progress=false")
+    assert cli(*argv) == 0
     assert "sampling the teacher" not in capsys.readouterr().err  # the evaluation shows no bar either
     html = (out / "report.html").read_text()
     assert "Metrics" in html and html.count("data:image/png;base64,") >= 3
@@ -70,6 +71,12 @@ def test_demo_writes_report_and_metrics(tmp_path, capsys):
     assert 0 <= exact["swd"] < 0.05 and exact["modes_covered"] == 1.0  # the exact mixture at 40 Heun steps
     assert one_step["swd"] > 5 * exact["swd"]  # one Euler step from σ_max lands near the data's mean
     assert all(0 <= r["modes_covered"] <= 1 and 0 <= r["off_mode"] <= 1 for r in rows)
+    timings = json.loads((out / "metrics.json").read_text())["timings"]
+    assert timings["distill_s"] == read_log(out / "student")[-1]["time"]  # training time, from the run's log
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "metrics.json", out / "report.html")}
+    assert cli(*argv) == 0  # finished: re-running changes nothing, and says so
+    assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
+    assert "is finished" in capsys.readouterr().err
 
 
 def test_evaluate_writes_json(tmp_path):
@@ -98,10 +105,11 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     baseline_mb = float(baseline) if baseline.strip() != "None" else None
     out = tmp_path / "cmp"
     t0 = time.perf_counter()
-    code = cli("compare", "--data", "8gaussians", "--methods", "dmd2,tdm", "--steps", "1,2", "--out", str(out), "--jobs", "2",
-               "--set", "teacher.train.iters=40", "--set", "teacher.network.width=32", "--set", "teacher.network.depth=1",
-               "--set", "teacher.train.progress=false", "--set", "train.iters=6", "--set", "train.batch_size=32",
-               "--set", "train.progress=false")
+    argv = ("compare", "--data", "8gaussians", "--methods", "dmd2,tdm", "--steps", "1,2", "--out", str(out), "--jobs",
+            "2", "--set", "teacher.train.iters=40", "--set", "teacher.network.width=32", "--set",
+            "teacher.network.depth=1", "--set", "teacher.train.progress=false", "--set", "train.iters=6", "--set",
+            "train.batch_size=32", "--set", "train.progress=false")
+    code = cli(*argv)
     wall = time.perf_counter() - t0
     assert code == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
@@ -117,6 +125,13 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     assert not list(out.glob(".*.threads"))  # the thread budgets handed to the runs are cleaned up
     html = (out / "report.html").read_text()
     assert "dmd2 1-step" in html and html.count("data:image/png;base64,") >= 4
+    # the times are the runs' own training, from their logs (summed over resumes, not the last process's)
+    logged = [read_log(out / d)[-1]["time"] for d in ("dmd2-1step", "tdm-2step")]
+    assert [r["distill_s"] for r in students] == logged
+    # re-run when finished: nothing is scored or written again
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "compare.json", out / "report.html")}
+    assert cli(*argv) == 0
+    assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
 
 
 def test_compare_refuses_unknown_method(tmp_path):

@@ -6,16 +6,19 @@ parameterisation, the student's weights) and a scheduler that runs exactly the s
 teacher an LCMScheduler with `original_inference_steps=K`, for a flow teacher FlowMatchEulerDiscreteScheduler
 with `stochastic_sampling=True`. A student that moves DDIM-like between its steps (tdm) gets a DDIMScheduler
 (η = 0) or the flow scheduler's deterministic Euler step instead. The same seed gives the same images as
-`distmatch sample --seed`. A class-conditional student keeps that network and scheduler with a pipeline.py that
+`distmatch sample --seed` at K steps (at fewer, distmatch stops after the first k of the K levels and the
+scheduler picks its own k). A class-conditional student keeps that network and scheduler with a pipeline.py that
 passes labels (export_classes.py). A student of distmatch's own U-Net exports with its code in the folder instead
 (export_own.py), loaded with `trust_remote_code=True`. The distillation's record goes into model_index.json under
 "_distmatch" (diffusers ignores keys starting with _) and a model card (README.md).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -145,12 +148,16 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
     model = load_model(student_dir)
     check_exportable(model)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; export into a new folder")
     sigmas = model.config["sigmas"]
     record = {"method": model.config["method"], "recipe": model.config.get("recipe"), "steps": len(sigmas),
               "sigmas": sigmas, "move": model.config.get("move", "renoise"), "teacher": model.config.get("teacher_dir"),
-              "data": model.spec.source or None, "spec": model.spec.to_dict()}  # samples come back as the data
+              "data": model.spec.source or None, "spec": model.spec.to_dict(),  # samples come back as the data
+              "weights": weights_digest(Path(student_dir))}
+    if out.exists() and any(out.iterdir()):
+        if record["weights"] and exported_record(out) == record:
+            print(f"{out} already holds this export; nothing to do", file=sys.stderr)
+            return out
+        raise UserError(f"{out} exists and is not empty; export into a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
     remove_stale_drafts(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}."))
@@ -171,6 +178,27 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def weights_digest(student_dir: Path) -> str | None:
+    """The student's weights file's SHA-256 (first 16 hex digits): an export says which weights it holds."""
+    path = student_dir / ckpt.MODEL
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def exported_record(folder: Path) -> dict:
+    """The distillation record of an export, as export_student made it (before the scheduler's additions)."""
+    try:
+        stored = json.loads((folder / "model_index.json").read_text()).get("_distmatch", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in stored.items() if k != "timesteps"}
 
 
 def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> str | None:

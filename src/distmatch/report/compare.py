@@ -18,6 +18,7 @@ from ..data import is_preset, load_data
 from ..errors import UserError
 from ..models import load_model
 from ..training.logging import read_log
+from .finished import finished_before, training_seconds
 
 # So the whole comparison fits in about 10 minutes on 2 cores; raise it with --set train.iters=N.
 COMPARE_ITERS = {"vector": 2000, "image": 1500}
@@ -117,8 +118,8 @@ def expected_cost(method: str, k: int) -> float:
 def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int) -> list[dict]:
     """Each distillation in a child process, up to `jobs` at once (the threads this process may use, shared
     evenly between them), the costliest first; once none is left to start, the runs still going share the threads
-    of those that finished (trainer.follow_thread_budget). Returns each one's wall-clock and peak resident memory
-    (its own, read from /proc while it runs; None where /proc does not say), in the order given."""
+    of those that finished (trainer.follow_thread_budget). Returns each one's peak resident memory (its own, read
+    from /proc while it runs; None where /proc does not say), in the order given; its time is in its log."""
     import torch
 
     from ..eval.speed import peak_rss_mb
@@ -142,7 +143,7 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
                 ckpt.atomic_write_bytes(budget_files[i], str(threads).encode())
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), THREADS_FILE_ENV: str(budget_files[i])}
                 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
-                running[proc.pid] = (i, method, proc, time.perf_counter())
+                running[proc.pid] = (i, method, proc)
             pid, status, _ = os.wait4(-1, os.WNOHANG)
             if pid == 0:  # none finished: note each one's peak so far (it only grows), look again shortly
                 for child, (i, *_) in running.items():
@@ -151,17 +152,16 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
                 continue
             if pid not in running:
                 continue
-            i, method, proc, t0 = running.pop(pid)
+            i, method, proc = running.pop(pid)
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 raise UserError(f"distilling with {method} failed (exit {proc.returncode}); see the message above")
-            costs[i] = {"distill_s": round(time.perf_counter() - t0, 1),
-                        "peak_mb": round(peaks[i], 1) if peaks[i] else None, "parallel_jobs": jobs}
+            costs[i] = {"peak_mb": round(peaks[i], 1) if peaks[i] else None, "parallel_jobs": jobs}
             if not pending and running:  # a core fell idle with nothing left to start: the others may use it
                 for j, *_ in running.values():
                     ckpt.atomic_write_bytes(budget_files[j], str(max(1, total // len(running))).encode())
     finally:
-        for _, _, proc, _ in running.values():  # a failure or Ctrl-C: the others stop too (each can resume)
+        for _, _, proc in running.values():  # a failure or Ctrl-C: the others stop too (each can resume)
             proc.terminate()
             proc.wait()
         for path in budget_files:
@@ -187,33 +187,38 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
     t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])
     check_plan(plan, data, m_over)
     out = Path(out or f"runs/compare-{Path(data).stem}")
-    t0 = time.perf_counter()
     teacher_dir = train_teacher(data, out / "teacher", None, t_over)
     teacher = load_model(teacher_dir)
-    teacher_s = round(time.perf_counter() - t0, 1)
     kind = teacher.spec.kind
-    reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
-    n = 4000 if kind == "vector" else 1000
-    rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",
-                 train_s=teacher_s)]
-    if teacher.fitted_network() is not None:  # what sampling costs with a network (the closed form is cheaper)
-        rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
-                         name=f"teacher network ({teacher.config['solver']})"))
-    students = []
     work = [(out / f"{method}-{k}step", method, k, own_length(m_over[method], COMPARE_ITERS[kind]) + m_over[method])
             for method, k in plan]
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     costs = run_methods(work, teacher_dir, jobs or default_jobs(len(plan)))
+    record = {"data": data, "plan": [[m, k] for m, k in plan], "overrides": list(overrides or [])}
+    if finished_before(out / "compare.json", record, [teacher_dir] + [run_dir for run_dir, *_ in work],
+                       out / "report.html"):
+        print(f"{out} is finished: every run and its report are as they were", file=sys.stderr)
+        return out / "report.html"
+    reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
+    n = 4000 if kind == "vector" else 1000
+    rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",
+                 train_s=training_seconds(teacher_dir))]
+    if teacher.fitted_network() is not None:  # what sampling costs with a network (the closed form is cheaper)
+        rows.append(dict(evaluate_model(teacher.fitted_network(), reference, n=n),
+                         name=f"teacher network ({teacher.config['solver']})"))
+    students = []
     for (method, k), (run_dir, *_), cost in zip(plan, work, costs):
         student = load_model(run_dir)
         students.append((method, k, student, run_dir))
-        rows.append(dict(evaluate_model(student, reference, n=n), name=f"{method} {k}-step", **cost))
+        rows.append(dict(evaluate_model(student, reference, n=n), name=f"{method} {k}-step", **cost,
+                         distill_s=training_seconds(run_dir)))
         if all(r["name"] != f"teacher {k}-step, euler" for r in rows):  # the teacher at the same NFE
             rows.append(dict(evaluate_model(teacher.with_solver("euler"), reference, n=n, steps=k),
                              name=f"teacher {k}-step, euler"))
-    ckpt.atomic_write_json(out / "compare.json", {"rows": rows})
-    return write_compare_report(out, data, rows, teacher, students, reference)
+    report = write_compare_report(out, data, rows, teacher, students, reference)
+    ckpt.atomic_write_json(out / "compare.json", {"args": record, "rows": rows})  # last: it marks the end
+    return report
 
 
 def write_compare_report(out: Path, data: str, rows: list[dict], teacher, students, reference) -> Path:

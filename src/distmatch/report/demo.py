@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..data import is_preset, load_data
 from ..errors import UserError
 from ..models import load_model
 from ..training.logging import read_log
+from .finished import finished_before, training_seconds
 
 
 # The demo's distillation on vectors fits in a few minutes on 2 cores: more, smaller batches than the vector
@@ -147,17 +149,18 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
     t_over, d_over = split_overrides(overrides or [])
     check_settings("dmd2", load_data(data).spec.kind, steps, d_over)  # a typo must not wait for the teacher
     out = Path(out or f"runs/demo-{Path(data).stem}")
-    timings = {}
-    t0 = time.perf_counter()
     train_teacher(data, out / "teacher", None, t_over)
-    timings["teacher_s"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
     teacher_spec = load_model(out / "teacher").spec
     short = DEMO_VECTOR_DISTILL if teacher_spec.kind == "vector" else []
     run_distill(out / "teacher", out / "student", "dmd2", steps, None, short + d_over, data)
-    timings["distill_s"] = round(time.perf_counter() - t0, 1)
     if os.environ.get("RANK", "0") != "0":  # under a launcher the first process evaluates and writes the report
         return None
+    record = {"data": data, "steps": steps, "overrides": list(overrides or []), "n_eval": n_eval}
+    if finished_before(out / "metrics.json", record, [out / "teacher", out / "student"], out / "report.html"):
+        done = json.loads((out / "metrics.json").read_text())
+        print(f"{out} is finished: every run and its report are as they were", file=sys.stderr)
+        print(headline(done["rows"], teacher_spec.kind))
+        return out / "report.html"
     teacher, student = load_model(out / "teacher"), load_model(out / "student")
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     t0 = time.perf_counter()
@@ -165,9 +168,10 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
     # the evaluation's bars follow the distillation's (--set distill.train.progress=false silences both)
     shown = json.loads((out / "student" / "run.json").read_text())["config"]["train"]["progress"]
     rows = evaluation_rows(teacher, student, reference, student.default_steps, n, progress=shown)
-    timings["evaluate_s"] = round(time.perf_counter() - t0, 1)
-    ckpt.atomic_write_json(out / "metrics.json", {"rows": rows, "timings": timings})
+    timings = {"teacher_s": training_seconds(out / "teacher"), "distill_s": training_seconds(out / "student"),
+               "evaluate_s": round(time.perf_counter() - t0, 1)}  # training times from the runs' logs
     report = write_demo_report(out, data, rows, teacher, student, reference, timings)
+    ckpt.atomic_write_json(out / "metrics.json", {"args": record, "rows": rows, "timings": timings})  # the end
     print(headline(rows, teacher.spec.kind))
     print(json.dumps(timings))
     return report

@@ -431,6 +431,7 @@ def test_a_foreign_teachers_classes_are_the_numbers_its_data_are_labelled_with(t
     student = run_distill(teacher, tmp_path / "s", data_source=str(tmp_path / "some.npz"), overrides=QUIET)
     x, labels = load_model(student).sample(6, cond=2)
     assert labels.tolist() == [2] * 6
+    assert load_model(student).class_index("02") == 2  # --class as a folder named 02 was read (it was refused)
     for labels, bad in (([0, 3] * 4, "3"), (["a", "b"] * 4, "'a'")):
         np.savez(tmp_path / "bad.npz", images=images, labels=np.array(labels))
         with pytest.raises(UserError, match=f"labels {bad}.*teacher's classes are the numbers 0..2"):

@@ -83,7 +83,9 @@ def _model_commands(sub) -> None:
     p.add_argument("--model", required=True, help="a teacher or student run folder, or a diffusers model folder")
     p.add_argument("--n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npy (same layout/dtype/range as the data), or .npz with labels")
-    p.add_argument("--steps", type=_positive_int, default=None, help="solver steps (teacher) or K (student)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="solver steps (teacher), or a student's steps: its K, or k < K to stop after its first k "
+                        "levels (an export's scheduler picks its own k levels: the same images at K only)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--class", dest="cls", default=None, help="a class label as it was in the data")
     p.add_argument("--solver", default=None, help=SOLVER_HELP)

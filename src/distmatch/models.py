@@ -95,9 +95,12 @@ class LoadedModel:
         names = [str(c) for c in self.spec.class_names]
         if not names:
             raise UserError("--class was given but this model is not class-conditional")
-        if str(label) not in names:
+        label = str(label)
+        if label not in names and label.strip().lstrip("+-").isdigit():
+            label = str(int(label))  # a class folder named 03 is the number 3, as when the data were read
+        if label not in names:
             raise UserError(f"unknown class {label!r}; this model knows {', '.join(names[:20])}")
-        return names.index(str(label))
+        return names.index(label)
 
     def draw_labels(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
         if not self.num_classes:

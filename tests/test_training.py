@@ -321,6 +321,31 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
     tensors, meta = ckpt.load_tensors(out / ckpt.CHECKPOINT)
     assert meta["world_size"] == 2
     assert not torch.equal(tensors["rng/rank0"], tensors["rng/rank1"])  # the ranks really drew different noise
+    if method == "dmd2":  # finished, re-run by one process: nothing changes (it was refused as another count)
+        model = (out / ckpt.MODEL).read_bytes()
+        run_distill(tiny_teacher, out, method=method, steps=2, overrides=args)
+        assert (out / ckpt.MODEL).read_bytes() == model
+
+
+def test_a_signal_that_lands_while_the_processes_agree_is_kept_for_the_next_step():
+    """Under DDP every step starts with the processes agreeing whether to stop; a SIGTERM that lands while one of
+    them waits for that agreement stops them all at the next step (the agreement overwrote it: the run went on to
+    the end, or the launcher killed it)."""
+    import signal
+
+    from distmatch.training.trainer import StopRequest
+
+    stop = StopRequest()
+
+    class Waiting:  # two processes; the signal lands during the reduction, after this one's flag (0) was sent
+        num_processes, device = 2, "cpu"
+
+        def reduce(self, flag, reduction):
+            if not stop.requested:
+                stop._handler(signal.SIGTERM, None)
+            return flag.clone()
+
+    assert stop.agreed(Waiting()) is False and stop.agreed(Waiting()) is True
 
 
 def launch_two(worker: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:

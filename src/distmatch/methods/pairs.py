@@ -183,7 +183,8 @@ class OdePairs:
                 return tensors
             why = ("cannot be read" if stored.get("damaged") else "holds cut or non-finite pairs" if stored == meta
                    else "was made with other settings or another teacher")
-            print(f"{path} {why}; making new pairs", file=sys.stderr)
+            if self.ctx.accelerator.is_main_process:
+                print(f"{path} {why}; making new pairs", file=sys.stderr)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
                            sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"),

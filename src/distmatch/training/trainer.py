@@ -102,7 +102,7 @@ class StopRequest:
     """SIGINT/SIGTERM set a flag the loop checks between steps, so a checkpoint is never taken mid-step."""
 
     def __init__(self):
-        self.requested, self.first = False, None
+        self.requested, self.first, self.stopping = False, None, False  # this process's request; the agreed stop
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -110,17 +110,19 @@ class StopRequest:
                 return  # a launcher's SIGINT then SIGTERM (torch elastic sends both at once): one request
             raise KeyboardInterrupt
         self.requested, self.first = True, (signum, time.monotonic())
-        print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # a launcher signals every process: one line, not one each
+            print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
 
     def agreed(self, acc) -> bool:
         """Whether to stop now, the same on every process: a signal that reached one of them stops them all at
         this step (each waiting for the others at a different step would hang)."""
         if acc.num_processes == 1:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=acc.device)
-        self.requested = bool(acc.reduce(flag, reduction="sum").item() > 0)
-        return self.requested
+            self.stopping = self.requested
+        else:  # `requested` is never overwritten here: a signal that lands while this waits counts at the next step
+            flag = torch.tensor([float(self.requested)], device=acc.device)
+            self.stopping = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        return self.stopping
 
     @contextmanager
     def installed(self):
@@ -270,7 +272,7 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
     show(it)
     save_checkpoint(out, run_config, method, data, ctx, it)
     logger.close()
-    if stop.requested and it < cfg.iters:
+    if stop.stopping and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
                           "Re-run the same command to resume.")
 
@@ -329,23 +331,41 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
         tensors, meta = ckpt.load_tensors(path)
     except UserError as e:
         raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
+    acc, it = ctx.accelerator, int(meta["iteration"])
+    finished = _check_resumable(out, meta, run_config, acc)
+    for name, module in method.modules().items():
+        acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
+    if not finished:  # a finished run needs its weights only (it may be re-run with another number of processes)
+        _restore_training_state(tensors, meta, method, data, ctx)
+    method.on_resume(it)
+    return it
+
+
+def _check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
+    """The checkpoint's run is this one (same settings; as many processes unless it is finished); returns whether
+    it is finished. A train.iters that changed is said."""
     diffs = differences(meta.get("config", {}), run_config)
     if diffs:
         raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
                         "use another --out, or the same settings to resume it")
-    acc = ctx.accelerator
+    it = int(meta["iteration"])
     before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
     after = run_config.get("config", {}).get("train", {}).get("iters")
-    if before not in (None, after) and after is not None and after >= int(meta["iteration"]) and acc.is_main_process:
+    if before not in (None, after) and after is not None and after >= it and acc.is_main_process:
         grew = after > before  # fewer than the iterations done is refused later, with its own line
         print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
               f"the run (a cosine decay or cool-down, a stage boundary) now spans the "
               f"{'longer' if grew else 'shorter'} run, so it ends unlike a run started at {after}", file=sys.stderr)
-    if meta.get("world_size", 1) != acc.num_processes:
-        raise UserError(f"{out} was checkpointed with {meta.get('world_size')} processes; resume it with the same "
+    finished = it == after
+    if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:
+        raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; resume it with the same "
                         "number")
-    for name, module in method.modules().items():
-        acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
+    return finished
+
+
+def _restore_training_state(tensors: dict, meta: dict, method: Method, data: DataStream, ctx: Context) -> None:
+    """Optimizers and every random generator as they were at the checkpoint: the resumed run continues exactly."""
+    acc = ctx.accelerator
     for name, opt in method.optimizers().items():
         opt.load_state_dict(ckpt.optimizer_from_tensors(name, tensors, meta["optimizers"][name]))
     state = tensors[f"rng/rank{acc.process_index}"]
@@ -355,9 +375,6 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     ctx.shared_generator.set_state(tensors["rng/shared"].clone())
     if torch.cuda.is_available() and f"rng/cuda{acc.process_index}" in tensors:
         torch.cuda.set_rng_state(tensors[f"rng/cuda{acc.process_index}"])
-    it = int(meta["iteration"])
-    method.on_resume(it)
-    return it
 
 
 def dumps(obj) -> str:

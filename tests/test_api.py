@@ -372,3 +372,11 @@ def test_arguments_a_network_cannot_use_are_refused_not_ignored(tmp_path, capsys
         labelled = wrap(Lookup(1000, 2), (2,), alphas_cumprod=ac, timesteps="discrete", num_classes=2, features=None)
         distmatch.distill(labelled, tmp_path / "m", method="msd",
                           data=np.zeros((8, 2)), labels=np.arange(8) % 2, settings={"train.iters": 1}, progress=False)
+
+
+def test_a_missing_inception_file_is_said_before_the_sampling(tmp_path, monkeypatch):
+    """evaluate named a missing Inception file only after sampling (minutes for a teacher of 1000 steps)."""
+    teacher = distmatch.wrap_teacher(Conv(), sample_shape=(1, 8, 8))
+    monkeypatch.setattr(type(teacher.loaded), "sample", lambda *a, **k: pytest.fail("sampled before the check"))
+    with pytest.raises(UserError, match="no Inception weights file at .*absent.pt"):
+        distmatch.evaluate(teacher, np.zeros((16, 8, 8), np.uint8), n=16, inception=tmp_path / "absent.pt")

@@ -202,3 +202,14 @@ def test_previews_draw_points_in_the_datas_own_units(tmp_path, monkeypatch):
     train_teacher(str(tmp_path / "d.npy"), tmp_path / "t", overrides=["train.iters=2", "train.batch_size=16",
                                                                      "train.progress=false", "network.width=16"])
     assert drawn and all(np.allclose(np.median(x, axis=0), [100, -50], atol=25) for x in drawn)
+
+
+def test_the_demos_headline_scores_the_student_at_its_own_steps():
+    """A 4-step student's report led with the student stopped after its first step (the 1-step row)."""
+    from distmatch.report.demo import headline
+
+    rows = [{"kind": "teacher", "name": "teacher 18-step, heun", "nfe": 35, "steps": 18, "fd": 1.0,
+             "samples_per_s": 10.0}]
+    rows += [{"kind": "student", "name": f"student {k}-step", "nfe": k, "steps": k, "fd": fd,
+              "samples_per_s": 100.0 / k} for k, fd in ((1, 2.34), (2, 1.5), (4, 1.2))]
+    assert "student (4 NFE): fd 1.2 = 1.20x the teacher's" in headline(rows, "image")

@@ -98,9 +98,12 @@ def evaluate(args) -> int:
 def export(args) -> int:
     from .export import export_student
 
+    target = Path(args.out)
+    new = not (target.is_dir() and any(target.iterdir()))  # else it holds this export already, or is refused
     out = export_student(args.model, args.out)
     remote = ", trust_remote_code=True" if (out / "pipeline.py").is_file() else ""  # the folder's own code
-    print(f"exported to {out}: DiffusionPipeline.from_pretrained({str(out)!r}{remote})")
+    print(f"{'exported to' if new else 'already exported to'} {out}: "
+          f"DiffusionPipeline.from_pretrained({str(out)!r}{remote})")
     return 0
 
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -155,8 +154,7 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
               "weights": weights_digest(Path(student_dir))}
     if out.exists() and any(out.iterdir()):
         if record["weights"] and exported_record(out) == record:
-            print(f"{out} already holds this export; nothing to do", file=sys.stderr)
-            return out
+            return out  # it holds this export already: nothing to do
         raise UserError(f"{out} exists and is not empty; export into a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)  # written beside its place, so the rename cannot cross disks
     remove_stale_drafts(out)

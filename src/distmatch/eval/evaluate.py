@@ -64,6 +64,8 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
     if min(n, len(reference.x)) < MIN_SCORED:  # MMD and energy need two points, PRDC six (k = 5 neighbours)
         raise UserError(f"scoring needs at least {MIN_SCORED} samples and {MIN_SCORED} reference points, got n={n} "
                         f"and {len(reference.x)}")
+    if model.spec.kind == "image":
+        inception_path(inception)  # a weights file named but missing is said before the sampling, not after it
     t0 = time.perf_counter()
     samples, labels = model.sample(n, steps, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0

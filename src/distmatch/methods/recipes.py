@@ -61,20 +61,20 @@ RECIPES = {
         {"vector": {"fdistill": {"ode_weight": 0.25, "features": "critic", "bins_by": "index"}},
          "vector:1": {"fdistill": {"ode_init": 0.25}},
          "vector:K": _PER_STEP_CRITICS},
-        "1-step SWD x teacher 0.99-1.14 on the five 2-D presets (fdistill as published: 0.91-2.76)"),
+        "1-step SWD x teacher 0.99-1.14 on the five 2-D presets (fdistill as published: 0.91-2.46)"),
     "tdm+ode": Recipe(
         "tdm", "tdm with pseudo-Huber c = 1 per sample (DMD's push below one data unit) plus the ODE regression at "
         "weight 1; critic and student at one rate, both clipped, no weight decay; re-noised between steps",
         {"vector": {"tdm": {"huber_c": 1.0, "huber": "sample", "ode_weight": 1.0, "critic_rate": 1.0,
                             "clip_critic": True, "move": "renoise"}, "train": {"weight_decay": 0.0}}},
         "4-step SWD x teacher 0.81-1.12 on the five 2-D presets, 0.98 on an 8-D mixture (tdm before its authors' "
-        "per-element loss and optimisers: 1.40-6.21, 3.41; as published: 1.60 / 4.18 on 8 / 25 Gaussians)"),
+        "per-element loss and optimisers: 1.40-6.21, 3.41; as published: 1.41 / 6.78 on 8 / 25 Gaussians)"),
     # An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.
     "dmd2+low-start": Recipe(
         "dmd2", "dmd2 with a 1-step student of an ε-predicting teacher started at σ <= 1.7 (its DM, critic and GAN "
         "levels stop there) instead of 14.62",
         {"image:1": {"student": {"start_sigma_max": 1.7}}},
-        "MNIST DDPM (linear β) FID x teacher 2.9x at 1000 iterations, 2.2x at 2000, two seeds each (as published: "
+        "MNIST DDPM (linear β) FID x teacher 2.9x at 1000 iterations, 2.3x at 2000, two seeds each (as published: "
         "4.3-4.6x, 3.9x); 8x8 digits DDPMs, linear and cosine β: FD x teacher 1.8-5.5x, two seeds each (as "
         "published: 5.9-10.6x)", epsilon_only=True),
 }

@@ -304,3 +304,13 @@ def test_reference_images_of_another_number_kind_are_read_in_their_own_range(tmp
         assert "reading them in their own value range" in capsys.readouterr().err
     wide = load_data(str(_save_npy(tmp_path, pixels.astype(np.float32), "w.npy")), spec=uint8_model.spec)
     assert torch.allclose(wide.x, uint8_model.x, atol=1e-6)
+
+
+def test_images_on_another_scale_than_a_declared_range_are_said(capsys):
+    """0..1 floats read in a wrapped network's 0..255 lie inside it, as near-black images: said, not refused."""
+    from distmatch.data import check_in_range
+
+    check_in_range(0.0, 1.0, (0, 255), "x.npy")
+    assert "span only 0 to 1 of the teacher's value_range (0, 255)" in capsys.readouterr().err
+    check_in_range(3.0, 250.0, (0, 255), "x.npy")
+    assert capsys.readouterr().err == ""

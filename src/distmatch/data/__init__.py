@@ -105,6 +105,10 @@ def check_in_range(lo: float, hi: float, value_range, origin: str) -> None:
     if lo < a - 0.01 * (b - a) or hi > b + 0.01 * (b - a):
         raise UserError(f"data '{origin}' hold values from {lo:g} to {hi:g}, outside the teacher's value_range "
                         f"({a:g}, {b:g}): give wrap_teacher the range your images are in")
+    if hi - lo < 0.05 * (b - a):  # inside, but as 0..1 floats are inside 0..255: likely another scale
+        print(f"warning: data '{origin}' span only {lo:g} to {hi:g} of the teacher's value_range ({a:g}, {b:g}); "
+              "if they are on another scale (0..1 for 0..255), rescale them or give wrap_teacher their range",
+              file=sys.stderr)
 
 
 def in_value_range(data: Dataset, value_range, origin: str) -> Dataset:

@@ -500,9 +500,12 @@ def test_tensorboard_keeps_the_step_a_run_resumes_from(tiny_teacher, tmp_path):
     does (it purged the step resumed from, written before the resume)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    import time
+
     for iters in (10, 20):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args([f"train.iters={iters}", "train.log_every=5",
                                                                           "train.ckpt_every=10"]))
+        time.sleep(1.1)  # TensorBoard orders event files by name, which starts with the second each was made in
     events = EventAccumulator(str(tmp_path / "s" / "tb"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     logged = [json.loads(line)["it"] for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]

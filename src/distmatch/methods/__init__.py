@@ -108,6 +108,15 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
     return model
 
 
+def as_teacher(teacher) -> LoadedModel:
+    """A teacher folder loaded, or a model given in Python, refused when it is a student."""
+    model = teacher if isinstance(teacher, LoadedModel) else load_teacher(teacher)
+    if model.kind != "teacher":
+        raise UserError(f"the teacher given is a {model.kind}, not a teacher: distil a teacher (a run of `distmatch "
+                        "teacher`, a diffusers model folder or a network from wrap_teacher)")
+    return model
+
+
 def teacher_id(teacher: LoadedModel) -> str:
     """How a run names its teacher: its folder, or for a teacher built in Python a fingerprint of its weights."""
     return str(teacher.path.resolve()) if teacher.path is not None else f"in-memory:{teacher_fingerprint(teacher)}"
@@ -228,10 +237,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     out = Path(out)
     method, recipe = method_and_recipe(method, recipe)
     module = method_module(method)
-    teacher = teacher if isinstance(teacher, LoadedModel) else load_teacher(teacher)
-    if teacher.kind != "teacher":
-        raise UserError(f"the teacher given is a {teacher.kind}, not a teacher: distil a teacher (a run of `distmatch "
-                        "teacher`, a diffusers model folder or a network from wrap_teacher)")
+    teacher = as_teacher(teacher)
     overrides = list(overrides or [])
     if steps is not None:
         overrides.append(f"student.steps={steps}")

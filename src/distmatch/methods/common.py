@@ -23,9 +23,8 @@ class StudentConfig:
     steps: int = 1                        # K, the student's network evaluations per sample
     sigmas: list[float] | None = None     # the K levels it starts its steps from (default: the teacher's schedule)
     timesteps: list[int] | None = None    # or, for a DDPM-family teacher, the K training timesteps of those levels
-    sigma_top: float = 7.0                # K > 1: after the teacher's top, the last K-1 of K geometric levels from
-                                          # this (data of std 0.5) ...
-    sigma_last: float = 0.35              # ... down to this (a DDPM teacher's levels: the timesteps an exported
+    sigma_top: float = 7.0                # K > 1: after the top, the last K-1 of K geometric levels from this ...
+    sigma_last: float = 0.35              # ... to this (σ_data 0.5; a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
     start_sigma_max: float = 14.62        # an ε-predicting teacher's student starts at its highest level with
                                           # σ <= this (0: its top): Stable Diffusion's top, where DMD2 was published

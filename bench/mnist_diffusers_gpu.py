@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-STUDENTS = {"k4-seed0": (4, 0), "k1-seed0": (1, 0), "k4-seed1": (4, 1)}
+# name: (K, seed, more `distmatch distill` arguments); `run --students` picks some, the first three by default
+STUDENTS = {"k4-seed0": (4, 0, ()), "k1-seed0": (1, 0, ()), "k4-seed1": (4, 1, ()),
+            "k1-low-seed0": (1, 0, ("--recipe", "dmd2+low-start")),
+            "k1-low-seed1": (1, 1, ("--recipe", "dmd2+low-start")),
+            "k4-t60-seed0": (4, 0, ("--set", "student.timesteps=[723,542,361,60]")),
+            "k4-nogan-seed0": (4, 0, ("--set", "dmd2.gan=false"))}
+DEFAULT_STUDENTS = ["k4-seed0", "k1-seed0", "k4-seed1"]
 RESERVE = 30.0  # seconds kept for sampling and saving after the last stage
 
 
@@ -50,11 +56,13 @@ def last_logged(run: Path) -> dict:
     return json.loads((run / "log.jsonl").read_text().splitlines()[-1])
 
 
-def distill(teacher: Path, data: Path, run: Path, k: int, seed: int, iters: int, deadline: float) -> bool:
+def distill(teacher: Path, data: Path, run: Path, k: int, seed: int, more: tuple, iters: int,
+            deadline: float) -> bool:
     """`distmatch distill` to `iters`; interrupted (Ctrl-C: it checkpoints) when the deadline comes, then finished at
     the iteration it reached. True when it got to `iters`."""
     cmd = [sys.executable, "-m", "distmatch", "distill", "--teacher", str(teacher), "--data", str(data),
-           "--steps", str(k), "--out", str(run), "--set", f"train.seed={seed}", "--set", "train.progress=false"]
+           "--steps", str(k), "--out", str(run), "--set", f"train.seed={seed}", "--set", "train.progress=false",
+           *more]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd + ["--set", f"train.iters={iters}"], env=env)
     while proc.poll() is None:
@@ -85,11 +93,11 @@ def grow(name: str, work: Path, data: Path, samples: Path, n: int, deadline: flo
     """One student: distilled to 2000 iterations (the default), sampled, then resumed as far as the budget goes."""
     from distmatch.checkpoint import MODEL
 
-    k, seed = STUDENTS[name]
+    k, seed, more = STUDENTS[name]
     run, out = work / f"student-{name}", samples / f"{name}.npz"
     arrays, target, started = {}, 2000, time.time()
     while True:
-        finished = distill(work / "teacher", data, run, k, seed, target, deadline - RESERVE)
+        finished = distill(work / "teacher", data, run, k, seed, more, target, deadline - RESERVE)
         if not (run / MODEL).exists():
             log(samples, name, error="no iteration finished within the budget")
             return
@@ -102,10 +110,10 @@ def grow(name: str, work: Path, data: Path, samples: Path, n: int, deadline: flo
         if not finished:
             return
         per_iter = (time.time() - started) / reached
-        more = int((deadline - RESERVE - time.time()) / per_iter * 0.9) // 500 * 500
-        if more < 1000:
+        room = int((deadline - RESERVE - time.time()) / per_iter * 0.9) // 500 * 500
+        if room < 1000:
             return
-        target = reached + more
+        target = reached + room
 
 
 def teacher_rows(folder: Path, samples: Path, n: int) -> None:
@@ -167,8 +175,9 @@ def score(args) -> None:
             if file.stem == "teacher":
                 name, nfe = f"teacher, {key[5:]}-step DDPMPipeline (its own)", int(key[5:])
             else:
-                k, seed = STUDENTS[file.stem]
-                name, nfe = f"dmd2 student, {k} step{'s' * (k > 1)}, seed {seed}, {key[2:]} iterations", k
+                k, seed, more = STUDENTS[file.stem]
+                extra = f" ({' '.join(more)})" if more else ""
+                name, nfe = f"dmd2 student, {k} step{'s' * (k > 1)}{extra}, seed {seed}, {key[2:]} iterations", k
             plan.append((name, (nfe, lambda n, g, x=x, s=seconds: (x[:n], s))))
     for row in score_rows(plan, out, args.n, inception_path(args.inception), prepare=lambda x: x.clamp(-1, 1)):
         print(json.dumps(row))
@@ -193,7 +202,7 @@ def main() -> None:
     r.add_argument("--train-state", default=None, help="a teacher's part-done train-state.pt to resume")
     r.add_argument("--n", type=int, default=1000)
     r.add_argument("--threads", type=int, default=4)
-    r.add_argument("--students", nargs="*", default=list(STUDENTS))
+    r.add_argument("--students", nargs="*", default=DEFAULT_STUDENTS, choices=list(STUDENTS))
     g = sub.add_parser("grow")
     g.add_argument("name", choices=list(STUDENTS))
     for a in ("--work", "--data", "--samples"):

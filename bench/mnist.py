@@ -8,7 +8,8 @@ needed no stretching.
         [--set KEY=VALUE ...] [--students-only]
 
 Rows: the teacher's own 1000-step ancestral sampler; distmatch's Heun at the teacher's default steps, its ancestral
-sampler at 18 and 50 steps, Euler at 1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults).
+sampler at 18 and 50 steps, Euler at 1 / 2 / 4 steps; 1- and 4-step dmd2 students (as published, image defaults;
+`--method M` for another method's).
 Each row's samples are saved under <out>/samples/ and each student is a resumable run folder, so re-running the
 command picks up where it stopped. Writes <out>/results.json and <out>/results.md.
 """
@@ -70,7 +71,7 @@ def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
     plan = [(f"teacher, Heun {teacher.default_steps} steps{clipped}", (teacher.nfe(), sampler(teacher.loaded, None)))]
     plan += [(f"teacher, ancestral {k} steps{clipped}", (k, sampler(ancestral, k))) for k in (18, 50)]
     plan += [(f"teacher, Euler {k} steps{clipped}", (k, sampler(euler, k))) for k in (1, 2, 4)]
-    plan += [(f"dmd2 student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}",
+    plan += [(f"{s.loaded.config['method']} student, {k} step{'s' * (k > 1)} from {trained_timesteps(s.loaded)}",
               (k, sampler(s.loaded, k))) for k, s in students.items()]
     return plan
 
@@ -81,13 +82,13 @@ def trained_timesteps(student) -> str:
     return "t = " + "/".join(str(int(round(float(v)))) for v in t)
 
 
-def distil(teacher, folder: Path, data: Path, k: int, settings: dict | None):
+def distil(teacher, folder: Path, data: Path, k: int, settings: dict | None, method: str | None = None):
     """A K-step student in `folder`; a finished one is reused as it is (its row names its levels)."""
     import distmatch
 
     if (folder / "model.safetensors").exists():  # distilled from a network given in Python: load it with one
         return distmatch.load(folder, network=copy.deepcopy(teacher.loaded.init_net.net))
-    return distmatch.distill(teacher, folder, data=str(data), steps=k, settings=settings)
+    return distmatch.distill(teacher, folder, data=str(data), method=method, steps=k, settings=settings)
 
 
 def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[dict]:
@@ -135,7 +136,6 @@ def write_table(results: list[dict], distill_s: dict, out: Path, teacher_first: 
 
 
 def main():
-    import distmatch
     from distmatch.eval.inception import inception_path
     from throughput import mnist_teacher
 
@@ -148,6 +148,7 @@ def main():
     ap.add_argument("--steps", type=int, nargs="*", default=[1, 4], help="the students to distil (none: teacher rows)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="distillation settings, as `distmatch distill --set` takes them")
+    ap.add_argument("--method", default=None, help="the students' method (default dmd2)")
     ap.add_argument("--students-only", action="store_true", help="score the students' rows only")
     ap.add_argument("--look", action="store_true", help="only print value ranges of 64 samples per model and save "
                     "grids (finished students only)")
@@ -164,7 +165,7 @@ def main():
     settings = {key: yaml.safe_load(v) for key, v in (kv.split("=", 1) for kv in args.set)}
     settings |= {"train.iters": args.iters} if args.iters else {}
     for k in args.steps:
-        students[k] = distil(teacher, out / f"student-{k}", data, k, settings)
+        students[k] = distil(teacher, out / f"student-{k}", data, k, settings, args.method)
         distill_s[k] = training_seconds(out / f"student-{k}")
     plan = rows_plan(teacher, students)
     plan = plan[-len(students):] if args.students_only else plan

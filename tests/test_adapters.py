@@ -153,15 +153,6 @@ def test_edm_adapter_and_rebuild():
         assert torch.allclose(again(x, sigma), want)
 
 
-class lambda_net(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, sigma):
-        return self.net(x)
-
-
 @pytest.mark.parametrize("variance", ["learned_range", "learned"])
 def test_a_unet_that_learns_its_variance_gives_its_predictions_x0(tmp_path, variance):
     """A UNet with 2C output channels (ε and a learned variance, as improved DDPM / ADM models): the loaded

@@ -136,25 +136,31 @@ def test_a_zero_terminal_snr_v_teachers_student_exports_and_gives_the_same_image
     assert printed.split()[:2] == ["DDPMPipeline", "LCMScheduler"] and diff < 1e-4, (printed, diff)
 
 
-def test_the_low_start_recipe_starts_an_epsilon_teachers_1_step_student_at_sigma_1_7(ddpm_folder, tmp_path):
+@pytest.mark.parametrize("recipe, ode_weight", [("dmd2+low-start", 0.0), ("dmd2+low-start+ode", 0.25)])
+def test_the_low_start_recipes_start_an_epsilon_teachers_1_step_student_at_sigma_1_7(ddpm_folder, tmp_path, recipe,
+                                                                                      ode_weight):
     """`--recipe dmd2+low-start` is dmd2 with a 1-step student of an ε teacher started at σ <= 1.7 (t = 363 on a
-    linear-β schedule); it is refused, with a line, for K-step students and for teachers that do not predict ε."""
-    student = load_model(run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET, recipe="dmd2+low-start"))
+    linear-β schedule), `dmd2+low-start+ode` the same plus the regression on 1024 ODE pairs made from that start;
+    both are refused, with a line, for K-step students and for teachers that do not predict ε."""
+    pairs = ["dmd2.ode_pairs=8"] if ode_weight else []  # the recipe's 1024 pairs, cut down for the test
+    student = load_model(run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET + pairs, recipe=recipe))
     run = json.loads((tmp_path / "s" / "run.json").read_text())
     assert run["method"] == "dmd2" and run["config"]["student"]["start_sigma_max"] == 1.7
+    assert run["config"]["dmd2"]["ode_weight"] == ode_weight
     assert 1.6 < student.config["sigmas"][0] <= 1.7
+    assert (tmp_path / "s" / "dmd_pairs.safetensors").exists() == bool(ode_weight)
     with pytest.raises(UserError, match="defined for 1-step students on image data of ε-predicting teachers only"):
-        run_distill(ddpm_folder, tmp_path / "k2", steps=2, overrides=QUIET, recipe="dmd2+low-start")
+        run_distill(ddpm_folder, tmp_path / "k2", steps=2, overrides=QUIET, recipe=recipe)
     v = tmp_path / "v"
     pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
     pipe.scheduler = diffusers.DDPMScheduler(prediction_type="v_prediction")
     pipe.save_pretrained(v)
     with pytest.raises(UserError, match="this teacher predicts v_prediction: use --method dmd2"):
-        run_distill(v, tmp_path / "v-s", steps=1, overrides=QUIET, recipe="dmd2+low-start")
+        run_distill(v, tmp_path / "v-s", steps=1, overrides=QUIET, recipe=recipe)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     pipe.save_pretrained(tmp_path / "flow")
     with pytest.raises(UserError, match=r"this teacher predicts the velocity \(flow matching\)"):
-        run_distill(tmp_path / "flow", tmp_path / "f-s", steps=1, overrides=QUIET, recipe="dmd2+low-start")
+        run_distill(tmp_path / "flow", tmp_path / "f-s", steps=1, overrides=QUIET, recipe=recipe)
 
 
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):

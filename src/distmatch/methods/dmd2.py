@@ -44,8 +44,8 @@ class Options:
                                        # 1-step SDXL start (recipe dmd2+ode); 0 = off
     ode_pairs: int = 16384             # pairs for ode_init / ode_weight, made once and cached in the run folder
     ode_weight: float = 0.0            # after the warm-up, keep regressing the student on the pairs with this
-                                       # weight beside the DM loss, as dmd's regression_weight (not DMD2: recipe
-                                       # dmd2+ode); 0 = off
+                                       # weight beside the DM loss, as dmd's regression_weight (not DMD2: recipes
+                                       # dmd2+ode, dmd2+low-start+ode); 0 = off
 
     def validate(self):
         if self.critic_ratio < 1:

@@ -38,6 +38,8 @@ class Recipe:
 # The regression on the teacher's ODE noise->sample pairs beside the DM loss (DMD's, dropped by DMD2), with the
 # 1-step ODE warm-up DMD2 used for its 1-step SDXL student, and one critic per step of a K-step student.
 _PER_STEP_CRITICS = {"student": {"critic_per_step": True}}
+# An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.
+_LOW_START = {"student": {"start_sigma_max": 1.7}}
 
 RECIPES = {
     "dmd2+ode": Recipe(
@@ -69,11 +71,10 @@ RECIPES = {
                             "clip_critic": True, "move": "renoise"}, "train": {"weight_decay": 0.0}}},
         "4-step SWD x teacher 0.81-1.12 on the five 2-D presets, 0.98 on an 8-D mixture (tdm before its authors' "
         "per-element loss and optimisers: 1.40-6.21, 3.41; as published: 1.41 / 6.78 on 8 / 25 Gaussians)"),
-    # An ε teacher's x̂_0 multiplies its error by √(1+σ²); a 1-step student keeps its own noise times its start.
     "dmd2+low-start": Recipe(
         "dmd2", "dmd2 with a 1-step student of an ε-predicting teacher started at σ <= 1.7 (its DM, critic and GAN "
         "levels stop there) instead of 14.62",
-        {"image:1": {"student": {"start_sigma_max": 1.7}}},
+        {"image:1": _LOW_START},
         "MNIST DDPM (linear β) FID x teacher 2.9x at 1000 iterations, 2.3x at 2000, two seeds each (as published: "
         "4.3-4.6x, 3.9x); 8x8 digits DDPMs, linear and cosine β: FD x teacher 1.8-5.5x, two seeds each (as "
         "published: 5.9-10.6x)", epsilon_only=True),
@@ -82,7 +83,7 @@ RECIPES = {
     "dmd2+low-start+ode": Recipe(
         "dmd2", "dmd2+low-start plus DMD's regression onto 1024 of the teacher's ODE pairs (weight 0.25) beside "
         "the DM loss and the GAN",
-        {"image:1": {"student": {"start_sigma_max": 1.7}, "dmd2": {"ode_weight": 0.25, "ode_pairs": 1024}}},
+        {"image:1": _LOW_START | {"dmd2": {"ode_weight": 0.25, "ode_pairs": 1024}}},
         "real MNIST DDPM, whose LayerNorm input hides offset and contrast: FID x teacher 3.3x at 1000 iterations, "
         "3.1x at 2000, two seeds each (dmd2+low-start: 5.4x, 6.5x, one seed; as published: 8.6x); a "
         "diffusers-trained MNIST DDPM: 4.1x, two seeds (dmd2+low-start: 3.7x)", epsilon_only=True),

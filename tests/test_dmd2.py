@@ -219,6 +219,18 @@ def test_a_vector_recipe_is_refused_on_images():
         defaults_for("dmd2", "image", 1, "dmd2+ode")
 
 
+@pytest.mark.parametrize("method,key", [("dmd", "pairs"), ("dmd2", "ode_pairs"), ("fdistill", "ode_pairs"),
+                                        ("tdm", "ode_pairs")])
+def test_every_method_makes_few_pairs_of_an_image_teacher(method, key):
+    """An image teacher's pairs cost 18 Heun steps each: every method that regresses on them makes dmd's 1024 by
+    default on images (seconds on a CPU), and the many a 2-D teacher's cheap ODE affords on vectors."""
+    from distmatch.methods import defaults_for
+
+    assert defaults_for(method, "image")[method][key] == 1024
+    assert defaults_for(method, "image", 4)[method][key] == 1024
+    assert defaults_for(method, "vector").get(method, {}).get(key, 16384) == 16384
+
+
 @pytest.mark.parametrize("method", ["dmd2", "fdistill", "tdm"])
 def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
     """ode_weight > 0 (dmd2, fdistill, tdm): after any warm-up the student's update also carries the regression on

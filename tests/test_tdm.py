@@ -193,4 +193,4 @@ def test_tdm_takes_its_distance_per_element_on_vectors_and_per_sample_on_images(
 
     assert Options().move == "ddim" and Options().huber == "element"
     assert "tdm" not in defaults_for("tdm", "vector", 4)
-    assert defaults_for("tdm", "image", 4)["tdm"] == {"huber": "sample"}
+    assert defaults_for("tdm", "image", 4)["tdm"] == {"huber": "sample", "ode_pairs": 1024}

@@ -24,12 +24,12 @@ from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range
 from .losses import dm_loss
-from .pairs import OdePairs, check_ode_init
+from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 
 # Vectors average four noise draws per sample in the DM gradient (the same expected gradient, less variance) and
 # use more pairs, as a 2-D teacher's ODE is cheap to solve.
 DEFAULTS = {"vector": {"dmd": {"dm_draws": 4, "pairs": 16384}},
-            "image": {"dmd": {"pairs": 1024}}}
+            "image": {"dmd": {"pairs": IMAGE_PAIRS}}}
 
 
 @dataclass

@@ -14,14 +14,14 @@ from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range, noised
 from .losses import dm_loss, gan_generator_loss, gan_scale
-from .pairs import OdePairs, check_ode_init
+from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 
 
 # DMD2 as published on every kind of data: DM gradient, two time-scale critic, GAN on real data, no regression.
 # Vectors average four noise draws per sample in the DM gradient: the same expected gradient with less variance.
 # Image students keep the image defaults' EMA (0.99), though DMD2's code keeps none: at 50x DMD2's rate a 1-step
 # student's last weights jump (FD 1.9-5.1 on a digits DDPM) and the average lands near its teacher (RESULTS.md).
-DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}}
+DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}, "image": {"dmd2": {"ode_pairs": IMAGE_PAIRS}}}
 
 
 @dataclass

@@ -29,7 +29,9 @@ from .common import StudentCriticMethod, check_dm_range, noised
 from ..networks.heads import build_head
 from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
                      gan_discriminator_loss, gan_generator_loss, gan_scale)
-from .pairs import OdePairs, check_ode_init
+from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
+
+DEFAULTS = {"image": {"fdistill": {"ode_pairs": IMAGE_PAIRS}}}
 
 
 @dataclass

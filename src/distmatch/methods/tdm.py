@@ -46,7 +46,7 @@ from ..schedules import karras_grid_1000
 from ..training.method import Batch
 from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_student_options
 from .losses import critic_loss, pseudo_huber
-from .pairs import OdePairs, check_ode_init, regression_loss
+from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init, regression_loss
 
 _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0, "weight_decay": 1e-2}  # the authors' AdamW and clipping
 # TDM's own few-step levels and rate on every kind of data (one critic: its intervals already separate the steps).
@@ -55,7 +55,8 @@ _TRAIN = {"betas": [0.0, 0.95], "grad_clip": 1.0, "weight_decay": 1e-2}  # the a
 # Images take the pseudo-Huber distance per sample (see the module's docstring); tdm.huber=element runs the code's.
 DEFAULTS = {"vector": {"train": {**_TRAIN, "lr": 1e-4},
                        "student": {"steps": 4, "sigma_top": 7.0, "sigma_last": 0.35, "flow_terminal": 0.25}},
-            "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25}, "tdm": {"huber": "sample"}}}
+            "image": {"train": _TRAIN, "student": {"steps": 4, "flow_terminal": 0.25},
+                      "tdm": {"huber": "sample", "ode_pairs": IMAGE_PAIRS}}}
 
 
 @dataclass

@@ -83,6 +83,7 @@ def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, devic
     if (folder / "model_index.json").exists():
         return folder
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # pin the random start: with the per-iteration draws, a rerun here trains the same net
     unet = make().to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
                             weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])

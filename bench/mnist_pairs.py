@@ -1,10 +1,11 @@
 """What a 4-step student of the real MNIST DDPM regresses on, and how its ground drifts.
 
-    python bench/mnist_pairs.py pairs --out O --inception default_1.pt --steps 18 50 [--cached RUN/dmd_pairs.safetensors]
+    python bench/mnist_pairs.py pairs --out O --inception default_1.pt --steps 18 50 \
+        [--cached RUN/dmd_pairs.safetensors] [--start-t 723]
     python bench/mnist_pairs.py ground SAMPLES.pt [SAMPLES.pt ...]
 
 `pairs`: Inception FID / KID / precision / recall of the teacher's ODE pairs (pairs.make_pairs: Heun at each step
-count, from the student's first level σ 14.20 = t 723), and of a run's cached pairs, stretched and scored as
+count, from the student's first level, t 723 = σ 14.20), and of a run's cached pairs, stretched and scored as
 bench/mnist.py scores its rows (N = 1000). `ground`: per sample file of bench/mnist.py (its rows' `samples/*.pt`),
 the median over images of each image's median value, and the spread of its ground (std of the pixels within 0.3
 of that median), over the first 200 images.
@@ -21,17 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-SIGMA_T723 = 14.20205588531258  # the 4-step student's first level on this teacher (t = 723)
-
-
 def pair_rows(args) -> None:
     from distmatch import checkpoint as ckpt
     from distmatch.eval.inception import inception_path
     from distmatch.methods.pairs import make_pairs
     from mnist import SHARED, score_rows
+    from mnist_ddpm import ALPHAS_CUMPROD
     from throughput import mnist_teacher
 
     teacher = mnist_teacher(SHARED).loaded
+    a = float(ALPHAS_CUMPROD[args.start_t])
+    sigma_max = ((1 - a) / a) ** 0.5  # the VP level t in the library's σ-space
     plan = []
     if args.cached:
         tensors, meta = ckpt.load_tensors(args.cached)
@@ -39,9 +40,9 @@ def pair_rows(args) -> None:
                      (2 * meta["steps"] - 1, lambda n, g, y=tensors["sample"]: y[:n])))
     for s in args.steps:
         def sample(n, g, s=s):
-            return make_pairs(teacher.denoiser, n, (1, 28, 28), s, "heun", args.sigma_max, [], 0, "cpu",
+            return make_pairs(teacher.denoiser, n, (1, 28, 28), s, "heun", sigma_max, [], 0, "cpu",
                               sigma_min=teacher.schedule.sigma_min, progress=True)["sample"]
-        plan.append((f"pairs, heun {s} steps from sigma {args.sigma_max:.2f}", (2 * s - 1, sample)))
+        plan.append((f"pairs, heun {s} steps from sigma {sigma_max:.2f}", (2 * s - 1, sample)))
     for r in score_rows(plan, Path(args.out), args.n, inception_path(args.inception)):
         print(f"{r['name']}: FID {r['fd']:.2f}, KID {r['kid'] * 1e3:.1f}e-3, P/R {r['precision']} / {r['recall']}")
 
@@ -62,7 +63,7 @@ def main() -> None:
     pa.add_argument("--inception", default=None)
     pa.add_argument("--n", type=int, default=1000)
     pa.add_argument("--steps", type=int, nargs="*", default=[18, 50])
-    pa.add_argument("--sigma-max", type=float, default=SIGMA_T723)
+    pa.add_argument("--start-t", type=int, default=723, help="the student's first timestep")
     pa.add_argument("--cached", default=None)
     pa.add_argument("--threads", type=int, default=1)
     gr = sub.add_parser("ground")

@@ -540,3 +540,19 @@ def test_an_unconditional_students_export_reads_back_after_labelled_data(ddpm_fo
     assert again.num_classes == 0 and again.spec.class_names == []
     x, labels = again.sample(2, seed=0)
     assert labels is None and again.spec.to_user(x).shape == load_model(student).spec.to_user(x).shape
+
+
+def test_the_best_student_of_a_scored_run_exports_and_says_where_it_was_kept(ddpm_folder, tmp_path):
+    """train.eval_every keeps the best-scored student in RUN/best: a model folder that exports like the run's own,
+    its card and metadata saying which iteration it is and what it scored."""
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    student = run_distill(ddpm_folder, tmp_path / "s", steps=2, data_source=str(tmp_path / "d.npy"),
+                          overrides=QUIET + ["train.eval_every=3", "train.eval_n=16"])
+    scores = json.loads((student / "scores.json").read_text())
+    assert scores["metric"] == "fd_autoencoder" and [s["it"] for s in scores["scores"]] == [0, 3]
+    out = export_student(student / "best", tmp_path / "export")
+    record = json.loads((out / "model_index.json").read_text())["_distmatch"]
+    assert record["best"] == {"it": scores["best"]["it"], "fd_autoencoder": scores["best"]["fd_autoencoder"], "n": 16}
+    assert f"Kept at iteration {scores['best']['it']} of its run" in (out / "README.md").read_text()
+    printed, diff = same_images(student / "best", out, 2, 3, tmp_path)
+    assert diff < 1e-4, (printed, diff)

@@ -51,6 +51,17 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypa
         scores = json.loads((tmp_path / "e.json").read_text())
         assert scores["feature_net"].startswith(features) and scores["fd"] > 0 and "classes_covered" in scores
         assert ("feature_net_trained_on" in scores) == (features == "classifier")  # the in-domain network's only
+    # scored while it trains: on the file DISTMATCH_INCEPTION names, and refused before training if it is missing
+    scored = ("distill", "--teacher", str(t), "--steps", "2", "--set", "train.iters=4", "--set", "train.eval_every=2",
+              "--set", "train.eval_n=20", "--set", "train.progress=false", "--set", "train.batch_size=8")
+    monkeypatch.setenv("DISTMATCH_INCEPTION", str(tmp_path / "absent.pt"))
+    assert cli(*scored, "--out", str(tmp_path / "s2")) == 2 and not (tmp_path / "s2").exists()
+    monkeypatch.setenv("DISTMATCH_INCEPTION", str(tmp_path / "inception.pt"))
+    assert cli(*scored, "--out", str(tmp_path / "s2")) == 0
+    scores = json.loads((tmp_path / "s2" / "scores.json").read_text())
+    assert scores["metric"] == "fid_inception" and [s["it"] for s in scores["scores"]] == [0, 2, 4]
+    assert all(s["fid_inception"] > 0 and "kid" in s for s in scores["scores"])
+    assert cli("sample", "--model", str(tmp_path / "s2" / "best"), "--n", "2", "--out", str(tmp_path / "b.npy")) == 0
 
 
 def test_demo_writes_report_and_metrics(tmp_path, capsys):

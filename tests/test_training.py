@@ -16,6 +16,7 @@ from distmatch import checkpoint as ckpt
 from distmatch.methods import pairs, run_distill
 from distmatch.errors import UserError
 from distmatch.teachers.train import train_teacher
+from distmatch.training.logging import read_log
 from distmatch.training.trainer import THREADS_FILE_ENV, follow_thread_budget, read_checkpoint_iteration
 
 TINY_NET = ["network.width=32", "network.depth=1", "network.fourier=8"]
@@ -309,6 +310,8 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
         tiny_teacher = train_teacher("8gaussians-labeled", tmp_path / "t",
                                      overrides=TINY_NET + QUIET + ["train.iters=30", "train.batch_size=128"])
         args.append("msd.students=2")
+    if method == "dmd2":  # scored on the main process while the other waits (train.eval_every)
+        args += ["train.eval_every=3", "train.eval_n=100"]
     port = {"dmd2": "29533", "fdistill": "29535", "msd": "29536"}[method]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
@@ -322,6 +325,8 @@ def test_two_processes_keep_identical_weights(tiny_teacher, tmp_path, method):
     assert meta["world_size"] == 2
     assert not torch.equal(tensors["rng/rank0"], tensors["rng/rank1"])  # the ranks really drew different noise
     if method == "dmd2":  # finished, re-run by one process: nothing changes (it was refused as another count)
+        scores = json.loads((out / "scores.json").read_text())["scores"]
+        assert [s["it"] for s in scores] == [0, 3, 6] and done.stderr.count("best swd") == 1, done.stderr[-2000:]
         model = (out / ckpt.MODEL).read_bytes()
         run_distill(tiny_teacher, out, method=method, steps=2, overrides=args)
         assert (out / ckpt.MODEL).read_bytes() == model
@@ -529,3 +534,78 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tiny_teacher, tmp_p
         os.close(fd)
     run_distill(tiny_teacher, out, overrides=distill_args(["train.iters=4"]))  # released: it runs
     assert (out / ckpt.MODEL).is_file()
+
+
+# ------------------------------------------------------------------------------ scores while training, best/
+def scored_args(extra=()):
+    return distill_args(["dmd2.ode_init=0", "train.iters=20", "train.eval_every=5", "train.eval_n=200", *extra])
+
+
+def test_scores_keep_the_best_student_and_leave_training_alone(tiny_teacher, tmp_path, monkeypatch, capsys):
+    """The student scored best (at iteration 10 here: the metric is overridden) is kept in best/, as a run of 10
+    iterations would end; the run's own model is its last, the same as without scores."""
+    from distmatch.models import load_model
+    from distmatch.training.scoring import Scorer
+
+    table = {0: 5.0, 5: 4.0, 10: 1.0, 15: 3.0, 20: 2.0}
+    measure = Scorer.measure
+
+    def slow_measure(self, model):  # a second per score, which the run's training clock leaves out
+        time.sleep(1.0)
+        return {**measure(self, model), "swd": table[len(self.scores) * 5]}
+
+    monkeypatch.setattr(Scorer, "measure", slow_measure)
+    run_distill(tiny_teacher, tmp_path / "scored", steps=2, overrides=scored_args())
+    assert "best swd 1 at iteration 10 of 20" in capsys.readouterr().err
+    run_distill(tiny_teacher, tmp_path / "plain", steps=2, overrides=distill_args(["dmd2.ode_init=0",
+                                                                                     "train.iters=20"]))
+    run_distill(tiny_teacher, tmp_path / "ten", steps=2, overrides=distill_args(["dmd2.ode_init=0", "train.iters=10"]))
+    assert_same_weights(tmp_path / "scored", tmp_path / "plain")
+    clock = {run: read_log(tmp_path / run)[-1]["time"] for run in ("scored", "plain")}
+    assert clock["scored"] < clock["plain"] + 2.5, clock  # five seconds of scores are not training time
+    assert_same_weights(tmp_path / "scored" / "best", tmp_path / "ten")
+    scores = json.loads((tmp_path / "scored" / "scores.json").read_text())
+    assert [s["it"] for s in scores["scores"]] == [0, 5, 10, 15, 20] and scores["best"]["it"] == 10
+    assert all(s["mmd"] > 0 for s in scores["scores"])  # the measured metrics are kept beside the one ranked
+    best = load_model(tmp_path / "scored" / "best")
+    assert best.config["best"] == {"it": 10, "swd": 1.0, "n": 200} and best.sample(4)[0].shape == (4, 2)
+
+
+def test_a_scored_run_resumed_keeps_its_scores_and_best(tiny_teacher, tmp_path, stop_before):
+    """Stopped at iteration 12 and resumed: the same scores and best/ as the run that was not stopped; a score
+    from past the checkpoint (a run killed before its next one, or scored on another schedule) is dropped."""
+    from distmatch.errors import Interrupted
+
+    run_distill(tiny_teacher, tmp_path / "full", steps=2, overrides=scored_args())
+    stop_before(12)
+    with pytest.raises(Interrupted):
+        run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=scored_args())
+    stop_before(None)
+    path = tmp_path / "half" / "scores.json"
+    stored = json.loads(path.read_text())
+    assert [s["it"] for s in stored["scores"]] == [0, 5, 10]
+    stored["scores"].append({"it": 13, "swd": -1.0})  # past the checkpoint (another eval_every): must not stay
+    path.write_text(json.dumps(stored))
+    run_distill(tiny_teacher, tmp_path / "half", steps=2, overrides=scored_args())
+    full, half = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("full", "half"))
+    assert half == full
+    assert_same_weights(tmp_path / "full" / "best", tmp_path / "half" / "best")
+
+
+def test_scores_are_refused_where_they_cannot_be_made(tiny_teacher, tmp_path):
+    """Too few samples, an exact teacher (no network trained), a teacher without data: one line each, before any
+    training."""
+    import distmatch
+
+    with pytest.raises(UserError, match="train.eval_n"):
+        run_distill(tiny_teacher, tmp_path / "s", steps=1, overrides=scored_args(["train.eval_n=5"]))
+    with pytest.raises(UserError, match="exact mixture itself"):
+        train_teacher("8gaussians", tmp_path / "t", overrides=QUIET + ["train.eval_every=5"])
+    class Net(torch.nn.Module):
+        def forward(self, x, sigma):
+            return x / (1 + sigma[:, None] ** 2)
+
+    net = distmatch.wrap_teacher(Net(), sample_shape=(2,))
+    with pytest.raises(UserError, match="eval_every scores the student against real data"):
+        distmatch.distill(net, tmp_path / "u", steps=1, settings={"dmd2.gan": False, "train.eval_every": 5})
+    assert not (tmp_path / "u").exists()

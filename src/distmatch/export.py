@@ -152,6 +152,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
               "sigmas": sigmas, "move": model.config.get("move", "renoise"), "teacher": model.config.get("teacher_dir"),
               "data": model.spec.source or None, "spec": model.spec.to_dict(),  # samples come back as the data
               "weights": weights_digest(Path(student_dir))}
+    if best := model.config.get("best"):  # the best of its run's scores (train.eval_every), not its last
+        record["best"] = best
     if out.exists() and any(out.iterdir()):
         if record["weights"] and exported_record(out) == record:
             return out  # it holds this export already: nothing to do
@@ -280,4 +282,12 @@ images = pipe(batch_size=16, num_inference_steps={record['steps']}, generator=to
 ```
 {remote}
 Other step counts are not what it was trained for{default}.
-"""
+{kept_line(record.get("best"))}"""
+
+
+def kept_line(best: dict | None) -> str:
+    if not best:
+        return ""
+    metric = next(k for k in best if k not in ("it", "n"))
+    return (f"\nKept at iteration {best['it']} of its run, where its scores were best ({metric} {best[metric]:.4g}, "
+            f"{best['n']} samples against its training data).\n")

@@ -19,7 +19,7 @@ from ..data import Dataset, dataset_fingerprint, in_value_range, is_preset, load
 from ..data.arrays import CHANNEL_COUNTS
 from ..errors import UserError
 from ..models import LoadedModel, load_model
-from ..training.trainer import TrainConfig, read_checkpoint_iteration, train
+from ..training.trainer import TrainConfig, model_writer, read_checkpoint_iteration, train
 from .common import StudentConfig, student_network_config
 from .pairs import teacher_fingerprint
 from .recipes import get_recipe, recipe_settings
@@ -203,6 +203,14 @@ def level_scale(teacher: LoadedModel) -> float:
     return teacher.config.get("sigma_data", 0.5) / 0.5 if edm else 1.0
 
 
+def scoring_data(teacher: LoadedModel, data_source: str | None, method: str) -> Dataset:
+    """The data `train.eval_every` scores a data-free student against: the user's, else the teacher's own."""
+    if not (data_source or teacher.spec.source):
+        raise UserError("train.eval_every scores the student against real data, and this teacher carries none: give "
+                        "the data (--data / data=)")
+    return distill_data(teacher, data_source, True, method)
+
+
 def distill_data_fingerprint(data: Dataset | None) -> str | None:
     """What a resumed run must train on again: these data as the teacher sees them (None: data-free)."""
     return None if data is None else dataset_fingerprint(data)
@@ -245,6 +253,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
+    scored = data if data is not None or not cfg.train.eval_every else scoring_data(teacher, data_source, method)
     epsilon = getattr(teacher.denoiser, "prediction", None) == "epsilon"  # its x̂_0 amplifies ε̂'s error
     if recipe is not None and get_recipe(recipe).epsilon_only and not epsilon:
         predicts = getattr(teacher.denoiser, "prediction", None) or (
@@ -271,11 +280,11 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     def as_student(m, it: int) -> LoadedModel:  # the student being trained, as `sample` will load it
         return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights)
 
+    save = model_writer(model_cfg)
     given = {"data": data} if "data" in inspect.signature(module.Method.__init__).parameters else {}  # msd's k-means
     result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas, **given),
-                   f"distilling ({method}, {len(sigmas)}-step)", preview=as_student)
+                   f"distilling ({method}, {len(sigmas)}-step)", preview=as_student, save=save, eval_data=scored)
     if result.ctx.accelerator.is_main_process:
-        weights, extra = result.export()
-        ckpt.save_model(out, weights, {**model_cfg, **extra})
+        save(result, out)
     result.ctx.accelerator.wait_for_everyone()
     return out

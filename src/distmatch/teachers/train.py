@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
 from .. import config as config_mod
 from ..data import Dataset, load_data
 from ..errors import UserError
 from ..networks import NetworkConfig, build_denoiser, resolve_kind
 from ..training.teacher import TeacherTraining
-from ..training.trainer import TrainConfig, train
+from ..training.trainer import TrainConfig, model_writer, train
 
 
 @dataclass
@@ -118,10 +117,13 @@ def train_teacher(data_source: str, out: str | Path, config_file: str | None = N
         return LoadedModel("teacher", {**model_cfg, "teacher": "network"}, data.spec, m.sampler(),
                            class_weights=model_cfg["class_weights"])
 
+    save = model_writer(model_cfg, prefix="net.")
+    if exact is not None and cfg.train.eval_every:
+        raise UserError("train.eval_every scores a trained network; this teacher is the exact mixture itself "
+                        "(--set exact=no trains a network on its samples)")
     desc = "fitting a network to the exact teacher" if exact is not None else "training teacher"
-    method = train(out, run_config, cfg.train, data, build, desc, preview=as_teacher)
+    method = train(out, run_config, cfg.train, data, build, desc, preview=as_teacher, save=save)
     if method.ctx.accelerator.is_main_process:
-        weights, _ = method.export()
-        ckpt.save_model(out, {f"net.{n}": t for n, t in weights.items()}, model_cfg)
+        save(method, out)
     method.ctx.accelerator.wait_for_everyone()
     return out

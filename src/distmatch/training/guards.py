@@ -22,6 +22,7 @@ from .method import Method
 # the steps are trained ("k_step"), both compared like any setting; so the student.* keys behind them may differ as
 # long as what they resolve to agrees (a 1-step student has level σ_max whatever sigma_top / sigma_last say).
 RESUMABLE_CHANGES = ("train.iters", "train.ckpt_every", "train.log_every", "train.progress", "train.preview",
+                     "train.eval_every", "train.eval_n",
                      "student.sigma_top", "student.sigma_last", "student.sigmas", "student.start_sigma_max",
                      "student.critic_per_step", "student.first_only", "student.backsim")
 

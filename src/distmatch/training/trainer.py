@@ -49,6 +49,10 @@ class TrainConfig:
     progress: bool = True         # show a progress bar
     preview: bool = True          # picture the model's samples (same seed each time) at every checkpoint and
                                   # at the end (a student also at its start): previews/it*.png and TensorBoard
+    eval_every: int = 0           # iterations between scores of the model against the run's data (0: off), also
+                                  # at the start and the end: scores.json, TensorBoard, and the best model in best/
+    eval_n: int = 1000            # samples (and data points) per score: Inception FID when DISTMATCH_INCEPTION
+                                  # names the weights, else the in-domain FD; SWD for vectors
 
     def validate(self):
         for key in ("iters", "batch_size"):
@@ -75,6 +79,9 @@ class TrainConfig:
             raise UserError(f"config key 'train.cooldown' must be in [0, 1], got {self.cooldown}")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise UserError("config keys 'train.ckpt_every' and 'train.log_every' must be >= 1")
+        if self.eval_every < 0 or self.eval_n < 10:  # PRDC needs k + 1 = 6 points, MMD two: 10 as `evaluate`
+            raise UserError(f"config keys 'train.eval_every' (>= 0, 0: off) and 'train.eval_n' (>= 10) got "
+                            f"{self.eval_every} and {self.eval_n}")
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -176,19 +183,22 @@ def _set_lr(optimizers: dict, it: int, cfg: TrainConfig) -> None:
 
 def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset,
           build_method: Callable[[Context], Method], description: str = "training",
-          preview: Callable[[Method, int], object] | None = None) -> Method:
+          preview: Callable[[Method, int], object] | None = None,
+          save: Callable[[Method, Path, dict], None] | None = None, eval_data=None) -> Method:
     """Run (or resume) a training run in `out_dir`; returns the method with its final state. `preview(method, it)`:
-    the model being trained as a sampler (a LoadedModel around its EMA weights), for pictures of its samples, or
-    None for no picture at that iteration."""
+    the model being trained as a sampler (a LoadedModel around its EMA weights), for pictures of its samples and
+    for its scores, or None at that iteration; `save(method, folder, best)`: writes it as a model folder (the best
+    model of `train.eval_every`); `eval_data`: the data its scores compare with, if not the training data."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
+    scorer = _scorer(out, train_cfg, preview, save, dataset if eval_data is None else eval_data)  # refused: no folder
     with folder_lock(out, accelerator):
-        return _train(out, accelerator, run_config, train_cfg, dataset, build_method, description, preview)
+        return _train(out, accelerator, run_config, train_cfg, dataset, build_method, description, preview, scorer)
 
 
 def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dataset,
            build_method: Callable[[Context], Method], description: str,
-           preview: Callable[[Method, int], object] | None) -> Method:
+           preview: Callable[[Method, int], object] | None, scorer) -> Method:
     check_same_run(accelerator, run_config)
     rank = accelerator.process_index
     torch.manual_seed(train_cfg.seed * 1000 + rank)
@@ -213,10 +223,37 @@ def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dat
     if accelerator.is_main_process and start > 0:
         print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
     show = _previewer(out, train_cfg, method, preview if accelerator.is_main_process else None, logger)
+    score = _score_function(scorer, method, logger, start)
     if start == 0:
         show(0)
-    _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show)
+    _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show, score)
+    if scorer is not None and accelerator.is_main_process and (line := scorer.summary(train_cfg.iters)):
+        print(line, file=sys.stderr)
     return method
+
+
+def _scorer(out, cfg, preview, save, dataset):
+    """The scores of `train.eval_every` (None when off); made on every process, so a refusal stops them all."""
+    if cfg.eval_every == 0:
+        return None
+    if preview is None or save is None:
+        raise UserError("train.eval_every scores a model this training cannot sample or save as it goes")
+    from .scoring import Scorer
+
+    return Scorer(out, cfg, dataset, preview, save)
+
+
+def _score_function(scorer, method, logger, start):
+    """A function of the iteration that scores the model when a score is due (the main process only) and
+    returns the seconds it took, which the run's clock leaves out; its start is scored before the loop."""
+    if scorer is None or not logger.enabled:
+        return lambda it, last=False: 0.0
+    scorer.resume(start)
+
+    def score(it: int, last: bool = False) -> float:
+        return scorer(method, it, logger.writer) if scorer.due(it) or last else 0.0
+
+    return score
 
 
 def _previewer(out, cfg, method, preview, logger):
@@ -243,7 +280,7 @@ def _previewer(out, cfg, method, preview, logger):
     return show
 
 
-def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, show):
+def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, show, score):
     from tqdm.auto import tqdm
 
     acc = ctx.accelerator
@@ -251,6 +288,8 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                disable=not (cfg.progress and acc.is_main_process), file=sys.stderr)
     stop = StopRequest()
     it, t0 = start, time.time() - logger.elapsed
+    if start == 0:
+        t0 += score(0)
     with stop.installed():
         while it < cfg.iters and not stop.agreed(acc):
             _set_lr(method.optimizers(), it, cfg)
@@ -264,17 +303,33 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                 follow_thread_budget()
                 rec = logger.flush(it, time.time() - t0)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("it", "time")}, refresh=False)
+            if it < cfg.iters:
+                t0 += score(it)  # before any checkpoint at `it`, as the preview
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
                 show(it)  # before the checkpoint: a run killed between the two draws it again when resumed
                 save_checkpoint(out, run_config, method, data, ctx, it)
     bar.close()
     logger.flush(it, time.time() - t0)
     show(it)
+    if it == cfg.iters:  # a run stopped early is scored where the schedule says, once resumed
+        score(it, last=True)
     save_checkpoint(out, run_config, method, data, ctx, it)
     logger.close()
     if stop.stopping and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
                           "Re-run the same command to resume.")
+
+
+def model_writer(model_config: dict, prefix: str = "") -> Callable[[Method, Path, dict | None], None]:
+    """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
+    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
+    def write(method: Method, folder: Path, best: dict | None = None) -> None:
+        weights, extra = method.export()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
+                        {**model_config, **extra, **({"best": best} if best else {})})
+
+    return write
 
 
 THREADS_FILE_ENV = "DISTMATCH_THREADS_FILE"

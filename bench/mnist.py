@@ -76,6 +76,19 @@ def distmatch_rows(teacher, students: dict) -> list[tuple[str, object]]:
     return plan
 
 
+def best_rows(teacher, out: Path, students: dict) -> list[tuple[str, object]]:
+    """The best student each run kept by its own scores (train.eval_every), as rows beside the last."""
+    import distmatch
+
+    rows = []
+    for k in students:
+        if (folder := out / f"student-{k}" / "best").is_dir():
+            best = distmatch.load(folder, network=copy.deepcopy(teacher.loaded.init_net.net)).loaded
+            rows.append((f"best of the run's scores, {k} step{'s' * (k > 1)}, iteration {best.config['best']['it']}",
+                         (k, lambda n, g, m=best, k=k: m.sample(n, k, seed=int(g.initial_seed()))[0])))
+    return rows
+
+
 def trained_timesteps(student) -> str:
     """'t = 726' or 't = 723/542/361/180': where a VP teacher's student starts its steps (rows and caches say it)."""
     t = student.denoiser.timestep(torch.tensor(student.config["sigmas"], dtype=torch.float64))
@@ -169,6 +182,7 @@ def main():
         distill_s[k] = training_seconds(out / f"student-{k}")
     plan = rows_plan(teacher, students)
     plan = plan[-len(students):] if args.students_only else plan
+    plan += best_rows(teacher, out, students)
     print(write_table(score_rows(plan, out, args.n, weights), distill_s, out, not args.students_only))
 
 

@@ -538,7 +538,10 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tiny_teacher, tmp_p
 
 # ------------------------------------------------------------------------------ scores while training, best/
 def scored_args(extra=()):
-    return distill_args(["dmd2.ode_init=0", "train.iters=20", "train.eval_every=5", "train.eval_n=200", *extra])
+    given = {item.split("=", 1)[0] for item in extra}
+    base = [item for item in ("dmd2.ode_init=0", "train.iters=20", "train.eval_every=5", "train.eval_n=200")
+            if item.split("=", 1)[0] not in given]
+    return distill_args([*base, *extra])
 
 
 def test_scores_keep_the_best_student_and_leave_training_alone(tiny_teacher, tmp_path, monkeypatch, capsys):
@@ -590,6 +593,15 @@ def test_a_scored_run_resumed_keeps_its_scores_and_best(tiny_teacher, tmp_path, 
     full, half = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("full", "half"))
     assert half == full
     assert_same_weights(tmp_path / "full" / "best", tmp_path / "half" / "best")
+
+
+def test_scores_of_another_size_start_over_when_resumed_and_say_so(tiny_teacher, tmp_path, capsys):
+    run_distill(tiny_teacher, tmp_path / "s", steps=2, overrides=scored_args(["train.iters=10"]))
+    capsys.readouterr()
+    run_distill(tiny_teacher, tmp_path / "s", steps=2, overrides=scored_args(["train.eval_n=100"]))
+    assert "are swd of n=200, not swd of n=100" in capsys.readouterr().err
+    scores = json.loads((tmp_path / "s" / "scores.json").read_text())
+    assert scores["n"] == 100 and [s["it"] for s in scores["scores"]] == [15, 20]
 
 
 def test_scores_are_refused_where_they_cannot_be_made(tiny_teacher, tmp_path):

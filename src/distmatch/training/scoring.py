@@ -39,7 +39,7 @@ class Scorer:
     `save(method, folder, best)`: writes it as a model folder, `best` (its iteration and score) in its config."""
 
     def __init__(self, out: Path, cfg, data, as_model: Callable, save: Callable):
-        from ..eval.inception import inception_path
+        from ..eval.inception import file_sha, inception_path
 
         if data is None:
             raise UserError("train.eval_every scores the model against real data; give the run --data")
@@ -47,6 +47,8 @@ class Scorer:
         self.as_model, self.save = as_model, save
         self.inception = inception_path() if data.spec.kind == "image" else None  # a missing file is said now
         self.metric = metric_name(data, self.inception)
+        # scores on another Inception file are not these: a resumed run compares the file's digest
+        self.features = file_sha(self.inception) if self.inception else self.metric
         self.scores: list[dict] = []
         self._reference = None
 
@@ -60,13 +62,14 @@ class Scorer:
             return
         try:
             stored = json.loads(path.read_text())
-            same = stored["metric"] == self.metric and stored["n"] == self.n
-            self.scores = [s for s in stored["scores"] if s["it"] <= start] if same else []
+            same = (stored["features"], stored["n"]) == (self.features, self.n)
+            self.scores = [s for s in stored["scores"] if s["it"] <= start and self.metric in s] if same else []
         except (ValueError, KeyError, TypeError):
-            stored, same = {}, False
+            stored, same = None, False
         if not same:
-            print(f"note: {path} holds other scores ({stored.get('metric')}, n={stored.get('n')}); scoring starts "
-                  f"over with {self.metric}, n={self.n}, and best/ is replaced at the next score", file=sys.stderr)
+            what = f"{stored.get('metric')} of n={stored.get('n')}" if isinstance(stored, dict) else "unreadable"
+            print(f"note: the scores in {path} are {what}, not {self.metric} of n={self.n} on these features; scoring "
+                  "starts over, and best/ is replaced at the next score", file=sys.stderr)
 
     @property
     def best(self) -> dict | None:
@@ -107,8 +110,8 @@ class Scorer:
         best = self.best["it"] == it
         if best:  # written before the checkpoint at `it`: a run killed before it scores `it` again when resumed
             self.save(method, self.out / BEST, {"it": it, self.metric: record[self.metric], "n": self.n})
-        ckpt.atomic_write_json(self.out / SCORES, {"metric": self.metric, "n": self.n, "best": self.best,
-                                                   "scores": self.scores})
+        ckpt.atomic_write_json(self.out / SCORES, {"metric": self.metric, "features": self.features, "n": self.n,
+                                                   "best": self.best, "scores": self.scores})
         if writer is not None:
             for k in (self.metric, "kid", "precision", "recall"):
                 if k in record:

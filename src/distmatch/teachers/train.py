@@ -15,7 +15,8 @@ from ..data import Dataset, load_data
 from ..errors import UserError
 from ..networks import NetworkConfig, build_denoiser, resolve_kind
 from ..training.teacher import TeacherTraining
-from ..training.trainer import TrainConfig, model_writer, train
+from ..training.scoring import model_writer
+from ..training.trainer import TrainConfig, train
 
 
 @dataclass

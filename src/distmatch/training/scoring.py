@@ -128,3 +128,37 @@ class Scorer:
             return None
         return (f"best {self.metric} {b[self.metric]:.4g} at iteration {b['it']} of {total}, kept in "
                 f"{self.out / BEST} (sample it with --model {self.out / BEST})")
+
+
+def make_scorer(out, cfg, preview, save, dataset):
+    """The scores of `train.eval_every` (None when off); made on every process, so a refusal stops them all."""
+    if cfg.eval_every == 0:
+        return None
+    if preview is None or save is None:
+        raise UserError("train.eval_every scores a model this training cannot sample or save as it goes")
+    return Scorer(out, cfg, dataset, preview, save)
+
+
+def score_function(scorer, method, logger, start):
+    """A function of the iteration that scores the model when a score is due (the main process only) and
+    returns the seconds it took, which the run's clock leaves out; its start is scored before the loop."""
+    if scorer is None or not logger.enabled:
+        return lambda it, last=False: 0.0
+    scorer.resume(start)
+
+    def score(it: int, last: bool = False) -> float:
+        return scorer(method, it, logger.writer) if scorer.due(it) or last else 0.0
+
+    return score
+
+
+def model_writer(model_config: dict, prefix: str = "") -> Callable:
+    """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
+    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
+    def write(method, folder: Path, best: dict | None = None) -> None:
+        weights, extra = method.export()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
+                        {**model_config, **extra, **({"best": best} if best else {})})
+
+    return write

@@ -26,6 +26,7 @@ from .guards import (check_finite, check_finite_weights, check_launcher_options,
                      check_same_run, differences, folder_lock, read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
+from .scoring import make_scorer, score_function
 
 
 @dataclass
@@ -186,12 +187,11 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
           preview: Callable[[Method, int], object] | None = None,
           save: Callable[[Method, Path, dict], None] | None = None, eval_data=None) -> Method:
     """Run (or resume) a training run in `out_dir`; returns the method with its final state. `preview(method, it)`:
-    the model being trained as a sampler (a LoadedModel around its EMA weights), for pictures of its samples and
-    for its scores, or None at that iteration; `save(method, folder, best)`: writes it as a model folder (the best
-    model of `train.eval_every`); `eval_data`: the data its scores compare with, if not the training data."""
+    the model as a sampler (its EMA weights) for pictures and scores, or None; `save(method, folder, best)`: writes
+    it as a model folder (`train.eval_every`'s best); `eval_data`: what scores compare with, else the training data."""
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
-    scorer = _scorer(out, train_cfg, preview, save, dataset if eval_data is None else eval_data)  # refused: no folder
+    scorer = make_scorer(out, train_cfg, preview, save, dataset if eval_data is None else eval_data)  # before a folder
     with folder_lock(out, accelerator):
         return _train(out, accelerator, run_config, train_cfg, dataset, build_method, description, preview, scorer)
 
@@ -223,37 +223,13 @@ def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dat
     if accelerator.is_main_process and start > 0:
         print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
     show = _previewer(out, train_cfg, method, preview if accelerator.is_main_process else None, logger)
-    score = _score_function(scorer, method, logger, start)
+    score = score_function(scorer, method, logger, start)
     if start == 0:
         show(0)
     _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show, score)
     if scorer is not None and accelerator.is_main_process and (line := scorer.summary(train_cfg.iters)):
         print(line, file=sys.stderr)
     return method
-
-
-def _scorer(out, cfg, preview, save, dataset):
-    """The scores of `train.eval_every` (None when off); made on every process, so a refusal stops them all."""
-    if cfg.eval_every == 0:
-        return None
-    if preview is None or save is None:
-        raise UserError("train.eval_every scores a model this training cannot sample or save as it goes")
-    from .scoring import Scorer
-
-    return Scorer(out, cfg, dataset, preview, save)
-
-
-def _score_function(scorer, method, logger, start):
-    """A function of the iteration that scores the model when a score is due (the main process only) and
-    returns the seconds it took, which the run's clock leaves out; its start is scored before the loop."""
-    if scorer is None or not logger.enabled:
-        return lambda it, last=False: 0.0
-    scorer.resume(start)
-
-    def score(it: int, last: bool = False) -> float:
-        return scorer(method, it, logger.writer) if scorer.due(it) or last else 0.0
-
-    return score
 
 
 def _previewer(out, cfg, method, preview, logger):
@@ -318,18 +294,6 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
     if stop.stopping and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
                           "Re-run the same command to resume.")
-
-
-def model_writer(model_config: dict, prefix: str = "") -> Callable[[Method, Path, dict | None], None]:
-    """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
-    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
-    def write(method: Method, folder: Path, best: dict | None = None) -> None:
-        weights, extra = method.export()
-        folder.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
-                        {**model_config, **extra, **({"best": best} if best else {})})
-
-    return write
 
 
 THREADS_FILE_ENV = "DISTMATCH_THREADS_FILE"

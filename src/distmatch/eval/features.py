@@ -182,6 +182,11 @@ def _load(weights: Path, meta: Path, expect: dict) -> FeatureNet | None:
     return net.eval()
 
 
+def feature_net_kind(labels) -> str:
+    """The in-domain network reference data get: a classifier when they carry labels, else an autoencoder."""
+    return "classifier" if labels is not None else "autoencoder"
+
+
 def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, seed: int = 0) -> FeatureNet:
     """The feature network for reference images x (labels may be None), from the cache or trained and cached.
 
@@ -192,7 +197,7 @@ def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, s
         raise UserError(f"feature-net fingerprint {fingerprint!r} must be letters, digits, '.', '_' or '-'")
     if x.ndim != 4:
         raise UserError(f"feature network needs images (N, C, H, W); got shape {tuple(x.shape)}")
-    kind = "classifier" if labels is not None else "autoencoder"
+    kind = feature_net_kind(labels)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     weights, meta = cache / f"{fingerprint}-{kind}.safetensors", cache / f"{fingerprint}-{kind}.json"
     expect = {"in_channels": x.shape[1], "image_size": image_size(x), "format": _FORMAT}

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..data import dataset_fingerprint
 
 INCEPTION_ENV = "DISTMATCH_INCEPTION"
+FID_NAME = "fid_inception"  # the "fd_name" of scores on Inception features
 
 
 def inception_path(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -130,7 +131,7 @@ def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: P
         metric.update(fake, real=False)
     kid_mean, kid_std = kid.compute()
     whole = min(len(fake), len(real)) <= 1000 and len(fake) == len(real)  # every subset is both whole sets
-    out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha})", "fd_name": "fid_inception",
+    out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha})", "fd_name": FID_NAME,
            "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": None if whole else float(kid_std)}
     out.update(prdc(real.float(), fake.float(), k=5))
     out["diversity"] = mean_pairwise_distance(fake.float()) / mean_pairwise_distance(real.float())

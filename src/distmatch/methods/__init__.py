@@ -19,7 +19,7 @@ from ..data import Dataset, dataset_fingerprint, in_value_range, is_preset, load
 from ..data.arrays import CHANNEL_COUNTS
 from ..errors import UserError
 from ..models import LoadedModel, load_model
-from ..training.scoring import model_writer
+from ..training.method import model_writer
 from ..training.trainer import TrainConfig, read_checkpoint_iteration, train
 from .common import StudentConfig, student_network_config
 from .pairs import teacher_fingerprint

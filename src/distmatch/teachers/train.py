@@ -15,7 +15,7 @@ from ..data import Dataset, load_data
 from ..errors import UserError
 from ..networks import NetworkConfig, build_denoiser, resolve_kind
 from ..training.teacher import TeacherTraining
-from ..training.scoring import model_writer
+from ..training.method import model_writer
 from ..training.trainer import TrainConfig, train
 
 

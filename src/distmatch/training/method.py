@@ -10,10 +10,13 @@ The trainer owns the loop, devices, logging and checkpoints; a method owns its n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .. import checkpoint as ckpt
 
 from .ema import ema_decay
 
@@ -88,3 +91,15 @@ class Method:
 
     def on_resume(self, it: int) -> None:
         """Called after a checkpoint was loaded (for caches derived from the loaded state)."""
+
+
+def model_writer(model_config: dict, prefix: str = "") -> Callable:
+    """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
+    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
+    def write(method, folder: Path, best: dict | None = None) -> None:
+        weights, extra = method.export()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
+                        {**model_config, **extra, **({"best": best} if best else {})})
+
+    return write

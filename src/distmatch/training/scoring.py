@@ -17,7 +17,6 @@ from typing import Callable
 import torch
 
 from .. import checkpoint as ckpt
-from ..errors import UserError
 
 SCORES = "scores.json"
 BEST = "best"
@@ -26,12 +25,14 @@ REFERENCE_SEED = 1  # which points of the data are the reference
 
 
 def metric_name(data, inception: Path | None) -> str:
-    """What the scores are: named up front, so a resumed run with other features is said, not mixed in."""
+    """What the scores are (the "fd_name" evaluation gives them): named up front, so a resumed run with other
+    features is said, not mixed in."""
+    from ..eval.features import feature_net_kind
+    from ..eval.inception import FID_NAME
+
     if data.spec.kind == "vector":
         return "swd"
-    if inception is not None:
-        return "fid_inception"
-    return "fd_classifier" if data.labels is not None else "fd_autoencoder"
+    return FID_NAME if inception is not None else f"fd_{feature_net_kind(data.labels)}"
 
 
 class Scorer:
@@ -41,8 +42,6 @@ class Scorer:
     def __init__(self, out: Path, cfg, data, as_model: Callable, save: Callable):
         from ..eval.inception import file_sha, inception_path
 
-        if data is None:
-            raise UserError("train.eval_every scores the model against real data; give the run --data")
         self.out, self.every, self.n, self.data = Path(out), cfg.eval_every, cfg.eval_n, data
         self.as_model, self.save = as_model, save
         self.inception = inception_path() if data.spec.kind == "image" else None  # a missing file is said now
@@ -132,11 +131,7 @@ class Scorer:
 
 def make_scorer(out, cfg, preview, save, dataset):
     """The scores of `train.eval_every` (None when off); made on every process, so a refusal stops them all."""
-    if cfg.eval_every == 0:
-        return None
-    if preview is None or save is None:
-        raise UserError("train.eval_every scores a model this training cannot sample or save as it goes")
-    return Scorer(out, cfg, dataset, preview, save)
+    return Scorer(out, cfg, dataset, preview, save) if cfg.eval_every else None
 
 
 def score_function(scorer, method, logger, start):
@@ -151,14 +146,3 @@ def score_function(scorer, method, logger, start):
 
     return score
 
-
-def model_writer(model_config: dict, prefix: str = "") -> Callable:
-    """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
-    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
-    def write(method, folder: Path, best: dict | None = None) -> None:
-        weights, extra = method.export()
-        folder.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
-                        {**model_config, **extra, **({"best": best} if best else {})})
-
-    return write

@@ -368,7 +368,7 @@ def test_an_epsilon_teachers_student_starts_no_higher_than_stable_diffusions_top
     """Linear β (σ_999 = 157): the student's levels are LCM's over the first 727 steps (σ_726 <= 14.62 < σ_727);
     Stable Diffusion's scaled-linear table (σ_999 = 14.61) keeps DMD2's published 999, 749, 499, 249; a
     v-prediction teacher (no ε amplification) and start_sigma_max = 0 keep the top level."""
-    from distmatch.methods.common import StudentConfig
+    from distmatch.methods.student import StudentConfig
 
     linear = VPAdapter(torch.nn.Identity(), diffusers.DDPMScheduler().alphas_cumprod).schedule()
     sd_table = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod

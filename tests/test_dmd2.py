@@ -58,7 +58,7 @@ def test_dm_gradient_is_zero_when_student_matches():
 def test_backward_simulation_draws_only_the_active_steps():
     """Spread draws give every active step an equal share of the batch; while only the first step is trained
     (student.first_only), every sample is drawn at step 0 and starts from pure noise at σ_0."""
-    from distmatch.methods.common import FewStepStudent
+    from distmatch.methods.student import FewStepStudent
 
     student = FewStepStudent([80.0, 0.8, 0.35, 0.15], (2,), "cpu", spread=True)
     g = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def test_backward_simulation_draws_only_the_active_steps():
 def test_first_only_must_be_a_share():
     import pytest
 
-    from distmatch.methods.common import StudentConfig
+    from distmatch.methods.student import StudentConfig
     from distmatch.errors import UserError
 
     with pytest.raises(UserError, match="first_only"):
@@ -130,7 +130,8 @@ def test_fourier_cap_limits_only_pure_noise_inputs_and_survives_saving():
     inputs that carry data are untouched, and the saved config rebuilds the same network."""
     from dataclasses import asdict
 
-    from distmatch.methods.common import StudentConfig, init_copy, student_network_config
+    from distmatch.methods.common import init_copy
+    from distmatch.methods.student import StudentConfig, student_network_config
     from distmatch.networks import NetworkConfig, build_denoiser
 
     torch.manual_seed(0)
@@ -239,7 +240,7 @@ def test_ode_weight_keeps_regressing_the_student_on_the_pairs(tmp_path, method):
 
     from distmatch import checkpoint as ckpt
     from distmatch.methods import pairs, run_distill
-    from distmatch.methods.common import full
+    from distmatch.methods.student import full
     from distmatch.models import load_model
     from distmatch.teachers.train import train_teacher
 

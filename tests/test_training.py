@@ -436,7 +436,7 @@ def test_a_launchers_precision_or_accumulation_is_refused_not_ignored(tiny_teach
 
 
 def test_first_only_trains_the_first_step_alone_for_its_share(tiny_teacher, tmp_path, monkeypatch):
-    from distmatch.methods.common import FewStepStudent
+    from distmatch.methods.student import FewStepStudent
 
     seen = []
     original = FewStepStudent.pick_step

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..models import LoadedModel, load_model
 from ..training.method import model_writer
 from ..training.trainer import TrainConfig, read_checkpoint_iteration, train
-from .common import StudentConfig, student_network_config
+from .student import StudentConfig, student_network_config
 from .pairs import teacher_fingerprint
 from .recipes import get_recipe, recipe_settings
 

@@ -12,7 +12,8 @@ import torch
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, check_dm_range, noised
+from .common import StudentCriticMethod, check_dm_range
+from .student import noised
 from .losses import dm_loss, gan_generator_loss, gan_scale
 from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..training.method import Batch
-from .common import StudentCriticMethod, check_dm_range, noised
+from .common import StudentCriticMethod, check_dm_range
+from .student import noised
 from ..networks.heads import build_head
 from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
                      gan_discriminator_loss, gan_generator_loss, gan_scale)

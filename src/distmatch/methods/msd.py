@@ -31,11 +31,11 @@ from ..schedules import sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import (Critic, DistributionMatching, RealScore, check_dm_range, draw_labels,
-                     init_copy, refuse_student_options, student_network_config)
+from .common import Critic, DistributionMatching, RealScore, check_dm_range, draw_labels, init_copy
 from .dmd2 import generator_gan_term
 from .losses import dm_loss
 from .router import ClassRouter
+from .student import refuse_student_options, student_network_config
 
 # Students own few classes each and get train.iters / K iterations: on vectors Adam's beta1 0.9 and the rate 1e-4
 # serve them better than the single-student settings.

@@ -44,7 +44,8 @@ from ..parameterization import append_dims
 from ..samplers import MOVES, move_to
 from ..schedules import karras_grid_1000
 from ..training.method import Batch
-from .common import StudentConfig, StudentCriticMethod, full, noised, refuse_student_options
+from .common import StudentCriticMethod
+from .student import StudentConfig, full, noised, refuse_student_options
 from .losses import critic_loss, pseudo_huber
 from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init, regression_loss
 

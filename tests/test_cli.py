@@ -176,6 +176,28 @@ def test_sample_writes_users_layout(capsys, teacher_dir, tmp_path):
     assert "7 network evaluations" in out  # Heun, 4 steps
 
 
+def test_sample_draws_a_picture_of_its_samples_or_says_why_it_cannot(capsys, teacher_dir, tmp_path):
+    """--out x.png draws the samples (a scatter for vectors, a grid for images: tests/test_pipeline.py); data a
+    picture cannot show is refused before any sampling."""
+    from matplotlib.image import imread
+
+    pics = []
+    for seed in ("0", "0", "1"):
+        code, out, err = run_cli(capsys, "sample", "--model", str(teacher_dir), "--n", "300", "--steps", "3",
+                                 "--seed", seed, "--out", str(tmp_path / f"x{len(pics)}.png"))
+        assert code == 0 and "drew 300 samples (5 network evaluations each)" in out, err
+        pics.append(imread(tmp_path / f"x{len(pics)}.png"))
+    assert pics[0].ndim == 3 and np.array_equal(pics[0], pics[1]) and not np.array_equal(pics[0], pics[2])
+    np.save(tmp_path / "line.npy", np.random.default_rng(0).normal(size=(64, 1)).astype(np.float32))
+    assert run_cli(capsys, "teacher", "--data", str(tmp_path / "line.npy"), "--out", str(tmp_path / "t1"),
+                   "--set", "train.iters=2", *TINY)[0] == 0
+    assert_user_error(capsys, ["sample", "--model", str(tmp_path / "t1"), "--n", "4", "--out",
+                               str(tmp_path / "l.png")], "1-D samples make no picture")
+    assert not (tmp_path / "l.png").exists()
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "4", "--out", str(tmp_path / "x.jpg")],
+                      "must end in .npy or .npz (the samples) or .png")
+
+
 def test_sampling_a_teacher_shows_its_network_evaluations_and_changes_no_sample(capsys, teacher_dir, tmp_path):
     """A teacher's many-step sampler runs under a bar that counts its network evaluations (Heun 4 steps: 7 per
     batch); the samples are those drawn without it."""

@@ -33,6 +33,13 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypa
     assert out["samples"].shape == (5, 8, 8, 3) and out["samples"].dtype == np.uint8
     assert list(out["labels"]) == ["dog"] * 5
     assert cli("sample", "--model", str(t), "--n", "3", "--steps", "2", "--out", str(tmp_path / "y.npy")) == 0
+    # a picture of them: the student's grid, in colour; more than a grid holds is refused before sampling
+    from matplotlib.image import imread
+
+    assert cli("sample", "--model", str(s), "--n", "5", "--out", str(tmp_path / "x.png"), "--class", "dog") == 0
+    grid = imread(tmp_path / "x.png")
+    assert grid.shape[2] >= 3 and np.abs(grid[..., 0] - grid[..., 1]).max() > 0.1  # RGB samples, not grey
+    assert cli("sample", "--model", str(s), "--n", "1025", "--out", str(tmp_path / "big.png")) == 2
     assert np.load(tmp_path / "y.npy").shape == (3, 8, 8, 3)
     # scored on a local Inception file when one is named (a stand-in network here), on the in-domain one without
     import torch

@@ -82,7 +82,8 @@ def _model_commands(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a teacher or student")
     p.add_argument("--model", required=True, help="a teacher or student run folder, or a diffusers model folder")
     p.add_argument("--n", type=_positive_int, required=True, help="number of samples")
-    p.add_argument("--out", required=True, help="output .npy (same layout/dtype/range as the data), or .npz with labels")
+    p.add_argument("--out", required=True, help="output .npy (same layout/dtype/range as the data), .npz with "
+                   "labels, or .png: a picture of them (an image grid, or a scatter of vectors)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="solver steps (teacher), or a student's steps: its K, or k < K to stop after its first k "
                         "levels (an export's scheduler picks its own k levels: the same images at K only)")

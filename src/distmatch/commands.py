@@ -59,19 +59,41 @@ def check_folder_of(out: Path, model: str | None = None) -> None:
         raise UserError(f"--out {out} is a file of the model folder {model}; write the output elsewhere")
 
 
+MAX_PICTURE_IMAGES = 1024  # a 32 x 32 grid; more is a file to read back, not a picture to look at
+
+
+def _picture_check(out: Path, model, n: int) -> None:
+    """--out x.png draws the samples instead of writing them: say before sampling when it cannot."""
+    if model.spec.kind != "image" and model.spec.shape[0] < 2:
+        raise UserError(f"--out {out}: 1-D samples make no picture; write .npy or .npz")
+    if model.spec.kind == "image" and n > MAX_PICTURE_IMAGES:
+        raise UserError(f"--out {out}: a picture shows at most {MAX_PICTURE_IMAGES} images, got --n {n}; ask for "
+                        "fewer or write .npy / .npz")
+
+
 def sample(args) -> int:
     from .models import load_model, resolve_device
 
     out = Path(args.out)
-    if out.suffix not in (".npy", ".npz"):
-        raise UserError(f"--out must end in .npy or .npz, got {args.out}")
+    if out.suffix not in (".npy", ".npz", ".png"):
+        raise UserError(f"--out must end in .npy or .npz (the samples) or .png (a picture of them), got {args.out}")
     check_folder_of(out, args.model)
     model = load_model(args.model, device=resolve_device(args.device))
     if args.solver is not None:
         model = model.with_solver(args.solver)
+    if out.suffix == ".png":
+        _picture_check(out, model, args.n)
     cond = model.class_index(args.cls) if args.cls is not None else None
     x, labels = model.sample(args.n, args.steps, cond, seed=args.seed, progress=True)
     model.check_finite(x)
+    if out.suffix == ".png":
+        from .training.preview import draw_samples
+
+        title = f"{Path(args.model).name}: {model.nfe(args.steps)} NFE, seed {args.seed}" + (
+            f", class {args.cls}" if args.cls is not None else "")
+        draw_samples(model.spec, x.cpu(), title, out, max_images=args.n)
+        print(f"drew {args.n} samples ({model.nfe(args.steps)} network evaluations each) in {out}")
+        return 0
     arrays = {"samples": model.spec.to_user(x)}
     if labels is not None:
         arrays["labels"] = np.asarray([model.spec.class_names[i] for i in labels.tolist()])

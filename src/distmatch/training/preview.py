@@ -7,6 +7,7 @@ the pictures of a run compare frame to frame) and drawn into `previews/it<iterat
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 PREVIEW_DIR = "previews"
@@ -25,21 +26,25 @@ def preview_samples(model):
     return model.sample(n, seed=PREVIEW_SEED)[0]
 
 
-def write_preview(out: Path, model, it: int, writer=None) -> Path | None:
-    """Draw the model's preview for iteration `it`; None for data a picture cannot show (1-D vectors)."""
+def draw_samples(spec, x, title: str, path: Path, max_images: int = N_IMAGES) -> Path:
+    """A picture of samples in normalised space: an image grid (grey or RGB; other channel counts show their
+    first channel), or a scatter in the data's own units (vectors of two or more dimensions)."""
     from ..report import plots
 
+    if spec.kind == "image":
+        if x.shape[1] not in (1, 3):
+            x, title = x[:, :1], f"{title} (channel 0 of {x.shape[1]})"
+        nrow = max(8, math.ceil(math.sqrt(min(len(x), max_images))))
+        return plots.image_grid_panels([(title, x.float().clamp(-1, 1).numpy())], path, nrow=nrow,
+                                       max_images=max_images)
+    return plots.scatter_panels([(title, spec.to_user(x))], path)
+
+
+def write_preview(out: Path, model, it: int, writer=None) -> Path | None:
+    """Draw the model's preview for iteration `it`; None for data a picture cannot show (1-D vectors)."""
     if model.spec.kind != "image" and model.spec.shape[0] < 2:
         return None
-    x = preview_samples(model)
-    title = f"iteration {it}"
-    path = preview_path(out, it)
-    if model.spec.kind == "image":
-        if x.shape[1] not in (1, 3):  # a grid shows grey or RGB: other channel counts show their first channel
-            x, title = x[:, :1], f"{title} (channel 0 of {x.shape[1]})"
-        plots.image_grid_panels([(title, x.float().clamp(-1, 1).numpy())], path)
-    else:
-        plots.scatter_panels([(title, model.spec.to_user(x))], path)  # in the data's own units
+    path = draw_samples(model.spec, preview_samples(model), f"iteration {it}", preview_path(out, it))
     if writer is not None:
         from matplotlib.image import imread
 

@@ -27,12 +27,13 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist_diffusers import train_recipe  # noqa: E402  (the same diffusers recipe, smaller images)
+from mnist_diffusers import ddpm_loss, train_recipe  # noqa: E402  (the same diffusers recipe, smaller images)
 
 
 def make_unet():
@@ -44,15 +45,22 @@ def make_unet():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 
-def train(out: Path, schedule: str, iters: int) -> Path:
+def v_loss(unet, scheduler, batch, noise, g, device):
+    """The same loss with diffusers' v-prediction target, v = √ᾱ ε - √(1-ᾱ) x_0 (scheduler.get_velocity)."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g).to(device)
+    return F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, scheduler.get_velocity(batch, noise, t))
+
+
+def train(out: Path, schedule: str, iters: int, prediction: str = "epsilon") -> Path:
     """diffusers' DDPM recipe on the digits train split (values 0..16 -> [-1, 1]); a DDPMPipeline folder."""
     from diffusers import DDPMScheduler
 
     from distmatch.data.presets import digits
 
     x0 = torch.from_numpy(digits("train").array).float().div(8).sub(1).unsqueeze(1)
-    return train_recipe(out, x0, make_unet, DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule), iters,
-                        every=1000, about={"schedule": schedule})
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction)
+    return train_recipe(out, x0, make_unet, scheduler, iters, every=1000, about={"schedule": schedule},
+                        loss_fn=v_loss if prediction == "v_prediction" else ddpm_loss)
 
 
 def cli(*args: str) -> None:
@@ -73,6 +81,8 @@ def main() -> None:
     p.add_argument("--starts", nargs="+", type=float, default=[14.62, 1.7])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--teacher-iters", type=int, default=6000)
+    p.add_argument("--prediction", default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="the teachers' prediction type (v_prediction: folders <schedule>-v)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", nargs="*", default=[], help="more distill settings for every student")
     a = p.parse_args()
@@ -80,8 +90,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     rows = []
     for schedule in a.schedules:
-        base = a.out / schedule
-        teacher = train(base, schedule, a.teacher_iters)
+        base = a.out / (schedule + ("-v" if a.prediction == "v_prediction" else ""))
+        teacher = train(base, schedule, a.teacher_iters, a.prediction)
         for start in a.starts:
             for seed in a.seeds:
                 run = base / f"start{start:g}-seed{seed}"

@@ -18,7 +18,7 @@ def cli(*argv):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the Inception file is TorchScript
-def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypatch):
+def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 8, 8, 3), dtype=np.uint8)
     labels = np.array(["cat", "dog", "emu"] * 16)
@@ -33,6 +33,7 @@ def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypa
     assert out["samples"].shape == (5, 8, 8, 3) and out["samples"].dtype == np.uint8
     assert list(out["labels"]) == ["dog"] * 5
     assert cli("sample", "--model", str(t), "--n", "3", "--steps", "2", "--out", str(tmp_path / "y.npy")) == 0
+    assert "to " + str(tmp_path / "y.npy") + ": uint8 (3, 8, 8, 3), values 0..255" in capsys.readouterr().out
     # a picture of them: the student's grid, in colour; more than a grid holds is refused before sampling
     from matplotlib.image import imread
 

@@ -98,8 +98,18 @@ def sample(args) -> int:
     if labels is not None:
         arrays["labels"] = np.asarray([model.spec.class_names[i] for i in labels.tolist()])
     _write_npy(out, arrays)
-    print(f"wrote {args.n} samples ({model.nfe(args.steps)} network evaluations each) to {out}")
+    print(f"wrote {args.n} samples ({model.nfe(args.steps)} network evaluations each) to {out}: "
+          f"{_described(arrays['samples'], model.spec)}")
     return 0
+
+
+def _described(x: np.ndarray, spec) -> str:
+    """What a samples file holds, so a user knows how to read it: dtype, shape and, for images, value range."""
+    what = f"{x.dtype} {tuple(x.shape)}"
+    if spec.kind != "image":
+        return what
+    lo, hi = spec.value_range
+    return f"{what}, values {lo:g}..{hi:g}" + ("" if spec.source else " (no data given: the model's own range)")
 
 
 def evaluate(args) -> int:

@@ -13,7 +13,9 @@ and scores the teacher itself with its own sampler (`--solver ancestral`, 1000 s
 on the in-domain digits classifier (`distmatch evaluate`'s fallback when no Inception file is given).
 
     python bench/digits_vp.py --out bench/out/digits-vp [--schedules linear squaredcos_cap_v2]
-        [--starts 14.62 1.7] [--seeds 0 1] [--teacher-iters 6000] [--threads 1]
+        [--starts 14.62 1.7] [--seeds 0 1] [--teacher-iters 6000] [--threads 1] [--prediction v_prediction]
+
+`--prediction v_prediction` trains the teachers on diffusers' v target instead (folders `<schedule>-v`).
 
 Every stage resumes (teacher from its last 1000 iterations, students and scores from their folders).
 """

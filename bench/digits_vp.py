@@ -29,13 +29,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist_diffusers import ddpm_loss, train_recipe  # noqa: E402  (the same diffusers recipe, smaller images)
+from mnist_diffusers import train_recipe  # noqa: E402  (the same diffusers recipe, smaller images)
 
 
 def make_unet():
@@ -47,12 +46,6 @@ def make_unet():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 
-def v_loss(unet, scheduler, batch, noise, g, device):
-    """The same loss with diffusers' v-prediction target, v = √ᾱ ε - √(1-ᾱ) x_0 (scheduler.get_velocity)."""
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g).to(device)
-    return F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, scheduler.get_velocity(batch, noise, t))
-
-
 def train(out: Path, schedule: str, iters: int, prediction: str = "epsilon") -> Path:
     """diffusers' DDPM recipe on the digits train split (values 0..16 -> [-1, 1]); a DDPMPipeline folder."""
     from diffusers import DDPMScheduler
@@ -61,8 +54,7 @@ def train(out: Path, schedule: str, iters: int, prediction: str = "epsilon") -> 
 
     x0 = torch.from_numpy(digits("train").array).float().div(8).sub(1).unsqueeze(1)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction)
-    return train_recipe(out, x0, make_unet, scheduler, iters, every=1000, about={"schedule": schedule},
-                        loss_fn=v_loss if prediction == "v_prediction" else ddpm_loss)
+    return train_recipe(out, x0, make_unet, scheduler, iters, every=1000, about={"schedule": schedule})
 
 
 def cli(*args: str) -> None:

@@ -63,9 +63,11 @@ def train(out: Path, images: np.ndarray, iters: int, device: str = "cpu") -> Pat
 
 
 def ddpm_loss(unet, scheduler, batch, noise, g, device):
-    """DDPM's ε-prediction loss at a timestep drawn uniformly from the scheduler's."""
+    """DDPM's loss at a timestep drawn uniformly from the scheduler's, on the target its `prediction_type` names
+    (ε, or v = √ᾱ ε - √(1-ᾱ) x_0), as diffusers' train_unconditional.py chooses it."""
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g).to(device)
-    return F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, noise)
+    target = scheduler.get_velocity(batch, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    return F.mse_loss(unet(scheduler.add_noise(batch, noise, t), t).sample, target)
 
 
 def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, device: str = "cpu", every: int = 500,

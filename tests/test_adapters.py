@@ -255,7 +255,8 @@ def test_a_unet_without_a_mid_block_gives_the_gan_its_deepest_down_block(tmp_pat
     np.save(tmp_path / "data.npy", np.random.default_rng(0).integers(0, 255, (32, 8, 8), dtype=np.uint8))
     student = run_distill(tmp_path / "t", tmp_path / "s", steps=1, data_source=str(tmp_path / "data.npy"),
                           overrides=["train.progress=false", "train.iters=3", "train.batch_size=8"])
-    assert "loss_gan_g" in (student / "log.jsonl").read_text()
+    log = (student / "log.jsonl").read_text()
+    assert "loss_gan_g" in log and '"gan_scale"' in log  # the weight the GAN term got, beside its loss
 
 
 class OwnUNet(torch.nn.Module):

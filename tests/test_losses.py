@@ -13,7 +13,7 @@ from distmatch.methods import common
 from distmatch.methods.common import RealScore, StudentCriticMethod
 from distmatch.methods.fdistill import RatioBins
 from distmatch.methods.losses import (critic_loss, density_ratio, dm_gradient, dm_loss, gan_discriminator_loss,
-                                      gan_generator_loss)
+                                      gan_generator_loss, gan_scale)
 from distmatch.training.method import Batch
 
 QUIET = ["train.progress=false"]
@@ -123,6 +123,18 @@ def test_gan_losses_gradient_signs():
     assert gan_discriminator_loss(f - 1, r + 1) < gan_discriminator_loss(f, r)
     assert gan_discriminator_loss(f + 1, r) > gan_discriminator_loss(f, r)
     assert gan_generator_loss(f + 1) < gan_generator_loss(f)
+
+
+def test_balanced_gan_weight_makes_the_gan_push_a_set_fraction_of_the_dm_push():
+    x = torch.randn(8, 3, requires_grad=True)
+    loss_dm = dm_loss(x, torch.randn(8, 3))
+    loss_g = gan_generator_loss((x * torch.randn(3)).sum(1))
+    w = gan_scale(loss_dm, loss_g, x, 0.5, balance=True)
+    g_dm, = torch.autograd.grad(loss_dm, x, retain_graph=True)
+    g_gan, = torch.autograd.grad(w * loss_g, x)
+    assert g_gan.norm().item() == pytest.approx(0.5 * g_dm.norm().item(), rel=1e-5)
+    assert not w.requires_grad  # a weight, not a path for gradients
+    assert gan_scale(loss_dm, loss_g, x, 3e-3, balance=False) == 3e-3  # DMD2's code: the constant itself
 
 
 # ------------------------------------------------------------------------------------------ guidance

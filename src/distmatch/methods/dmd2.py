@@ -61,15 +61,17 @@ class Options:
         check_ode_init("dmd2", self.ode_init, self.ode_pairs, self.ode_weight)
 
 
-def generator_gan_term(method, critic, x, cond, steps, loss_dm) -> tuple[torch.Tensor, float]:
+def generator_gan_term(method, critic, x, cond, steps, loss_dm) -> tuple[torch.Tensor, dict[str, float]]:
     """DMD2's generator GAN term on the samples x, through the frozen critic's head at a fresh noise level, weighted
-    by the method's gan_weight_g (balanced against the DM loss's gradient, or fixed); and the GAN loss's value."""
+    by the method's gan_weight_g (balanced against the DM loss's gradient, or fixed); and for the log the GAN loss
+    and the weight it was multiplied by (balanced: what DMD2's fixed gan_weight_g would have to be)."""
     _, sigma_g = method.levels(len(x))
     with method.ctx.autocast():
         _, logits = critic(noised(x, sigma_g), sigma_g, cond, steps)
     loss_g = gan_generator_loss(logits)
     o = method.opts
-    return gan_scale(loss_dm, loss_g, x, o.gan_weight_g, o.gan_balance) * loss_g, loss_g.item()
+    w = gan_scale(loss_dm, loss_g, x, o.gan_weight_g, o.gan_balance)
+    return w * loss_g, {"loss_gan_g": loss_g.item(), "gan_scale": float(w)}
 
 
 class DMD2(OdePairs, StudentCriticMethod):
@@ -92,7 +94,8 @@ class DMD2(OdePairs, StudentCriticMethod):
         loss_dm = dm_loss(x, g)
         loss, logs = loss_dm, {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if self.opts.gan:
-            term, logs["loss_gan_g"] = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            term, gan_logs = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            logs.update(gan_logs)
             loss = loss + term
         if loss_reg is not None:
             loss = loss + o.ode_weight * loss_reg

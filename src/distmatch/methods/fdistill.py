@@ -228,9 +228,10 @@ class FDistill(OdePairs, StudentCriticMethod):
         h = f_weight(r, self.opts.divergence, self.all_reduce())
         loss_dm = dm_loss(x, g, weight=h)
         loss_g = gan_generator_loss(logits)
-        loss = loss_dm + gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance) * loss_g
-        logs = {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "dm_grad": g.abs().mean().item(),
-                "h_min": h.min().item(), "h_max": h.max().item()}
+        w = gan_scale(loss_dm, loss_g, x, self.opts.gan_weight_g, self.opts.gan_balance)
+        loss = loss_dm + w * loss_g
+        logs = {"loss_dm": loss_dm.item(), "loss_gan_g": loss_g.item(), "gan_scale": float(w),
+                "dm_grad": g.abs().mean().item(), "h_min": h.min().item(), "h_max": h.max().item()}
         if loss_reg is not None:
             loss = loss + o.ode_weight * loss_reg
             logs["loss_reg"] = loss_reg.item()

@@ -312,7 +312,8 @@ class MSD(DistributionMatching, Method):
         loss = loss_dm = dm_loss(x, g)
         logs = {"loss_dm": loss_dm.item(), "dm_grad": g.abs().mean().item()}
         if adm:  # DMD2's generator GAN term, on the student's own critic's head
-            term, logs["loss_gan_g"] = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            term, gan_logs = generator_gan_term(self, critic, x, cond, steps, loss_dm)
+            logs.update(gan_logs)
             loss = loss + term
         # EMA warm-up counted in student turns of the whole ensemble (each student's own count is about 1/K of it)
         self.end_student_turn(gen, self.opt_g[i], self.emas[i], critic, self.opt_c[i], loss)

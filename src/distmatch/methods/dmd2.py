@@ -22,7 +22,10 @@ from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 # Vectors average four noise draws per sample in the DM gradient: the same expected gradient with less variance.
 # Image students keep the image defaults' EMA (0.99), though DMD2's code keeps none: at 50x DMD2's rate a 1-step
 # student's last weights jump (FD 1.9-5.1 on a digits DDPM) and the average lands near its teacher (RESULTS.md).
-DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4}}, "image": {"dmd2": {"ode_pairs": IMAGE_PAIRS}}}
+# The generator's GAN weight is DMD2's code constant on images; vectors, where DMD2 has no constant, balance it
+# against the DM gradient (on images the balance made it 50-1800x the constant, behind a discriminator at chance).
+DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4, "gan_balance": True, "gan_weight_g": 0.5}},
+            "image": {"dmd2": {"ode_pairs": IMAGE_PAIRS}}}
 
 
 @dataclass
@@ -35,11 +38,11 @@ class Options:
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
     gan: bool = True                   # GAN loss on real data vs student samples
-    gan_weight_g: float = 0.5          # generator GAN weight: with gan_balance, the GAN gradient's norm on the samples
-                                       # as a fraction of the DM gradient's (DMD2's advice: make the two comparable)
+    gan_weight_g: float = 3e-3         # generator GAN weight on the GAN loss (DMD2's ImageNet-64 code); with
+                                       # gan_balance, the GAN gradient's norm on the samples as a fraction of the DM's
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
-    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as in DMD2's code
-                                       # (3e-3 there); true: one weight serves 2-D points and images of any size
+    gan_balance: bool = False          # true: scale the GAN term each step so its push is gan_weight_g x the DM
+                                       # gradient's (DMD2's author: make the two norms comparable); vectors: 0.5
     ode_init: float = 0.0              # share of the iterations at the start in which the student only
                                        # regresses on the teacher's ODE noise->sample pairs, as DMD2's
                                        # 1-step SDXL start (recipe dmd2+ode); 0 = off

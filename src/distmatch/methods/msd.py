@@ -63,7 +63,7 @@ class Options:
     gan: bool = True                   # the ADM stage: DMD2's GAN on real data of each student's own classes
     adm_start: float = 0.5             # share of the distillation iterations in the DM stage before ADM begins
                                        # (the paper's stage lengths could not be read; half each)
-    gan_weight_g: float = 0.5          # generator GAN weight, as dmd2's (balanced against the DM gradient's norm)
+    gan_weight_g: float = 0.5          # generator GAN weight, balanced against the DM gradient's norm (dmd2: vectors)
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
     gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as DMD2's code
 

@@ -42,7 +42,7 @@ class Options:
                                        # gan_balance, the GAN gradient's norm on the samples as a fraction of the DM's
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
     gan_balance: bool = False          # true: scale the GAN term each step so its push is gan_weight_g x the DM
-                                       # gradient's (DMD2's author: make the two norms comparable); vectors: 0.5
+                                       # gradient's (DMD2's author: make the two norms comparable; vectors, at 0.5)
     ode_init: float = 0.0              # share of the iterations at the start in which the student only
                                        # regresses on the teacher's ODE noise->sample pairs, as DMD2's
                                        # 1-step SDXL start (recipe dmd2+ode); 0 = off

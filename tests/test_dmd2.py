@@ -315,15 +315,16 @@ def test_dm_levels_are_fractions_of_the_teachers_own_levels(levels, lo, hi):
     assert (int(idx.min()), int(idx.max())) == (0, levels - 1)
 
 
-def test_the_generators_gan_weight_is_dmd2s_constant_on_images_and_balanced_on_vectors():
-    """DMD2's code multiplies the GAN loss by a constant (3e-3, ImageNet-64); vectors, where it published none,
-    balance the GAN push against the DM gradient's."""
+@pytest.mark.parametrize("method", ["dmd2", "fdistill", "msd"])
+def test_the_generators_gan_weight_is_the_published_constant_on_images_and_balanced_on_vectors(method):
+    """DMD2's code (and FastGen's f-distill, and MSD's ADM stage, which is DMD2's GAN) multiplies the GAN loss by a
+    constant (3e-3, ImageNet-64); vectors, where none was published, balance the GAN push against the DM gradient's."""
     from distmatch import config as config_mod
     from distmatch.methods import config_class, defaults_for
 
-    def dmd2_opts(kind):
-        return config_mod.resolve(config_class("dmd2"), None, [], base=defaults_for("dmd2", kind, 1)).dmd2
+    def opts(kind):
+        return getattr(config_mod.resolve(config_class(method), None, [], base=defaults_for(method, kind, 1)), method)
 
-    image, vector = dmd2_opts("image"), dmd2_opts("vector")
+    image, vector = opts("image"), opts("vector")
     assert (image.gan_balance, image.gan_weight_g, image.gan_weight_d) == (False, 3e-3, 1e-2)
     assert (vector.gan_balance, vector.gan_weight_g) == (True, 0.5)

@@ -32,7 +32,9 @@ from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_diver
                      gan_discriminator_loss, gan_generator_loss, gan_scale)
 from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 
-DEFAULTS = {"image": {"fdistill": {"ode_pairs": IMAGE_PAIRS}}}
+# The generator's GAN weight is FastGen's constant on images; vectors balance it against the DM gradient, as dmd2's.
+DEFAULTS = {"vector": {"fdistill": {"gan_balance": True, "gan_weight_g": 0.5}},
+            "image": {"fdistill": {"ode_pairs": IMAGE_PAIRS}}}
 
 
 @dataclass
@@ -43,13 +45,14 @@ class Options:
                                                                          # up to the student's first level
     guidance: float = 1.0              # classifier-free guidance on the real (teacher) score; 1 = none
     lr_critic: float = 0.0             # 0 = train.lr
-    gan_weight_g: float = 0.5          # generator GAN weight (> 0: the method needs it); with gan_balance, the GAN
-                                       # gradient's norm on the samples as a fraction of the weighted DM gradient's
+    gan_weight_g: float = 3e-3         # generator GAN weight (> 0: the method needs it; FastGen's ImageNet-64); with
+                                       # gan_balance, the GAN push as a fraction of the weighted DM push
     gan_weight_d: float = 1e-2         # discriminator loss weight (inside the critic loss with features=critic:
                                        # keep <= 1e-2)
     features: str = "teacher"          # what the discriminator reads: the frozen teacher network's features
                                        # (FastGen) or the critic's, as dmd2's GAN head (DMD2)
-    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly (FastGen: 3e-3)
+    gan_balance: bool = False          # true: scale the GAN term each step so its push is gan_weight_g x the DM
+                                       # gradient's (vectors, at 0.5)
     ratio_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # clamp of r = exp(logit)
     bins: int = 10                     # noise-level bins of r's running mean
     bin_momentum: float = 0.5          # EMA momentum of the per-bin means (authors: 0.5 on ImageNet-64)

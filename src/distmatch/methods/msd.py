@@ -39,7 +39,9 @@ from .student import refuse_student_options, student_network_config
 
 # Students own few classes each and get train.iters / K iterations: on vectors Adam's beta1 0.9 and the rate 1e-4
 # serve them better than the single-student settings.
-DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999], "lr": 1e-4}}}
+# The ADM stage's generator GAN weight is DMD2's constant on images and balanced on vectors, as dmd2's.
+DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999], "lr": 1e-4},
+                       "msd": {"gan_balance": True, "gan_weight_g": 0.5}}}
 PARTITIONS = ("contiguous", "kmeans")
 DEFAULT_STUDENTS = 4
 PRESTAGE_P_MEAN, PRESTAGE_P_STD = -1.2, 1.8  # wide log-normal levels, as for fitting a net to an exact teacher
@@ -63,9 +65,9 @@ class Options:
     gan: bool = True                   # the ADM stage: DMD2's GAN on real data of each student's own classes
     adm_start: float = 0.5             # share of the distillation iterations in the DM stage before ADM begins
                                        # (the paper's stage lengths could not be read; half each)
-    gan_weight_g: float = 0.5          # generator GAN weight, balanced against the DM gradient's norm (dmd2: vectors)
+    gan_weight_g: float = 3e-3         # generator GAN weight (DMD2's code); with gan_balance, a fraction of the DM push
     gan_weight_d: float = 1e-2         # discriminator loss weight inside the critic loss (keep <= 1e-2)
-    gan_balance: bool = True           # false: gan_weight_g multiplies the GAN loss directly, as DMD2's code
+    gan_balance: bool = False          # true: scale the GAN term to gan_weight_g x the DM push (vectors, at 0.5)
 
     def validate(self):
         if self.students < 0:

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range
 from .student import noised
-from .losses import dm_loss, gan_generator_loss, gan_scale
+from .losses import VECTOR_GAN_WEIGHT, dm_loss, gan_generator_loss, gan_scale
 from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 
 
@@ -24,7 +24,7 @@ from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 # student's last weights jump (FD 1.9-5.1 on a digits DDPM) and the average lands near its teacher (RESULTS.md).
 # The generator's GAN weight is DMD2's code constant on images; vectors, where DMD2 has no constant, balance it
 # against the DM gradient (on images the balance made it 50-1800x the constant, behind a discriminator at chance).
-DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4, "gan_balance": True, "gan_weight_g": 0.5}},
+DEFAULTS = {"vector": {"dmd2": {"dm_draws": 4, **VECTOR_GAN_WEIGHT}},
             "image": {"dmd2": {"ode_pairs": IMAGE_PAIRS}}}
 
 

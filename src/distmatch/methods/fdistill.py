@@ -28,12 +28,12 @@ from ..training.method import Batch
 from .common import StudentCriticMethod, check_dm_range
 from .student import noised
 from ..networks.heads import build_head
-from .losses import (F_DIVERGENCES, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
+from .losses import (F_DIVERGENCES, VECTOR_GAN_WEIGHT, density_ratio, dm_gradient, dm_loss, f_divergence_weight,
                      gan_discriminator_loss, gan_generator_loss, gan_scale)
 from .pairs import IMAGE_PAIRS, OdePairs, check_ode_init
 
 # The generator's GAN weight is FastGen's constant on images; vectors balance it against the DM gradient, as dmd2's.
-DEFAULTS = {"vector": {"fdistill": {"gan_balance": True, "gan_weight_g": 0.5}},
+DEFAULTS = {"vector": {"fdistill": dict(VECTOR_GAN_WEIGHT)},
             "image": {"fdistill": {"ode_pairs": IMAGE_PAIRS}}}
 
 

@@ -86,6 +86,11 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3, per: str = "
     return ((d2 + c * c).sqrt() - c).flatten(1).mean(1)
 
 
+# The generator's GAN weight on vectors, where no paper published a constant: its push half the DM push. Images
+# take the authors' constant (3e-3, ImageNet-64), each method's Options default.
+VECTOR_GAN_WEIGHT = {"gan_balance": True, "gan_weight_g": 0.5}
+
+
 def gan_scale(loss_dm, loss_g, x, weight: float, balance: bool) -> torch.Tensor | float:
     """The generator's GAN weight: fixed, or `weight` x (DM gradient norm / GAN gradient norm) on the samples,
     so the GAN term's push is a set fraction of the DM term's whatever the data's dimension."""

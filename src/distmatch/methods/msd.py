@@ -33,7 +33,7 @@ from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
 from .common import Critic, DistributionMatching, RealScore, check_dm_range, draw_labels, init_copy
 from .dmd2 import generator_gan_term
-from .losses import dm_loss
+from .losses import VECTOR_GAN_WEIGHT, dm_loss
 from .router import ClassRouter
 from .student import refuse_student_options, student_network_config
 
@@ -41,7 +41,7 @@ from .student import refuse_student_options, student_network_config
 # serve them better than the single-student settings.
 # The ADM stage's generator GAN weight is DMD2's constant on images and balanced on vectors, as dmd2's.
 DEFAULTS = {"vector": {"train": {"betas": [0.9, 0.999], "lr": 1e-4},
-                       "msd": {"gan_balance": True, "gan_weight_g": 0.5}}}
+                       "msd": dict(VECTOR_GAN_WEIGHT)}}
 PARTITIONS = ("contiguous", "kmeans")
 DEFAULT_STUDENTS = 4
 PRESTAGE_P_MEAN, PRESTAGE_P_STD = -1.2, 1.8  # wide log-normal levels, as for fitting a net to an exact teacher

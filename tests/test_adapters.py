@@ -426,6 +426,56 @@ def test_a_flow_folder_feeds_its_network_the_schedulers_timesteps(tmp_path):
     assert seen == [pytest.approx(25.0)]
 
 
+FLOW_SOLVERS = {"heun": lambda: diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0),
+                "unipc": lambda: diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
+                                                                   prediction_type="flow_prediction"),
+                "dpm": lambda: diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
+                                                                     prediction_type="flow_prediction")}
+
+
+@pytest.mark.parametrize("solver", list(FLOW_SOLVERS))
+def test_a_folder_with_any_flow_scheduler_gives_that_schedulers_x0(tmp_path, solver):
+    """FlowMatchHeun, and UniPC / DPM-Solver on flow sigmas (as flow models ship), are the flow teacher of their
+    shift: D(x_σ, σ) at each of the scheduler's own levels s is its x̂_0 = x_s - s v, the network fed t = 1000 s
+    (as it was trained; UniPC and DPM-Solver round their timesteps down to integers while they sample)."""
+    from distmatch.schedules import FLOW_TOP
+    from distmatch.models import load_model
+
+    sched = FLOW_SOLVERS[solver]()
+    tiny_unet().save_pretrained(tmp_path / "t" / "unet")
+    sched.save_pretrained(tmp_path / "t" / "scheduler")
+    teacher = load_model(tmp_path / "t").denoiser
+    assert (teacher.convention, teacher.shift) == ("flow", 3.0)
+    sched.set_timesteps(8)
+    g = torch.Generator().manual_seed(3)
+    for i in (0, 3, 7):
+        s = float(sched.sigmas[i])
+        sigma = torch.full((2,), FLOW_TOP if s == 1 else s / (1 - s))
+        x_s = torch.randn(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            v = teacher.net(x_s, torch.full((2,), 1000 * s)).sample
+            if solver == "heun":
+                want = x_s - s * v
+            else:
+                sched._step_index = i
+                want = sched.convert_model_output(v, sample=x_s)
+            got = teacher(x_s * (1 + sigma[0]), sigma)
+        assert torch.allclose(got, want, atol=2e-5), (solver, i, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("config, match", [
+    (dict(use_flow_sigmas=True, prediction_type="epsilon"), "runs flow sigmas .* prediction_type is 'epsilon'"),
+    (dict(prediction_type="flow_prediction"), "'flow_prediction' without use_flow_sigmas"),
+    (dict(use_flow_sigmas=True, prediction_type="flow_prediction", use_dynamic_shifting=True), "use_dynamic_shift")])
+def test_a_flow_solver_folder_that_cannot_be_read_as_one_is_refused_in_one_line(tmp_path, config, match):
+    from distmatch.models import load_model
+
+    tiny_unet().save_pretrained(tmp_path / "t" / "unet")
+    diffusers.UniPCMultistepScheduler(**config).save_pretrained(tmp_path / "t" / "scheduler")
+    with pytest.raises(UserError, match=match):
+        load_model(tmp_path / "t")
+
+
 def test_a_class_conditional_unet_is_guided_with_its_null_label():
     """wrap_teacher(num_classes=C) on a UNet2DModel with C + 1 class embeddings: the real score is
     x̂_u + s (x̂_c - x̂_u), x̂_u at the null label C; labels reach diffusers as class_labels."""

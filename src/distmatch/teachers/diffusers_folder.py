@@ -3,10 +3,10 @@
 `vqvae/`) are refused in one line.
 
 A UNet2DModel or DiTTransformer2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler,
-LCM, ...) becomes a VPAdapter with the scheduler's prediction type, with FlowMatchEulerDiscreteScheduler a
-FlowAdapter with its shift; the sample shape comes from the model's config; a class-conditional model
-(`num_class_embeds`; a DiT always is) keeps its classes; the GAN head reads the UNet's `mid_block` or the DiT's
-middle block.
+LCM, ...) becomes a VPAdapter with the scheduler's prediction type; a flow-matching one (FlowMatchEuler or
+FlowMatchHeun, or UniPC / DPM-Solver on flow sigmas) a FlowAdapter with its shift. The sample shape comes from
+the model's config; a class-conditional model (`num_class_embeds`; a DiT always is) keeps its classes; the GAN
+head reads the UNet's `mid_block` or the DiT's middle block.
 """
 from __future__ import annotations
 
@@ -92,21 +92,42 @@ def gan_features(net) -> str:
     return f"transformer_blocks.{len(net.transformer_blocks) // 2}"
 
 
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def flow_shift(cfg, sched_class: str, path: Path) -> float | None:
+    """The shift of a flow-matching scheduler: a FlowMatch* one, or a DDPM-family solver run on flow sigmas
+    (use_flow_sigmas with prediction_type flow_prediction, as UniPC and DPM-Solver are for flow models); None for
+    a variance-preserving one."""
+    prediction = cfg.get("prediction_type")
+    if sched_class not in FLOW_SCHEDULERS and not cfg.get("use_flow_sigmas"):
+        if prediction == "flow_prediction":
+            raise UserError(f"{path}: its scheduler {sched_class} has prediction_type 'flow_prediction' without "
+                            "use_flow_sigmas; save it with use_flow_sigmas=True and the model's flow_shift")
+        return None
+    if cfg.get("use_dynamic_shifting"):
+        raise UserError(f"{path}: a flow scheduler with resolution-dependent shifting (use_dynamic_shifting) is "
+                        "not supported; save it with a fixed shift")
+    if sched_class in FLOW_SCHEDULERS:
+        return float(cfg.shift)
+    if prediction != "flow_prediction":
+        raise UserError(f"{path}: its scheduler {sched_class} runs flow sigmas (use_flow_sigmas) but its "
+                        f"prediction_type is {prediction!r}; a flow model predicts the velocity (flow_prediction)")
+    return float(cfg.get("flow_shift", 1.0))
+
+
 def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
     """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod) or flow matching."""
     from .adapters import FlowAdapter, VPAdapter
 
     cfg, features = scheduler.config, gan_features(unet)
-    if sched_class == "FlowMatchEulerDiscreteScheduler":
-        if cfg.get("use_dynamic_shifting"):
-            raise UserError(f"{path}: a flow scheduler with resolution-dependent shifting (use_dynamic_shifting) is "
-                            "not supported; save it with a fixed shift")
+    if (shift := flow_shift(cfg, sched_class, path)) is not None:
         # diffusers feeds a flow network t = s · num_train_timesteps
-        return FlowAdapter(unet, cfg.num_train_timesteps, cfg.shift, time_scale=cfg.num_train_timesteps,
+        return FlowAdapter(unet, cfg.num_train_timesteps, shift, time_scale=cfg.num_train_timesteps,
                            num_classes=classes, features=features)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
-                        "(variance-preserving) schedulers and FlowMatchEulerDiscreteScheduler")
+                        "(variance-preserving) schedulers and flow-matching ones")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")

@@ -142,6 +142,66 @@ def test_the_ancestral_sampler_over_the_vp_adapter_reproduces_the_mixtures_weigh
     assert ((spread / 0.02 ** 0.5 - 1).abs() < 0.1).all(), spread
 
 
+def score_sde_folder(path, sigma_max=50.0):
+    """A tiny NCSN++-style teacher: a UNet2DModel with a Fourier time embedding (its output divided by σ, a score),
+    saved as diffusers' ScoreSdeVePipeline."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D",) * 2,
+                                 layers_per_block=1, norm_num_groups=4, time_embedding_type="fourier")
+    sched = diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=sigma_max)
+    diffusers.ScoreSdeVePipeline(unet=unet, scheduler=sched).save_pretrained(path)
+    return path
+
+
+def test_a_score_sde_folder_gives_tweedies_x0_in_its_own_range_and_rebuilds(tmp_path):
+    """x̂'_0 = x' + σ'² s(x', σ') on the pipeline's [0, 1] images, read in distmatch's [-1, 1] (x = 2x' - 1,
+    σ = 2σ'); its levels are the geometric range it was trained on, in those units."""
+    from distmatch.models import load_model
+
+    teacher = load_model(score_sde_folder(tmp_path / "t")).denoiser
+    grid = teacher.schedule().grid
+    assert torch.allclose(grid[[0, -1]], torch.tensor([0.02, 100.0], dtype=torch.float64))
+    assert torch.allclose(grid[1:] / grid[:-1], grid[1] / grid[0])
+    g = torch.Generator().manual_seed(4)
+    for s in (0.01, 1.0, 50.0):
+        x_net = torch.rand(2, 1, 8, 8, generator=g) + s * torch.randn(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = 2 * (x_net + s ** 2 * teacher.net(x_net, torch.full((2,), s)).sample) - 1
+            got = teacher(2 * x_net - 1, torch.full((2,), 2 * s))
+            again = rebuild_adapter(teacher.config(), teacher.net)(2 * x_net - 1, torch.full((2,), 2 * s))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (s, (got - want).abs().max())
+        assert torch.equal(again, got)
+
+
+class MixtureAsScore(torch.nn.Module):
+    """A closed-form Gaussian mixture on [-1, 1] disguised as a VE score network on [0, 1]: x' = (x + 1) / 2,
+    σ' = σ / 2, s = (D' - x') / σ'² with D' = (D_exact(2x' - 1, 2σ') + 1) / 2."""
+
+    def __init__(self, mixture):
+        super().__init__()
+        self.mixture = mixture
+
+    def forward(self, x_net, sigma_net):
+        d = (self.mixture(2 * x_net - 1, 2 * sigma_net).float() + 1) / 2
+        return (d - x_net) / sigma_net[:, None] ** 2
+
+
+def test_heun_over_the_score_adapter_reproduces_a_mixture_disguised_as_a_score_sde_model():
+    """The mixture's modes and weights come back: a wrong map between [0, 1] and [-1, 1] moves or blurs them."""
+    from distmatch.teachers.adapters import ScoreAdapter
+
+    means = torch.tensor([[-0.6, 0.0], [0.6, 0.5]], dtype=torch.float64)
+    mixture = GaussianMixture([0.3, 0.7], means, torch.tensor([0.01, 0.01], dtype=torch.float64))
+    adapter = ScoreAdapter(MixtureAsScore(mixture), 0.01, 50.0)
+    schedule = adapter.schedule()
+    x = ode_sample(adapter, torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)),
+                   40, "heun", sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+    assert abs((x[:, 0] > 0).double().mean().item() - 0.7) < 0.03
+    near = torch.cdist(x.double(), means).min(1).values
+    assert near.median() < 0.15, near.median()
+
+
 def test_edm_adapter_and_rebuild():
     net = torch.nn.Linear(2, 2)
     for prediction in ("x0", "epsilon"):

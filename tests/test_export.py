@@ -239,6 +239,22 @@ def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
         export_student(student, tmp_path / "e")
 
 
+def test_a_score_sde_teachers_student_starts_where_an_epsilon_teachers_does_and_is_not_exported(tmp_path):
+    """A VE score network's x̂_0 = x + σ² s carries its error times σ, as an ε network's does: its 1-step student
+    starts at σ <= start_sigma_max (14.62), not at the top of its range (σ' = 50 on [0, 1], 100 here). It trains
+    and samples; export, which has no stock scheduler for it, refuses in one line."""
+    from test_adapters import score_sde_folder
+
+    folder = score_sde_folder(tmp_path / "ve")
+    student = run_distill(folder, tmp_path / "s", steps=1, overrides=QUIET)
+    model = load_model(student)
+    assert model.config["sigmas"] == [pytest.approx(14.62)]
+    x, _ = model.sample(4, seed=0)
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+    with pytest.raises(UserError, match="no stock diffusers scheduler runs a score"):
+        export_student(student, tmp_path / "e")
+
+
 def test_a_short_schedules_export_uses_the_students_output_alone(tmp_path):
     """A 4-timestep teacher's 1-step student runs at t = 3, where LCM's default timestep_scaling (10) would mix
     0.03 % of the noisy input into its output: the exported scheduler's c_skip is nil there."""

@@ -49,6 +49,9 @@ def check_exportable(model: LoadedModel) -> None:
                         "pipeline runs one; sample it with distmatch (distmatch sample, distmatch.load)")
     if net.get("kind") == "unet":
         return  # distmatch's own U-Net: the folder carries its code (export_own)
+    if net.get("convention") == "score":
+        raise UserError(f"{model.path}: no stock diffusers scheduler runs a score (VE) model's few steps; sample the "
+                        "student with distmatch (distmatch sample, distmatch.load)")
     if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow"):
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
                         "with a DDPM-family or flow scheduler; this one is neither")

@@ -255,7 +255,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
     scored = data if data is not None or not cfg.train.eval_every else scoring_data(teacher, data_source, method)
-    epsilon = getattr(teacher.denoiser, "prediction", None) == "epsilon"  # its x̂_0 amplifies ε̂'s error
+    # its x̂_0 amplifies ε̂'s error (a score network's -ε̂/σ too)
+    epsilon = getattr(teacher.denoiser, "prediction", None) in ("epsilon", "score")
     if recipe is not None and get_recipe(recipe).epsilon_only and not epsilon:
         predicts = getattr(teacher.denoiser, "prediction", None) or (
             "the velocity (flow matching)" if getattr(teacher.denoiser, "convention", "") == "flow" else "x̂_0 (EDM)")

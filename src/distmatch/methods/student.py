@@ -20,8 +20,9 @@ class StudentConfig:
     sigma_top: float = 7.0                # K > 1: after the top, the last K-1 of K geometric levels from this ...
     sigma_last: float = 0.35              # ... to this (σ_data 0.5; a DDPM teacher's: the timesteps an exported
                                           # scheduler runs, (i+1)·T/K - 1)
-    start_sigma_max: float = 14.62        # an ε-predicting teacher's student starts at its highest level with
-                                          # σ <= this (0: its top): Stable Diffusion's top, where DMD2 was published
+    start_sigma_max: float = 14.62        # an ε- (or score-) predicting teacher's student starts at its highest
+                                          # level with σ <= this (0: its top): Stable Diffusion's top, where DMD2
+                                          # was published
                                           # (a linear-β DDPM's, σ 157, multiplies ε̂'s error 157x in x̂_0)
     flow_terminal: float = 0.0            # flow teachers, K > 1: the last level s = shift(this) (0: the stock
                                           # scheduler's, its lowest training level; exported with shift_terminal)

@@ -6,6 +6,7 @@ Subclasses say how σ-space maps to the network's inputs and its prediction back
     EDMAdapter   the network already is a σ-space denoiser (it returns x̂_0, or ε with x̂_0 = x - σ ε̂)
     VPAdapter    a DDPM-style network on x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε = x_σ / √(1+σ²), σ(t) = √((1-ᾱ_t)/ᾱ_t)
     FlowAdapter  a flow-matching network predicting the velocity on x_s = (1-s) x_0 + s ε = x_σ / (1+σ), σ = s/(1-s)
+    ScoreAdapter a variance-exploding score network (score SDE's NCSN++) on x'_σ' = x'_0 + σ' ε, data x' in [0, 1]
 """
 from __future__ import annotations
 
@@ -193,6 +194,41 @@ class EDMAdapter(TeacherAdapter):
                 "sigma_max": self.sigma_max}
 
 
+class ScoreAdapter(TeacherAdapter):
+    """A variance-exploding score network (score SDE's NCSN++, diffusers' ScoreSdeVeScheduler) called as
+    net(x'_σ', σ') on x'_σ' = x'_0 + σ' ε and returning the score ∇log p ≈ -ε/σ', so x̂'_0 = x' + σ'² s. Its data x'
+    lie in `data_range` ([0, 1] for score SDE's VE models), distmatch's [-1, 1] by x' = a x + b, a = (hi-lo)/2,
+    b = (hi+lo)/2; in VE that is x'_σ' = a x_σ + b with σ' = a σ. It was trained on σ' log-uniform in
+    [sigma_min, sigma_max], so its levels are a geometric grid of 1000 over that range."""
+
+    convention = "score"
+    prediction = "score"  # -ε/σ: its x̂_0 carries ε̂'s error times σ, as an ε teacher's does
+
+    def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float, data_range=(0.0, 1.0),
+                 num_classes: int = 0, features: str | None = None):
+        super().__init__(net, num_classes, features)
+        lo, hi = (float(v) for v in data_range)
+        if not (0 < sigma_min < sigma_max < math.inf and lo < hi):
+            raise UserError(f"a score network needs 0 < sigma_min < sigma_max and a data range lo < hi, got "
+                            f"{sigma_min}, {sigma_max} and {data_range}")
+        self.sigma_min, self.sigma_max, self.data_range = float(sigma_min), float(sigma_max), (lo, hi)
+        self.a, self.b = (hi - lo) / 2, (hi + lo) / 2
+
+    def schedule(self) -> NoiseSchedule:
+        grid = torch.logspace(math.log10(self.sigma_min), math.log10(self.sigma_max), 1000, dtype=torch.float64)
+        return NoiseSchedule(grid / self.a, "ve")
+
+    def denoise(self, x, sigma, cond):
+        s = self.a * append_dims(sigma, x.ndim)
+        x_net = self.a * x + self.b
+        score = call_with_labels(self.net, x_net, self.a * sigma, cond).float()
+        return (x_net + s ** 2 * score - self.b) / self.a
+
+    def config(self) -> dict:
+        return {**super().config(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "data_range": list(self.data_range)}
+
+
 def network_output(out) -> torch.Tensor:
     """A tensor from what a network returned (diffusers models return an output object with `.sample`)."""
     if hasattr(out, "sample"):
@@ -341,6 +377,9 @@ def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:
     if cfg.get("convention") == "edm":
         return EDMAdapter(net, cfg.get("prediction", "x0"), cfg.get("num_classes", 0), cfg.get("features"),
                           cfg.get("sigma_min", SIGMA_MIN), cfg.get("sigma_max", SIGMA_MAX))
+    if cfg.get("convention") == "score":
+        return ScoreAdapter(net, cfg["sigma_min"], cfg["sigma_max"], cfg["data_range"], cfg.get("num_classes", 0),
+                            cfg.get("features"))
     if cfg.get("convention") == "flow":
         return FlowAdapter(net, cfg["num_train"], cfg["shift"], cfg["time_scale"], cfg.get("num_classes", 0),
                            cfg.get("features"))

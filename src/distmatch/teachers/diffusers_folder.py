@@ -118,16 +118,18 @@ def flow_shift(cfg, sched_class: str, path: Path) -> float | None:
 
 def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
     """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod) or flow matching."""
-    from .adapters import FlowAdapter, VPAdapter
+    from .adapters import FlowAdapter, ScoreAdapter, VPAdapter
 
     cfg, features = scheduler.config, gan_features(unet)
     if (shift := flow_shift(cfg, sched_class, path)) is not None:
         # diffusers feeds a flow network t = s · num_train_timesteps
         return FlowAdapter(unet, cfg.num_train_timesteps, shift, time_scale=cfg.num_train_timesteps,
                            num_classes=classes, features=features)
+    if sched_class == "ScoreSdeVeScheduler":  # its pipeline keeps images in [0, 1]
+        return ScoreAdapter(unet, cfg.sigma_min, cfg.sigma_max, (0.0, 1.0), num_classes=classes, features=features)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
-                        "(variance-preserving) schedulers and flow-matching ones")
+                        "(variance-preserving) schedulers, flow-matching ones and ScoreSdeVeScheduler")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")

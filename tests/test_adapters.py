@@ -202,6 +202,22 @@ def test_heun_over_the_score_adapter_reproduces_a_mixture_disguised_as_a_score_s
     assert near.median() < 0.15, near.median()
 
 
+def test_wrap_teacher_reads_a_score_network_on_its_own_range():
+    """prediction="score": a σ-space network on [-1, 1] returning the score, x̂_0 = x + σ² s, its levels the
+    geometric range it was trained on."""
+    import distmatch
+
+    net = torch.nn.Linear(2, 2)
+    teacher = distmatch.wrap_teacher(lambda_net(net), (2,), prediction="score", sigma_min=0.01, sigma_max=50.0,
+                                     features=None).loaded.denoiser
+    x, sigma = torch.randn(3, 2), torch.tensor([0.01, 1.0, 50.0])
+    with torch.no_grad():
+        assert torch.allclose(teacher(x, sigma), x + sigma[:, None] ** 2 * net(x), rtol=1e-5, atol=1e-4)
+    grid = teacher.schedule().grid
+    assert torch.allclose(grid[[0, -1]], torch.tensor([0.01, 50.0], dtype=torch.float64))
+    assert torch.allclose(grid[1:] / grid[:-1], grid[1] / grid[0])
+
+
 def test_edm_adapter_and_rebuild():
     net = torch.nn.Linear(2, 2)
     for prediction in ("x0", "epsilon"):

@@ -265,8 +265,11 @@ def _users_network(net: torch.nn.Module) -> torch.nn.Module:
 def _edm_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max):
     """A σ-space denoiser's adapter over [sigma_min, sigma_max]; a default top far below EDM's 160 σ_data is said."""
     from .schedules import SIGMA_MAX, SIGMA_MIN
-    from .teachers.adapters import EDMAdapter
+    from .teachers.adapters import EDMAdapter, ScoreAdapter
 
+    if prediction == "score":  # score SDE's VE network on [-1, 1], trained on σ log-uniform over its range
+        return ScoreAdapter(net, SIGMA_MIN if sigma_min is None else float(sigma_min),
+                            SIGMA_MAX if sigma_max is None else float(sigma_max), (-1.0, 1.0), num_classes, features)
     if sigma_max is None and SIGMA_MAX < 20 * float(sigma_data):
         print(f"warning: the default sigma_max = {SIGMA_MAX:g} is {SIGMA_MAX / sigma_data:.3g} x sigma_data (EDM: 160 "
               "x): its noise hides little of such data; give wrap_teacher the sigma_max the network was trained to",
@@ -288,7 +291,8 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     range (uint8: 0..255), mapped to [-1, 1], and the teacher alone samples in [-1, 1].
 
     Without `alphas_cumprod`, `net` is a σ-space denoiser called as net(x_σ, σ[, labels]) that returns x̂_0
-    (`prediction="x0"`, the default) or ε̂ (`"epsilon"`). With `alphas_cumprod` (one ᾱ_t per training timestep,
+    (`prediction="x0"`, the default), ε̂ (`"epsilon"`) or the score ∇log p (`"score"`: score SDE's VE networks,
+    x̂_0 = x + σ² s, trained on σ log-uniform over their range). With `alphas_cumprod` (one ᾱ_t per training timestep,
     e.g. a diffusers scheduler's), `net` is a DDPM-style network called as net(x_t, t[, labels]) predicting
     `"epsilon"` (default), `"v_prediction"` or `"sample"`; `timesteps="discrete"` feeds it integer t only (for a
     time embedding that is a lookup table). With `flow=True`, `net` is a flow-matching network called as

@@ -71,10 +71,10 @@ def ddpm_loss(unet, scheduler, batch, noise, g, device):
 
 
 def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, device: str = "cpu", every: int = 500,
-                 about: dict | None = None, loss_fn=ddpm_loss) -> Path:
+                 about: dict | None = None, loss_fn=ddpm_loss, pipeline=None) -> Path:
     """diffusers' DDPM recipe: the network `make()` trained on images `x0` in [-1, 1] under `scheduler` with
-    `loss_fn` (DDPM's by default), resumable from a state saved every `every` iterations; the DDPMPipeline folder
-    of the EMA weights (`about`: more to record in its train.json). The draws come from CPU generators on any
+    `loss_fn` (DDPM's by default), resumable from a state saved every `every` iterations; the pipeline folder
+    (`pipeline`, DDPMPipeline by default) of the EMA weights (`about`: more to record in its train.json). The draws come from CPU generators on any
     device, so a run's batches do not depend on where it trains."""
     from diffusers import DDPMPipeline
     from diffusers.optimization import get_scheduler
@@ -116,7 +116,7 @@ def train_recipe(out: Path, x0: torch.Tensor, make, scheduler, iters: int, devic
             os.replace(tmp, state)
     ema.copy_to(unet.parameters())
     tmp = out / "teacher.tmp"
-    DDPMPipeline(unet=unet.eval().cpu(), scheduler=scheduler).save_pretrained(tmp)
+    (pipeline or DDPMPipeline)(unet=unet.eval().cpu(), scheduler=scheduler).save_pretrained(tmp)
     (tmp / "train.json").write_text(json.dumps({"iters": iters, "seconds": time.perf_counter() - t0, **RECIPE,
                                                 **(about or {})}))
     os.replace(tmp, folder)

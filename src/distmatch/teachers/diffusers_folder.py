@@ -4,9 +4,10 @@
 
 A UNet2DModel or DiTTransformer2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler,
 LCM, ...) becomes a VPAdapter with the scheduler's prediction type; a flow-matching one (FlowMatchEuler or
-FlowMatchHeun, or UniPC / DPM-Solver on flow sigmas) a FlowAdapter with its shift. The sample shape comes from
-the model's config; a class-conditional model (`num_class_embeds`; a DiT always is) keeps its classes; the GAN
-head reads the UNet's `mid_block` or the DiT's middle block.
+FlowMatchHeun, or UniPC / DPM-Solver on flow sigmas) a FlowAdapter with its shift; ScoreSdeVeScheduler (NCSN++) a
+ScoreAdapter on [0, 1] images. The sample shape comes from the model's config; a class-conditional model
+(`num_class_embeds`; a DiT always is) keeps its classes; the GAN head reads the UNet's `mid_block` or the DiT's
+middle block.
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def flow_shift(cfg, sched_class: str, path: Path) -> float | None:
 
 
 def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
-    """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod) or flow matching."""
+    """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod), flow matching or score SDE (VE)."""
     from .adapters import FlowAdapter, ScoreAdapter, VPAdapter
 
     cfg, features = scheduler.config, gan_features(unet)

@@ -262,8 +262,9 @@ def _users_network(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def _edm_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max):
-    """A σ-space denoiser's adapter over [sigma_min, sigma_max]; a default top far below EDM's 160 σ_data is said."""
+def _sigma_space_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max):
+    """A σ-space network's adapter over [sigma_min, sigma_max] (EDM's, or a score network's); a default top far
+    below EDM's 160 σ_data is said."""
     from .schedules import SIGMA_MAX, SIGMA_MIN
     from .teachers.adapters import EDMAdapter, ScoreAdapter
 
@@ -325,7 +326,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
             raise UserError("a flow teacher predicts the velocity and has no alphas_cumprod")
         adapter = FlowAdapter(net, num_train_timesteps, shift, time_scale, num_classes, features)
     elif alphas_cumprod is None:
-        adapter = _edm_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max)
+        adapter = _sigma_space_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max)
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
     adapter.probe(shape)

@@ -285,7 +285,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
                  num_train_timesteps: int = 1000, value_range=None, num_classes: int = 0,
                  features: str | None = "auto", sigma_data: float = 0.5, solver: str = "heun",
                  sample_steps: int | None = None, clip_sample: float | None = None, sigma_min: float | None = None,
-                 sigma_max: float | None = None) -> Model:
+                 sigma_max: float | None = None, vae: torch.nn.Module | None = None) -> Model:
     """A network of yours as a teacher that distill() and Model.sample accept; samples are a (C, H, W) image in
     `value_range` or a (D,) vector. An image network works on [-1, 1]; `value_range=(lo, hi)` says that it stands
     for pixel values lo..hi (data are then read in that range and must lie in it); without it, data keep their own
@@ -313,7 +313,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     sampler). `clip_sample`: clamp x̂_0 to ±clip_sample while distmatch samples the teacher (and solves its ODE
     for regression pairs), as a diffusers scheduler with `clip_sample=True` does; leave it None when your own
     sampler does not clip. `net` is put in eval mode and its parameters frozen (requires_grad False): a teacher
-    stays as it is, and its students and critics are trained as copies of it."""
+    stays as it is, and its students and critics are trained as copies of it. `vae`: a latent model's diffusers
+    autoencoder (AutoencoderKL or VQModel, with its scaling_factor): `net` works on its latents, of shape
+    `sample_shape`; data are images it encodes, samples are images it decodes, and `value_range` is theirs."""
     from .teachers.adapters import FlowAdapter, VPAdapter
 
     shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
@@ -336,9 +338,31 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
               "schedule": adapter.schedule().config()}
     if clip_sample is not None:
         config["x0_limit"] = {"range": float(clip_sample)}
-    spec = _wrapped_spec(shape, num_classes, value_range)
+    codec = _checked_codec(vae, shape)
+    if codec is not None:
+        config.update(latent_shape=list(shape), codec=codec.config())
+    spec = _wrapped_spec(codec.image_shape(shape) if codec is not None else shape, num_classes, value_range)
     return Model(LoadedModel("teacher", {**config, "spec": spec.to_dict()}, spec, adapter, init_net=adapter,
-                             class_weights=config["class_weights"]))
+                             class_weights=config["class_weights"], codec=codec))
+
+
+def _checked_codec(vae, shape):
+    """wrap_teacher's autoencoder as a LatentCodec (None without one), refused in one line when it is not one."""
+    if vae is None:
+        return None
+    from .teachers.latent import AUTOENCODERS, LatentCodec
+
+    if type(vae).__name__ not in AUTOENCODERS:
+        raise UserError(f"vae must be a diffusers {' or '.join(AUTOENCODERS)}, got a {type(vae).__name__}")
+    if len(shape) != 3:
+        raise UserError(f"with a vae, sample_shape is the shape of its latents (C, H, W), got {tuple(shape)}")
+    codec = LatentCodec(vae)
+    try:
+        codec.image_shape(shape)
+    except RuntimeError as e:
+        raise UserError(f"the vae cannot decode latents of shape {tuple(shape)} ({str(e).splitlines()[0][:90]})"
+                        ) from None
+    return codec
 
 
 def _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, foreign_levels: bool) -> None:

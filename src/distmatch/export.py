@@ -157,6 +157,8 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
               "weights": weights_digest(Path(student_dir))}
     if best := model.config.get("best"):  # the best of its run's scores (train.eval_every), not its last
         record["best"] = best
+    if model.codec is not None:
+        record["autoencoder"] = model.codec.kind
     if out.exists() and any(out.iterdir()):
         if record["weights"] and exported_record(out) == record:
             return out  # it holds this export already: nothing to do
@@ -217,11 +219,11 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
         scheduler, record["timesteps"], custom = make(adapter, record["sigmas"], record["move"])
     except UserError as e:
         raise UserError(f"{student_dir}: {e}") from None
-    if model.num_classes or custom:
+    if model.num_classes or custom or model.codec is not None:
         from .export_classes import export_pipeline_student
 
         export_pipeline_student(model, adapter.net, scheduler, folder, record, custom)
-        return "classes" if model.num_classes else "timesteps"
+        return "classes" if model.num_classes else "timesteps" if custom else "latent"
     DDPMPipeline(unet=without_variance(adapter.net), scheduler=scheduler).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     ckpt.atomic_write_json(folder / "model_index.json", {**index, "_distmatch": record})
@@ -243,9 +245,9 @@ def without_variance(unet):
 
 
 def model_card(record: dict, custom: str | None = None) -> str:
-    """The folder's README.md; `custom`: "own" (distmatch's U-Net and sampler in the folder's code), "classes" or
-    "timesteps" (a stock network and scheduler driven by the folder's pipeline.py, which passes class labels, or
-    timesteps the scheduler would not pick)."""
+    """The folder's README.md; `custom`: "own" (distmatch's U-Net and sampler in the folder's code), "classes",
+    "timesteps" or "latent" (a stock network and scheduler driven by the folder's pipeline.py, which passes class
+    labels, or timesteps the scheduler would not pick, or decodes a latent model's samples)."""
     how = record["method"] + (f" (recipe {record['recipe']})" if record.get("recipe") else "")
     sigmas = f"σ = {', '.join(f'{s:.4g}' for s in record['sigmas'])}"
     trained = f"timesteps {record['timesteps']} ({sigmas})" if "timesteps" in record else sigmas
@@ -262,7 +264,14 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "timesteps": "\nThe network and the scheduler are stock diffusers classes; the student was trained at "
               "timesteps that no K-step schedule of the scheduler picks itself, so `pipeline.py` (torch and diffusers "
               "only: the scheduler's loop) passes them to it, which is why loading asks for "
-              "`trust_remote_code=True`; read it first.\n"}[custom]
+              "`trust_remote_code=True`; read it first.\n",
+              "latent": "\nThe network, the scheduler and the autoencoder are stock diffusers classes; no stock "
+              "latent pipeline hands its generator to the scheduler's steps, so the same seed would not give the same "
+              "images: `pipeline.py` (torch and diffusers only: the scheduler's loop, then the autoencoder's decoding) "
+              "runs it, which is why loading asks for `trust_remote_code=True`; read it first.\n"}[custom]
+    if record.get("autoencoder"):
+        remote += (f"\nIt works on the latents of its teacher's autoencoder (`vae/`, a {record['autoencoder']}), "
+                   "which the pipeline decodes into the images it returns.\n")
     moves = ("moving DDIM-like between its steps (its own predicted noise, deterministic after the first)"
              if record.get("move") == "ddim" else "re-noising its output with fresh noise between its steps")
     default = "" if custom else (f", the stock pipeline's default (`num_inference_steps=1000`) included: pass "

@@ -23,12 +23,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 class DistmatchPipeline(DiffusionPipeline):
     """The scheduler's K steps over MODEL(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps
-    when the scheduler would not pick them itself), re-noised to the next."""
+    when the scheduler would not pick them itself), re-noised to the next; a latent model's vae decodes them."""
 
-    def __init__(self, MODEL, scheduler, sample_shape=(1, 32, 32), trained_steps=1, class_names=(),
+    def __init__(self, MODEL, scheduler, VAE_ARGsample_shape=(1, 32, 32), trained_steps=1, class_names=(),
                  class_weights=(), trained_timesteps=()):
         super().__init__()
-        self.register_modules(MODEL=MODEL, scheduler=scheduler)
+        self.register_modules(MODEL=MODEL, scheduler=schedulerVAE_MODULE)
         self.register_to_config(sample_shape=list(sample_shape), trained_steps=trained_steps,
                                 class_names=list(class_names), class_weights=list(class_weights),
                                 trained_timesteps=list(trained_timesteps))
@@ -70,6 +70,8 @@ class DistmatchPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self.MODEL(x, t.expand(batch_size), **cond).sample[:, :c]  # learned variance: cut
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        x = self.vae.decode(x / (self.vae.config.scaling_factor or 1.0) + (self.vae.config.get("shift_factor") or 0.0)
+                            ).sample  # latent
         images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
@@ -79,10 +81,21 @@ class DistmatchPipeline(DiffusionPipeline):
 '''
 
 
+def pipeline_code(model_name: str, latent: bool) -> str:
+    """pipeline.py for a network kept under `model_name`; a latent model's takes its vae and decodes with it."""
+    code = PIPELINE.replace("MODEL", model_name)
+    if latent:
+        return code.replace("VAE_ARG", "vae, ").replace("VAE_MODULE", ", vae=vae").replace("  # latent\n", "\n")
+    lines = code.replace("VAE_ARG", "").replace("VAE_MODULE", "").splitlines(keepends=True)
+    keep = [i for i, line in enumerate(lines) if not line.endswith("  # latent\n")]
+    drop = {i - 1 for i in range(len(lines)) if i not in keep}  # the statement's first line
+    return "".join(line for i, line in enumerate(lines) if i in keep and i not in drop)
+
+
 def export_pipeline_student(model, network, scheduler, folder: Path, record: dict, custom_timesteps: bool) -> None:
-    """Write `folder`: the network under its teacher's component name, the scheduler, pipeline.py, and
-    model_index.json naming them with the pipeline's config (sample shape, class names and frequencies, and the
-    trained timesteps when the scheduler needs to be given them)."""
+    """Write `folder`: the network under its teacher's component name, the scheduler, a latent model's vae,
+    pipeline.py, and model_index.json naming them with the pipeline's config (sample shape, class names and
+    frequencies, and the trained timesteps when the scheduler needs to be given them)."""
     import diffusers
 
     from .teachers.diffusers_folder import MODEL_FOLDER
@@ -90,11 +103,15 @@ def export_pipeline_student(model, network, scheduler, folder: Path, record: dic
     name = MODEL_FOLDER[type(network).__name__]
     network.save_pretrained(folder / name)
     scheduler.save_pretrained(folder / "scheduler")
-    ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.replace("MODEL", name).encode())
+    vae = {}
+    if model.codec is not None:
+        model.codec.vae.save_pretrained(folder / "vae")
+        vae = {"vae": ["diffusers", model.codec.kind]}
+    ckpt.atomic_write_bytes(folder / "pipeline.py", pipeline_code(name, model.codec is not None).encode())
     ckpt.atomic_write_json(folder / "model_index.json", {
         "_class_name": ["pipeline", "DistmatchPipeline"], "_diffusers_version": diffusers.__version__,
-        name: ["diffusers", type(network).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
-        "sample_shape": list(model.spec.shape), "trained_steps": record["steps"],
+        name: ["diffusers", type(network).__name__], "scheduler": ["diffusers", type(scheduler).__name__], **vae,
+        "sample_shape": list(model.shape), "trained_steps": record["steps"],
         "class_names": [str(c) for c in model.spec.class_names],
         "class_weights": [float(w) for w in model.class_weights],
         "trained_timesteps": record["timesteps"] if custom_timesteps else [], "_distmatch": record})

@@ -41,6 +41,12 @@ class LoadedModel:
     init_net: torch.nn.Module | None = None   # teacher: the network students start from
     class_weights: list[float] = field(default_factory=list)
     path: Path | None = None      # the run folder it was loaded from (None: built in memory)
+    codec: torch.nn.Module | None = None      # a latent model's autoencoder: samples are decoded images
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the network's samples: a latent model's latents, else the data's (spec.shape)."""
+        return tuple(self.config.get("latent_shape") or self.spec.shape)
 
     @property
     def num_classes(self) -> int:
@@ -111,9 +117,9 @@ class LoadedModel:
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
                batch_size: int = 2048, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n samples (normalised space, on the CPU) and the class indices they were drawn for (None if
-        unconditional); drawn on `device`, by default the model's. The noise comes from a CPU generator, so a seed
-        gives the same samples on any device. `progress`: a bar over a teacher's network evaluations (a 1000-step
+        """n samples (normalised space, on the CPU; a latent model's decoded to images) and the class indices they
+        were drawn for (None if unconditional); drawn on `device`, by default the model's. The noise comes from a
+        CPU generator, so a seed gives the same samples on any device. `progress`: a bar over a teacher's network evaluations (a 1000-step
         sampler takes minutes; a student's K evaluations need none)."""
         from tqdm.auto import tqdm
 
@@ -131,11 +137,19 @@ class LoadedModel:
         out = []
         for i in batches:
             m = min(batch_size, n - i)
-            z = torch.randn((m,) + tuple(self.spec.shape), generator=g).to(device)
+            z = torch.randn((m,) + self.shape, generator=g).to(device)
             c = cond[i:i + m].to(device) if cond is not None else None
-            out.append(self._sample_batch(z, steps, c, g, bar).cpu())
+            x = self._sample_batch(z, steps, c, g, bar)
+            out.append((self.decoded(x) if self.codec is not None else x).cpu())
         bar.close()
         return torch.cat(out), cond
+
+    def decoded(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent model's samples as images (NaN latents are kept NaN for check_finite to name)."""
+        self.codec.to(z.device)
+        bad = ~torch.isfinite(z).flatten(1).all(1)
+        x = self.codec.decode(torch.where(bad[:, None, None, None], 0.0, z))
+        return torch.where(bad[:, None, None, None], float("nan"), x)
 
     def check_finite(self, x: torch.Tensor) -> torch.Tensor:
         """x, or one line saying how many samples are NaN or infinite and whose they are."""
@@ -163,6 +177,23 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{run_dir} holds no model weights ({ckpt.MODEL} missing)")
     return ckpt.load_tensors(path)[0]
+
+
+CODEC_PREFIX = "codec."  # a latent student's autoencoder, saved beside its network's weights
+
+
+def _codec(cfg: dict, weights: dict, run_dir: Path):
+    """A latent student's autoencoder, rebuilt from its config and weights (None for a pixel-space student)."""
+    if not cfg.get("codec"):
+        return None
+    from .teachers.latent import LatentCodec
+
+    try:
+        return LatentCodec.rebuild(cfg["codec"], _strip(weights, CODEC_PREFIX))
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{run_dir}: its autoencoder's weights and {ckpt.CONFIG} do not fit together ({why}); the "
+                        "folder was edited or damaged: distil it again") from None
 
 
 def _strip(weights: dict, prefix: str) -> dict:
@@ -202,15 +233,19 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
     kind = cfg["kind"]
     spec = DataSpec.from_dict(cfg["spec"])
     weights = load_weights(run_dir)
-    shape, k, sd = tuple(spec.shape), int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
+    shape = tuple(cfg.get("latent_shape") or spec.shape)
+    k, sd = int(cfg.get("num_classes", 0)), cfg.get("sigma_data", 0.5)
     if kind == "student":
         from .methods.router import build_student_generator
 
         if not isinstance(cfg.get("sigmas"), list) or not cfg["sigmas"]:
             raise UserError(f"{run_dir}: its {ckpt.CONFIG} names no noise levels for the student's steps; the folder "
                             "was edited or damaged: distil it again")
+        codec = _codec(cfg, weights, run_dir)
+        weights = {n: w for n, w in weights.items() if not n.startswith(CODEC_PREFIX)}
         gen = build_student_generator(cfg, shape, weights, network).to(device).eval()
-        return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []), path=run_dir)
+        return LoadedModel(kind, cfg, spec, gen, class_weights=cfg.get("class_weights", []), path=run_dir,
+                           codec=codec.to(device) if codec is not None else None)
     try:
         net = build_denoiser(cfg["network"], shape, k, sd)
         net.load_state_dict(_strip(weights, "net."))

@@ -159,6 +159,23 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
     return data
 
 
+def encoded(teacher: LoadedModel, data: Dataset | None, progress: bool) -> Dataset | None:
+    """The data as the teacher's network sees them: a latent model's images encoded by its autoencoder."""
+    if data is None or teacher.codec is None:
+        return data
+    teacher.codec.to(teacher.device)
+    return dataclasses.replace(data, x=teacher.codec.encode(data.x, progress=progress))
+
+
+def codec_weights(teacher: LoadedModel) -> dict[str, torch.Tensor]:
+    """A latent teacher's autoencoder weights, saved with its student's so the student folder decodes alone."""
+    from ..models import CODEC_PREFIX
+
+    if teacher.codec is None:
+        return {}
+    return {CODEC_PREFIX + k: v for k, v in teacher.codec.vae.state_dict().items()}
+
+
 def check_teachers_data_unchanged(teacher: LoadedModel, data_source: str | None) -> None:
     """Distilled on the teacher's own data file (no --data), that file must still hold what the teacher learnt."""
     source, known = teacher.spec.source, getattr(teacher.spec, "fingerprint", None)
@@ -187,7 +204,7 @@ def check_null_label(teacher: LoadedModel, guidance: float, method: str) -> None
     network that has none (a UNet2DModel's class table holds only its classes)."""
     if guidance == 1.0 or not teacher.num_classes:
         return
-    x = torch.zeros((1, *teacher.spec.shape), device=teacher.device)
+    x = torch.zeros((1, *teacher.shape), device=teacher.device)
     try:
         with torch.no_grad():
             teacher.denoiser(x, torch.ones(1, device=x.device), torch.full((1,), teacher.num_classes, device=x.device))
@@ -270,6 +287,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}
     spec = data.spec if data is not None and not teacher.spec.source else teacher.spec  # samples as the data
+    data = encoded(teacher, data, cfg.train.progress)
     model_cfg = {"kind": "student", "method": method, "recipe": recipe, "spec": spec.to_dict(),
                  "network": student_network_config(teacher.config["network"], cfg.student),
                  "num_classes": teacher.num_classes,
@@ -278,11 +296,14 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                  "teacher_dir": teacher_id(teacher),
                  "schedule": teacher.schedule.config(),
                  "teacher_nfe": teacher.nfe()}
+    if teacher.codec is not None:  # a latent student keeps its teacher's autoencoder
+        model_cfg.update(latent_shape=list(teacher.shape), codec=teacher.codec.config())
 
     def as_student(m, it: int) -> LoadedModel:  # the student being trained, as `sample` will load it
-        return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights)
+        return LoadedModel("student", model_cfg, spec, m.sampler(), class_weights=teacher.class_weights,
+                           codec=teacher.codec)
 
-    save = model_writer(model_cfg)
+    save = model_writer(model_cfg, extra=codec_weights(teacher))
     given = {"data": data} if "data" in inspect.signature(module.Method.__init__).parameters else {}  # msd's k-means
     result = train(out, run_config, cfg.train, data, lambda ctx: module.Method(ctx, teacher, cfg, sigmas, **given),
                    f"distilling ({method}, {len(sigmas)}-step)", preview=as_student, save=save, eval_data=scored)

@@ -227,7 +227,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.critic = ctx.prepare(critic.to(ctx.device))
         self.opt_g = ctx.make_optimizer(self.gen.parameters())
         self.opt_c = ctx.make_optimizer(self.critic.parameters(), lr=lr_critic or None)
-        self.set_student(teacher.schedule, sigmas, teacher.spec.shape, ctx.device, student)
+        self.set_student(teacher.schedule, sigmas, teacher.shape, ctx.device, student)
 
     def modules(self):
         return {"gen": self.gen, "critic": self.critic, "ema": self.ema}

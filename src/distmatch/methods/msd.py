@@ -219,13 +219,13 @@ class MSD(DistributionMatching, Method):
         self.adm_from = self.prestage + int(round(opts.adm_start * (cfg.train.iters - self.prestage)))
         self.real_rows = own_rows(data, self.owner, self.n_students) if opts.gan else None
         self.data = data
-        self.set_student(teacher.schedule, sigmas, teacher.spec.shape, ctx.device, cfg.student)
+        self.set_student(teacher.schedule, sigmas, teacher.shape, ctx.device, cfg.student)
 
     def add_student(self, teacher):
         ctx, opts = self.ctx, self.opts
         if opts.small:  # random init; teacher score matching gives it a start
             net_cfg = student_network_config(small_network(teacher.config["network"], opts), self.student_cfg)
-            gen = build_denoiser(net_cfg, teacher.spec.shape, self.num_classes, self.sigma_data).to(ctx.device)
+            gen = build_denoiser(net_cfg, teacher.shape, self.num_classes, self.sigma_data).to(ctx.device)
         else:
             net_cfg = student_network_config(teacher.config["network"], self.student_cfg)
             gen = init_copy(teacher.init_net, ctx.device, self.student_cfg.fourier_cap)

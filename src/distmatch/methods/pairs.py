@@ -83,7 +83,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
 def teacher_fingerprint(teacher) -> str:
     """A cheap identity of the teacher (config + per-tensor sums) so a cache made by another teacher is not reused."""
     h = hashlib.sha256(json.dumps(teacher.config, sort_keys=True, default=str).encode())
-    for name, t in teacher.denoiser.state_dict().items():
+    codec = teacher.codec.state_dict() if teacher.codec is not None else {}  # a latent model's autoencoder too
+    for name, t in {**teacher.denoiser.state_dict(), **{"codec." + k: v for k, v in codec.items()}}.items():
         t = t.detach().cpu().double()  # on the CPU: sums must not depend on the device the teacher sits on
         h.update(f"{name}:{tuple(t.shape)}:{float(t.sum()):.12e}:{float(t.abs().sum()):.12e}".encode())
     return h.hexdigest()[:16]
@@ -157,7 +158,7 @@ class OdePairs:
     def pairs_meta(self, teacher, count: int, guidance: float) -> dict:
         return {"pairs": count, "seed": self.ctx.train.seed, "steps": teacher.default_steps,
                 "solver": ode_solver(teacher), "sigma_max": self.student.sigmas[0], "guidance": guidance,
-                "shape": list(teacher.spec.shape), "class_weights": self.class_weights,
+                "shape": list(teacher.shape), "class_weights": self.class_weights,
                 "teacher": teacher_fingerprint(teacher), **self.pair_levels(),
                 **lowest_level(teacher.schedule),
                 **({"x0_limit": teacher.config["x0_limit"]} if teacher.config.get("x0_limit") else {})}

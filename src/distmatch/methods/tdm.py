@@ -146,7 +146,7 @@ class TDM(OdePairs, StudentCriticMethod):
         self.setup(ctx, teacher, sigmas, self.opts.guidance, gan=False, lr_critic=lr_critic,
                    student=StudentConfig(fourier_cap=cfg.student.fourier_cap,
                                          levels_sigma_max=cfg.student.levels_sigma_max))
-        self.shape = tuple(teacher.spec.shape)
+        self.shape = teacher.shape
 
     def step_levels(self, k: torch.Tensor) -> torch.Tensor:
         """A level s per sample, uniform by grid index within the interval of its step k."""

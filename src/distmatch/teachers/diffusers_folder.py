@@ -1,6 +1,7 @@
 """A diffusers model folder as a teacher: a pipeline folder (`model_index.json`) or one holding `unet/` (or
-`transformer/`) and `scheduler/`, read with `from_pretrained` from local disk only. Latent models (a `vae/` or
-`vqvae/`) are refused in one line.
+`transformer/`) and `scheduler/`, read with `from_pretrained` from local disk only. A latent model (a `vae/`, an
+AutoencoderKL, or `vqvae/`, a VQModel, beside its network) is distilled on its latents, with data encoded and
+samples decoded by its autoencoder (latent.py).
 
 A UNet2DModel or DiTTransformer2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler,
 LCM, ...) becomes a VPAdapter with the scheduler's prediction type; a flow-matching one (FlowMatchEuler or
@@ -23,9 +24,6 @@ CLASS_COUNT = {"UNet2DModel": "num_class_embeds", "DiTTransformer2DModel": "num_
 SUPPORTED_MODELS = tuple(CLASS_COUNT)
 MODEL_FOLDER = {"UNet2DModel": "unet", "DiTTransformer2DModel": "transformer"}  # where a pipeline keeps the class
 MODEL_FOLDERS = tuple(dict.fromkeys(MODEL_FOLDER.values()))
-
-
-LATENT = ("vae", "vqvae")
 
 
 def is_diffusers_folder(path: str | Path) -> bool:
@@ -51,12 +49,20 @@ def components(path: Path) -> set[str]:
     return set(read_json(path, index)) if index.is_file() else {p.name for p in path.iterdir() if p.is_dir()}
 
 
-def check_readable(names: set[str], path: Path) -> None:
-    """Refuse, in one line, the folders distmatch would misread: a latent model (its samples are a VAE's latents,
-    not images)."""
-    if latent := sorted(names & set(LATENT)):
-        raise UserError(f"{path}: a latent diffusion model (its {latent[0]}/ decodes the network's latents); "
-                        "distmatch distils pixel-space teachers only")
+def load_codec(path: Path, names: set[str]):
+    """A latent model's autoencoder (vae/ or vqvae/) as a LatentCodec; None for a pixel-space model."""
+    import diffusers
+
+    from .latent import AUTOENCODERS, FOLDERS, LatentCodec
+
+    found = [n for n in FOLDERS if n in names]
+    if not found:
+        return None
+    folder, cls = _component(path, found[0])
+    if cls not in AUTOENCODERS:
+        raise UserError(f"{path}: its autoencoder {found[0]}/ ({cls}) is not one distmatch reads; a latent model's "
+                        f"must be an {' or a '.join(AUTOENCODERS)}")
+    return LatentCodec(getattr(diffusers, cls).from_pretrained(folder, local_files_only=True))
 
 
 def model_folder(names: set[str]) -> str:
@@ -157,7 +163,6 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
 
     path = Path(path)
     names = components(path)
-    check_readable(names, path)
     record = exported_record(path, names)
     unet_dir, unet_class = _component(path, model_folder(names))
     sched_dir, sched_class = _component(path, "scheduler")
@@ -169,17 +174,19 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     try:
         unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
+        codec = load_codec(path, names)
     except (OSError, ValueError, AttributeError, NotImplementedError) as e:
         raise UserError(f"{path}: cannot read the diffusers model ({str(e).splitlines()[0]})") from None
     finally:
         diffusers.utils.logging.set_verbosity(verbosity)
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
-    shape = (c.in_channels, *size)
+    shape = (c.in_channels, *size)  # the network's samples: a latent model's latents
     classes = int(c.get(CLASS_COUNT[unet_class]) or 0)
     adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
     adapter.probe(shape)
-    spec = DataSpec(kind="image", shape=shape, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
+    images = codec.image_shape(shape) if codec is not None else shape
+    spec = DataSpec(kind="image", shape=images, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
                     class_names=list(range(classes)))
     config = {"kind": "teacher", "teacher": "diffusers", "folder": str(path.resolve()), "network": adapter.config(),
               "num_classes": classes, "class_weights": [1.0 / classes] * classes if classes else [],
@@ -187,13 +194,16 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
               "schedule": adapter.schedule().config()}
     if limit := x0_limit(scheduler.config):
         config["x0_limit"] = limit
+    if codec is not None:
+        config.update(latent_shape=list(shape), codec=codec.config())
     if record is not None:
         spec = exported_spec(record, spec, path)
         config.update(kind="student", method=record.get("method"), recipe=record.get("recipe"), spec=spec.to_dict(),
                       sigmas=record["sigmas"], steps=len(record["sigmas"]), move=record.get("move", "renoise"))
-        return LoadedModel("student", config, spec, adapter, class_weights=config["class_weights"], path=path)
+        return LoadedModel("student", config, spec, adapter, class_weights=config["class_weights"], path=path,
+                           codec=codec)
     return LoadedModel("teacher", config, spec, adapter, init_net=adapter, class_weights=config["class_weights"],
-                       path=path)
+                       path=path, codec=codec)
 
 
 def exported_spec(record: dict, spec: DataSpec, path: Path) -> DataSpec:

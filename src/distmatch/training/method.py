@@ -93,13 +93,14 @@ class Method:
         """Called after a checkpoint was loaded (for caches derived from the loaded state)."""
 
 
-def model_writer(model_config: dict, prefix: str = "") -> Callable:
+def model_writer(model_config: dict, prefix: str = "", extra: dict | None = None) -> Callable:
     """`write(method, folder, best=None)`: the model being trained as a model folder (its weights named with
-    `prefix`), for the run's end and for the best of its scores (`best`: its iteration and score)."""
+    `prefix`, and `extra` tensors beside them: a latent student's autoencoder), for the run's end and for the best
+    of its scores (`best`: its iteration and score)."""
     def write(method, folder: Path, best: dict | None = None) -> None:
-        weights, extra = method.export()
+        weights, more = method.export()
         folder.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(folder, {prefix + k: v for k, v in weights.items()},
-                        {**model_config, **extra, **({"best": best} if best else {})})
+        ckpt.save_model(folder, {**{prefix + k: v for k, v in weights.items()}, **(extra or {})},
+                        {**model_config, **more, **({"best": best} if best else {})})
 
     return write

@@ -13,8 +13,8 @@ folder holds unet/, vae/ and scheduler/, as a user would save them. Then, as a u
 
 `--rows` scores, like bench/mnist.py (Inception FID / KID, 1000 samples vs the first 1000 MNIST test digits,
 clamped): the autoencoder's reconstructions of those digits (what no latent model can beat), the teacher's own
-DDPMScheduler loop at 1000 steps decoded, and distmatch's Heun 18 and ancestral 100 over the folder. Each stage
-resumes.
+DDPMScheduler loop at 1000 steps decoded, and distmatch's Heun 18, ancestral 100 and Euler 4 over the folder.
+Each stage resumes.
 """
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def rows(out: Path, inception: str | None, n: int = 1000) -> None:
             ("its own DDPMScheduler loop, 1000 steps", (1000, lambda n, g: own_sampler(out / "teacher", n, 1000, g))),
             ("distmatch Heun 18", (35, lambda n, g: teacher.sample(n, seed=0)[0].float())),
             ("distmatch ancestral 100", (100, lambda n, g: teacher.with_solver("ancestral").sample(
-                n, steps=100, seed=0)[0].float()))]
+                n, steps=100, seed=0)[0].float())),
+            ("distmatch Euler 4", (4, lambda n, g: teacher.with_solver("euler").sample(n, steps=4, seed=0)[0].float()))]
     for row in score_rows(plan, out / "scores", n, inception_path(inception), prepare=lambda x: x.clamp(-1, 1)):
         print(row["name"], row["nfe"], round(row["fd"], 2), round(row["kid"] * 1e3, 1), round(row["precision"], 3),
               round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)

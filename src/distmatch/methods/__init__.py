@@ -161,9 +161,11 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
 
 def encoded(teacher: LoadedModel, data: Dataset | None, progress: bool) -> Dataset | None:
     """The data as the teacher's network sees them: a latent model's images encoded by its autoencoder."""
+    from accelerate import PartialState
+
     if data is None or teacher.codec is None:
         return data
-    teacher.codec.to(teacher.device)
+    teacher.codec.to(PartialState().device)  # this process's accelerator: a large autoencoder is slow on a CPU
     return dataclasses.replace(data, x=teacher.codec.encode(data.x, progress=progress))
 
 

@@ -14,7 +14,7 @@ folder holds unet/, vae/ and scheduler/, as a user would save them. Then, as a u
 `--rows` scores, like bench/mnist.py (Inception FID / KID, 1000 samples vs the first 1000 MNIST test digits,
 clamped): the autoencoder's reconstructions of those digits (what no latent model can beat), the teacher's own
 DDPMScheduler loop at 1000 steps decoded, and distmatch's Heun 18, ancestral 100 and Euler 4 over the folder.
-Each stage resumes.
+Each stage resumes. `--picture PNG ROW...` draws scored rows' first samples side by side.
 """
 from __future__ import annotations
 
@@ -150,6 +150,19 @@ def rows(out: Path, inception: str | None, n: int = 1000) -> None:
               round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
 
 
+def picture(out: Path, names: list[str], path: str) -> None:
+    """The first 32 saved samples of each named row (teacher rows and bench/score_students.py's runs), side by side."""
+    from distmatch.report.plots import image_grid_panels
+
+    panels = []
+    for name in names:  # ROW or ROW=its title
+        name, _, title = name.partition("=")
+        stem = name.replace(" ", "_").replace(",", "")
+        x = torch.load(out / "scores" / "samples" / f"{stem}.pt")[0][:32].clamp(-1, 1)
+        panels.append((title or name, x.numpy()))
+    print(image_grid_panels(panels, path, nrow=4, max_images=32))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -158,8 +171,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rows", action="store_true", help="score the trained teacher's own rows")
     p.add_argument("--inception", default=None)
+    p.add_argument("--picture", nargs="+", metavar=("PNG", "ROW"), help="draw these scored rows' first samples")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.picture:
+        return picture(a.out, a.picture[1:], a.picture[0])
     if a.rows:
         return rows(a.out, a.inception)
     from diffusers import AutoencoderKL, DDPMScheduler

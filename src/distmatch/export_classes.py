@@ -3,9 +3,11 @@ small pipeline.
 
 Stock diffusers has no pixel-space pipeline that passes class labels to a UNet2DModel (DDPMPipeline passes none;
 DiTPipeline needs a VAE), nor one that passes custom timesteps to its scheduler (a K-step student trained at levels
-other than the K an LCMScheduler pins, student.timesteps). So the folder holds the student's network in the
-teacher's own class (`unet/` or `transformer/`), the scheduler that runs its K trained levels and `pipeline.py`:
-the scheduler's loop, with `class_labels=` and the trained timesteps, loaded with `trust_remote_code=True`.
+other than the K an LCMScheduler pins, student.timesteps), and its latent pipelines (LDMPipeline, DiTPipeline) do
+not hand their generator to the scheduler's steps, so a seed would not give a latent student's images. So the
+folder holds the student's network in the teacher's own class (`unet/` or `transformer/`), the scheduler that runs
+its K trained levels, a latent model's autoencoder (`vae/`) and `pipeline.py`: the scheduler's loop, with
+`class_labels=` and the trained timesteps, then the autoencoder's decoding, loaded with `trust_remote_code=True`.
 Labels not given are drawn by the student's class weights (uniform for a diffusers teacher) with the caller's
 generator, before the noise, as `distmatch sample` draws them, so the same seed gives the same images.
 """

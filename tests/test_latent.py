@@ -175,3 +175,16 @@ def test_a_folder_whose_autoencoder_distmatch_cannot_read_is_refused_in_one_line
     with pytest.raises(UserError, match=r"its autoencoder vae/ \(AutoencoderTiny\) is not one distmatch reads; a "
                                         "latent model's must be an AutoencoderKL or a VQModel"):
         load_model(folder)
+
+
+def test_samples_are_decoded_a_chunk_at_a_time_and_a_nan_latent_stays_nan(folders):
+    teacher = load_model(folders["kl"])
+    z = torch.randn(5, 4, 8, 8)
+    z[3, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        x = teacher.decoded(z, chunk=2)
+        want = teacher.codec.decode(torch.where(torch.isfinite(z), z, 0.0))
+    assert torch.isnan(x[3]).all() and torch.isfinite(x[[0, 1, 2, 4]]).all()
+    assert torch.allclose(x[[0, 1, 2, 4]], want[[0, 1, 2, 4]], atol=1e-5)
+    with pytest.raises(UserError, match="1 non-finite samples out of 5"):
+        teacher.check_finite(x)

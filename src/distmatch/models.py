@@ -119,8 +119,8 @@ class LoadedModel:
                batch_size: int = 2048, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples (normalised space, on the CPU; a latent model's decoded to images) and the class indices they
         were drawn for (None if unconditional); drawn on `device`, by default the model's. The noise comes from a
-        CPU generator, so a seed gives the same samples on any device. `progress`: a bar over a teacher's network evaluations (a 1000-step
-        sampler takes minutes; a student's K evaluations need none)."""
+        CPU generator, so a seed gives the same samples on any device. `progress`: a bar over a teacher's network
+        evaluations (a 1000-step sampler takes minutes; a student's K evaluations need none)."""
         from tqdm.auto import tqdm
 
         steps = self.check_steps(steps)
@@ -144,11 +144,13 @@ class LoadedModel:
         bar.close()
         return torch.cat(out), cond
 
-    def decoded(self, z: torch.Tensor) -> torch.Tensor:
-        """A latent model's samples as images (NaN latents are kept NaN for check_finite to name)."""
+    def decoded(self, z: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """A latent model's samples as images, a chunk at a time (a decoder's activations at full resolution are
+        far larger than the latents); NaN latents stay NaN for check_finite to name."""
         self.codec.to(z.device)
         bad = ~torch.isfinite(z).flatten(1).all(1)
-        x = self.codec.decode(torch.where(bad[:, None, None, None], 0.0, z))
+        z = torch.where(bad[:, None, None, None], 0.0, z)
+        x = torch.cat([self.codec.decode(z[i:i + chunk]) for i in range(0, len(z), chunk)])
         return torch.where(bad[:, None, None, None], float("nan"), x)
 
     def check_finite(self, x: torch.Tensor) -> torch.Tensor:

@@ -338,12 +338,16 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
               "schedule": adapter.schedule().config()}
     if clip_sample is not None:
         config["x0_limit"] = {"range": float(clip_sample)}
-    codec = _checked_codec(vae, shape)
+    return Model(_wrapped_teacher(adapter, config, shape, value_range, _checked_codec(vae, shape)))
+
+
+def _wrapped_teacher(adapter, config: dict, shape, value_range, codec) -> LoadedModel:
+    """The wrapped network as a teacher; a latent one's samples are its autoencoder's images."""
     if codec is not None:
-        config.update(latent_shape=list(shape), codec=codec.config())
-    spec = _wrapped_spec(codec.image_shape(shape) if codec is not None else shape, num_classes, value_range)
-    return Model(LoadedModel("teacher", {**config, "spec": spec.to_dict()}, spec, adapter, init_net=adapter,
-                             class_weights=config["class_weights"], codec=codec))
+        config = {**config, "latent_shape": list(shape), "codec": codec.config()}
+    spec = _wrapped_spec(codec.image_shape(shape) if codec is not None else shape, config["num_classes"], value_range)
+    return LoadedModel("teacher", {**config, "spec": spec.to_dict()}, spec, adapter, init_net=adapter,
+                       class_weights=config["class_weights"], codec=codec)
 
 
 def _checked_codec(vae, shape):

@@ -8,8 +8,9 @@ with `stochastic_sampling=True`. A student that moves DDIM-like between its step
 (η = 0) or the flow scheduler's deterministic Euler step instead. The same seed gives the same images as
 `distmatch sample --seed` at K steps (at fewer, distmatch stops after the first k of the K levels and the
 scheduler picks its own k). A class-conditional student keeps that network and scheduler with a pipeline.py that
-passes labels, and a latent one with its autoencoder (vae/) and a pipeline.py that decodes (export_classes.py). A student of distmatch's own U-Net exports with its code in the folder instead
-(export_own.py), loaded with `trust_remote_code=True`. The distillation's record goes into model_index.json under
+passes labels, and a latent one with its autoencoder (vae/) and a pipeline.py that decodes (export_classes.py). A
+student of distmatch's own U-Net exports with its code in the folder instead (export_own.py), loaded with
+`trust_remote_code=True`. The distillation's record goes into model_index.json under
 "_distmatch" (diffusers ignores keys starting with _) and a model card (README.md).
 """
 from __future__ import annotations

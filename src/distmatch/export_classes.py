@@ -72,9 +72,7 @@ class DistmatchPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self.MODEL(x, t.expand(batch_size), **cond).sample[:, :c]  # learned variance: cut
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
-        x = self.vae.decode(x / (self.vae.config.scaling_factor or 1.0) + (self.vae.config.get("shift_factor") or 0.0)
-                            ).sample  # latent
-        images = (x / 2 + 0.5).clamp(0, 1)
+DECODE        images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
@@ -83,15 +81,18 @@ class DistmatchPipeline(DiffusionPipeline):
 '''
 
 
+# What pipeline.py gains for a latent model: its vae as a component, and the vae's decoding after the last step
+LATENT_CODE = {"VAE_ARG": "vae, ", "VAE_MODULE": ", vae=vae",
+               "DECODE": "        x = self.vae.decode(x / (self.vae.config.scaling_factor or 1.0)\n"
+                         "                            + (self.vae.config.get(\"shift_factor\") or 0.0)).sample\n"}
+
+
 def pipeline_code(model_name: str, latent: bool) -> str:
     """pipeline.py for a network kept under `model_name`; a latent model's takes its vae and decodes with it."""
     code = PIPELINE.replace("MODEL", model_name)
-    if latent:
-        return code.replace("VAE_ARG", "vae, ").replace("VAE_MODULE", ", vae=vae").replace("  # latent\n", "\n")
-    lines = code.replace("VAE_ARG", "").replace("VAE_MODULE", "").splitlines(keepends=True)
-    keep = [i for i, line in enumerate(lines) if not line.endswith("  # latent\n")]
-    drop = {i - 1 for i in range(len(lines)) if i not in keep}  # the statement's first line
-    return "".join(line for i, line in enumerate(lines) if i in keep and i not in drop)
+    for mark, text in LATENT_CODE.items():
+        code = code.replace(mark, text if latent else "")
+    return code
 
 
 def export_pipeline_student(model, network, scheduler, folder: Path, record: dict, custom_timesteps: bool) -> None:

@@ -100,6 +100,21 @@ def test_a_latent_teacher_samples_its_latents_and_returns_them_decoded(folders, 
     assert x.shape == (2, 3, 16, 16) and torch.allclose(x, want, atol=1e-5)
 
 
+def test_the_low_start_recipes_start_a_latent_1_step_student_twice_as_high(folders, tmp_path):
+    """Latents have std 1 where pixels have 0.5: `--recipe dmd2+low-start` starts a latent model's 1-step student
+    at σ <= 3.4, not the pixels' 1.7; so does dmd2+low-start+ode."""
+    from distmatch.methods import defaults_for
+
+    student = load_model(run_distill(folders["kl"], tmp_path / "s", steps=1, overrides=QUIET, recipe="dmd2+low-start"))
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["recipe"] == "dmd2+low-start" and run["config"]["student"]["start_sigma_max"] == 3.4
+    assert 3.2 < student.config["sigmas"][0] <= 3.4
+    for recipe in ("dmd2+low-start", "dmd2+low-start+ode"):
+        assert defaults_for("dmd2", "image", 1, recipe)["student"]["start_sigma_max"] == 1.7
+        assert defaults_for("dmd2", "image", 1, recipe, latent=True)["student"]["start_sigma_max"] == 3.4
+    assert defaults_for("dmd2", "image", 1, "dmd2+low-start+ode", latent=True)["dmd2"]["ode_weight"] == 0.25
+
+
 def test_a_latent_students_data_are_encoded_and_it_keeps_its_autoencoder(folders, tmp_path):
     """The GAN's real data are the images' latents, (mean of E(x) - shift) · scale; the student's folder holds the
     autoencoder, so it samples images with its teacher's folder gone; data of the latents' shape are refused."""

@@ -59,15 +59,16 @@ def config_class(name: str):
     ])
 
 
-def defaults_for(name: str, kind: str, steps: int = 1, recipe: str | None = None) -> dict:
+def defaults_for(name: str, kind: str, steps: int = 1, recipe: str | None = None, latent: bool = False) -> dict:
     """The defaults of a method for a data kind: the kind's, the method's for the kind (its DEFAULTS[kind]), the
     method's for every few-step student of the kind (DEFAULTS[f"{kind}:K"], K > 1) and for K-step students of the
-    kind (DEFAULTS[f"{kind}:{K}"]), each over the ones before; then a recipe's settings, in the same order."""
+    kind (DEFAULTS[f"{kind}:{K}"]), each over the ones before; then a recipe's settings, in the same order (`latent`:
+    for a latent model's student)."""
     base = VECTOR_DEFAULTS if kind == "vector" else IMAGE_DEFAULTS
     own = getattr(method_module(name), "DEFAULTS", {})
     layers = [own.get(kind, {}), own.get(f"{kind}:K", {}) if steps > 1 else {}, own.get(f"{kind}:{steps}", {})]
     if recipe is not None:
-        layers += recipe_settings(recipe, kind, steps)
+        layers += recipe_settings(recipe, kind, steps, latent)
     merged = {k: dict(v) for k, v in base.items()}
     for extra in layers:
         for section, values in extra.items():
@@ -271,7 +272,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
         overrides.append(f"student.steps={steps}")
     cls, kind = config_class(method), teacher.spec.kind
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps
-    cfg = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind, steps, recipe))
+    defaults = defaults_for(method, kind, steps, recipe, latent=teacher.codec is not None)
+    cfg = config_mod.resolve(cls, config_file, overrides, base=defaults)
     data = distill_data(teacher, data_source, module.Method.needs_data(cfg), method)
     scored = data if data is not None or not cfg.train.eval_every else scoring_data(teacher, data_source, method)
     # its x̂_0 amplifies ε̂'s error (a score network's -ε̂/σ too)
@@ -282,7 +284,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
                         f"predicts {predicts}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
-    check_applies(teacher, cfg, method, defaults_for(method, kind, steps, recipe))
+    check_applies(teacher, cfg, method, defaults)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

@@ -1,6 +1,7 @@
 """A diffusers folder in, a stock diffusers pipeline out: distil a tiny DDPM pipeline built here, export the
 student, reload it in a process that cannot import distmatch, and get the same images from the same seed."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -161,6 +162,28 @@ def test_the_low_start_recipes_start_an_epsilon_teachers_1_step_student_at_sigma
     pipe.save_pretrained(tmp_path / "flow")
     with pytest.raises(UserError, match=r"this teacher predicts the velocity \(flow matching\)"):
         run_distill(tmp_path / "flow", tmp_path / "f-s", steps=1, overrides=QUIET, recipe=recipe)
+
+
+def test_a_run_resumes_from_its_teacher_moved_and_keeps_out_of_a_folder_of_other_files(ddpm_folder, tmp_path,
+                                                                                          capsys):
+    """The teacher's folder may move between a run's start and its resumption (its weights are what is compared);
+    another teacher is still refused. --out holding a user's files (data, an export) is refused, not mixed into."""
+    shutil.copytree(ddpm_folder, tmp_path / "moved")
+    run_distill(ddpm_folder, tmp_path / "s", steps=1, overrides=QUIET)
+    run_distill(tmp_path / "moved", tmp_path / "s", steps=1, overrides=QUIET[:1] + ["train.iters=4"] + QUIET[2:])
+    assert "the teacher is read from" in capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["teacher"] == str((tmp_path / "moved").resolve())
+    other = diffusers.DDPMPipeline.from_pretrained(tmp_path / "moved")
+    with torch.no_grad():
+        next(other.unet.parameters()).mul_(2)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="different settings .teacher: .*teacher_weights"):
+        run_distill(tmp_path / "other", tmp_path / "s", steps=1, overrides=QUIET[:1] + ["train.iters=5"] + QUIET[2:])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "0.png").write_bytes(b"")
+    with pytest.raises(UserError, match="mine exists and holds other files .0.png.; use a new or empty folder"):
+        run_distill(ddpm_folder, tmp_path / "mine", steps=1, overrides=QUIET)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["0.png"]
 
 
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):

@@ -82,7 +82,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
 
 def teacher_fingerprint(teacher) -> str:
     """A cheap identity of the teacher (config + per-tensor sums) so a cache made by another teacher is not reused."""
-    h = hashlib.sha256(json.dumps(teacher.config, sort_keys=True, default=str).encode())
+    config = {k: v for k, v in teacher.config.items() if k != "folder"}  # where it lies is not what it is
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     codec = teacher.codec.state_dict() if teacher.codec is not None else {}  # a latent model's autoencoder too
     for name, t in {**teacher.denoiser.state_dict(), **{"codec." + k: v for k, v in codec.items()}}.items():
         t = t.detach().cpu().double()  # on the CPU: sums must not depend on the device the teacher sits on

@@ -51,6 +51,8 @@ def _short(value) -> str:
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The settings that differ, as "key: old -> new"; the teacher's folder may have moved where its weights
+    (teacher_weights) are the same."""
     keys = sorted(set(old) | set(new), key=lambda k: (k not in ("method", "recipe"), isinstance(new.get(k), dict), k))
     out = []
     for k in keys:
@@ -60,9 +62,13 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(k, before[0] if before else None), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, prefix + k + ".")
-        elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES):
+        elif a != b and not (prefix + k).endswith(RESUMABLE_CHANGES) and not _moved(prefix + k, old, new):
             out.append(f"{prefix}{k}: {_short(a)} -> {_short(b)}")
     return out
+
+
+def _moved(key: str, old: dict, new: dict) -> bool:
+    return key == "teacher" and old.get("teacher_weights") == new.get("teacher_weights") is not None
 
 
 def check_same_run(acc, run_config: dict) -> None:
@@ -98,6 +104,20 @@ def _diverged(when: str, out: Path, precision: str):
     kept = (f"the checkpoint of iteration {read_checkpoint_iteration(out)} in {out} is kept" if
             (out / ckpt.CHECKPOINT).is_file() else "nothing was saved")
     raise UserError(f"training diverged {when}; {kept}; try {hint}")
+
+
+# What a run writes into its folder before anything else: a folder holding one of these is a run's own.
+RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, "log.jsonl", "dmd_pairs.safetensors")
+
+
+def check_run_folder(out: Path) -> None:
+    """--out is a new folder, an empty one or a run's own: a run written among a user's other files (their data, an
+    export) would mix with them, and a data folder would read its previews/ as a class."""
+    if not out.is_dir() or any((out / name).exists() for name in RUN_FILES):
+        return
+    if others := sorted(p.name for p in out.iterdir()):
+        raise UserError(f"{out} exists and holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+                        "); use a new or empty folder as --out")
 
 
 def check_not_foreign(out: Path, run_config: dict) -> None:

@@ -23,7 +23,8 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import Interrupted, UserError
 from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
-                     check_same_run, differences, folder_lock, read_checkpoint_iteration)  # noqa: F401 (re-exported)
+                     check_run_folder, check_same_run, differences, folder_lock,
+                     read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
 from .scoring import make_scorer, score_function
@@ -192,6 +193,7 @@ def train(out_dir: str | Path, run_config: dict, train_cfg: TrainConfig, dataset
     out = Path(out_dir)
     accelerator = make_accelerator(train_cfg)
     scorer = make_scorer(out, train_cfg, preview, save, dataset if eval_data is None else eval_data)  # before a folder
+    check_run_folder(out)
     with folder_lock(out, accelerator):
         return _train(out, accelerator, run_config, train_cfg, dataset, build_method, description, preview, scorer)
 
@@ -375,6 +377,10 @@ def _check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
         print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
               f"the run (a cosine decay or cool-down, a stage boundary) now spans the "
               f"{'longer' if grew else 'shorter'} run, so it ends unlike a run started at {after}", file=sys.stderr)
+    moved = meta.get("config", {}).get("teacher"), run_config.get("teacher")
+    if moved[0] != moved[1] and acc.is_main_process:
+        print(f"note: the teacher is read from {moved[1]} now (it was {moved[0]}); its weights are the same",
+              file=sys.stderr)
     finished = it == after
     if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:
         raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; resume it with the same "

@@ -121,6 +121,36 @@ def test_a_refused_call_leaves_the_folder_free_for_the_corrected_one(tmp_path):
         distmatch.distill(teacher, tmp_path / "s", data=rng.normal(size=(64, 2)), settings=quick, progress=False)
 
 
+def test_misused_arguments_are_refused_in_one_line_not_by_python(tmp_path, capsys):
+    """What the command line refuses in a line is refused by the Python calls too: a teacher or folder of the
+    wrong kind, settings not a dict, a seed outside 0..2^32-1, guidance without classes, odd student levels; labels
+    an unconditional teacher cannot use are said, then dropped."""
+    teacher = distmatch.wrap_teacher(Shrink(), sample_shape=(2,), features="mid")
+    data = np.random.default_rng(0).normal(size=(64, 2))
+    quick = {"train.iters": 2, "train.batch_size": 16}
+    (tmp_path / "file").write_text("")
+    for bad, match in [((None, tmp_path / "s"), "distill takes a teacher .*, got NoneType"),
+                       ((teacher, None), "out takes the run folder's path, got NoneType"),
+                       ((teacher, tmp_path / "file"), "cannot make the run folder .*file is a file"),
+                       ((teacher, tmp_path / "file" / "s"), "cannot make the run folder .*file is a file")]:
+        with pytest.raises(UserError, match=match):
+            distmatch.distill(*bad, data=data, settings=quick, progress=False)
+    with pytest.raises(UserError, match="settings takes a dict of dotted keys"):
+        distmatch.distill(teacher, tmp_path / "s", data=data, settings=["train.iters=2"], progress=False)
+    for key, value, match in [("dmd2.guidance", 3.0, "this teacher is unconditional: leave the guidance at 1"),
+                              ("student.sigma_last", -1.0, "0 < sigma_last < sigma_top, got -1 and"),
+                              ("student.sigma_top", 0.1, "0 < sigma_last < sigma_top, got 0.15 and 0.1")]:
+        with pytest.raises(UserError, match=match):
+            distmatch.distill(teacher, tmp_path / "s", data=data, settings={**quick, key: value}, progress=False)
+    student = distmatch.distill(teacher, tmp_path / "s", data=data, labels=np.arange(64) % 2, settings=quick,
+                                progress=False)
+    assert "labels= are not used: the teacher is unconditional" in capsys.readouterr().err
+    for seed in (-1, 2 ** 32, 2 ** 70):
+        with pytest.raises(UserError, match="seed must be a whole number in 0..4294967295"):
+            student.sample(2, seed=seed)
+    assert student.sample(2, seed=2 ** 32 - 1).shape == (2, 2)
+
+
 def test_evaluate_gives_the_commands_json(tmp_path):
     import json
     import subprocess

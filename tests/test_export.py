@@ -186,6 +186,14 @@ def test_a_run_resumes_from_its_teacher_moved_and_keeps_out_of_a_folder_of_other
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["0.png"]
 
 
+def test_labels_an_unconditional_teacher_cannot_use_are_said(ddpm_folder, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "lab.npz", images=rng.integers(0, 256, (16, 8, 8), dtype=np.uint8), labels=np.arange(16) % 3)
+    run_distill(ddpm_folder, tmp_path / "s", steps=1, data_source=str(tmp_path / "lab.npz"),
+                overrides=QUIET[:3] + ["dmd2.gan=true"])
+    assert "lab.npz' carry class labels, which an unconditional teacher does not use" in capsys.readouterr().err
+
+
 def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, tmp_path):
     teacher = load_model(ddpm_folder)
     assert teacher.kind == "teacher" and teacher.spec.shape == (1, 8, 8) and teacher.nfe() == 35

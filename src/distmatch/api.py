@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from .data import DataSpec, as_numpy, from_arrays, is_preset, load_data
 from .errors import UserError
 from .models import LoadedModel, load_model
 from .samplers import SOLVERS
+from .training.guards import check_run_folder
 
-DATA_FILE = "data.npz"
 
 
 class Model:
@@ -63,8 +64,8 @@ class Model:
         classes drawn as in the data); with `return_labels`, also each sample's label."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UserError(f"n must be a whole number >= 1, got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise UserError(f"seed must be a whole number, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+            raise UserError(f"seed must be a whole number in 0..{2 ** 32 - 1}, got {seed!r}")
         seed = int(seed)
         cond = self.loaded.class_index(cls) if cls is not None else None
         x, labels = self.loaded.sample(n, steps, cond, seed=seed)
@@ -80,8 +81,19 @@ class Model:
         return f"<distmatch {self.kind}{where}: {self.spec.describe()}, {self.nfe()} network evaluations>"
 
 
+def _run_folder(out) -> Path:
+    """`out` as a run folder: a path, new, empty or a run's own (checked before in-memory data are saved in it)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out takes the run folder's path, got {type(out).__name__}")
+    check_run_folder(Path(out))
+    return Path(out)
+
+
 def _overrides(settings: dict | None, progress: bool) -> list[str]:
     """A settings dict as --set items (JSON values read back as YAML, so types survive)."""
+    if settings is not None and not isinstance(settings, dict):
+        raise UserError(f"settings takes a dict of dotted keys such as {{'train.iters': 500}}, got "
+                        f"{type(settings).__name__}")
     items = []
     for key, value in (settings or {}).items():
         if not isinstance(key, str):
@@ -112,7 +124,7 @@ def _source(data, labels, out: Path) -> str | None:
     if labels is not None:
         arrays["labels"] = as_numpy(labels)
     np.savez(buf, **arrays)
-    path = out / DATA_FILE
+    path = out / ckpt.DATA
     # a call refused before its first checkpoint leaves its data behind: that file holds no run yet
     started = any((out / name).exists() for name in (ckpt.CHECKPOINT, ckpt.MODEL))
     if path.exists() and started:
@@ -131,7 +143,7 @@ def train_teacher(data, out, settings: dict | None = None, labels=None, progress
     line naming what is wrong."""
     from .teachers.train import train_teacher as train
 
-    out = Path(out)
+    out = _run_folder(out)
     source = _source(data, labels, out)
     if source is None:
         raise UserError("train_teacher needs data")
@@ -146,10 +158,11 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     Re-running resumes it; Ctrl-C and bad input as for train_teacher."""
     from .methods import load_teacher, run_distill
 
-    out = Path(out)
-    if isinstance(teacher, torch.nn.Module):
-        raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder; wrap "
-                        f"your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)")
+    out = _run_folder(out)
+    if not isinstance(teacher, (str, os.PathLike, Model, LoadedModel)):
+        wrap = (f"; wrap your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)"
+                if isinstance(teacher, torch.nn.Module) else f", got {type(teacher).__name__}")
+        raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder{wrap}")
     if isinstance(teacher, (str, Path)):
         teacher = load_teacher(teacher)
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher

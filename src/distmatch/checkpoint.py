@@ -20,6 +20,7 @@ from .errors import UserError
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 CONFIG = "config.json"
+DATA = "data.npz"  # in-memory data given in Python, saved in the run so that a resumed run re-reads them
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

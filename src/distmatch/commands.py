@@ -47,7 +47,7 @@ def _write_npy(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 # The files of a model folder that sample / evaluate could name as --out (.json, .npy, .npz) and must not replace
-MODEL_FILES = ("config.json", "run.json", "model_index.json", "scheduler_config.json", "data.npz")
+MODEL_FILES = ("config.json", "run.json", "model_index.json", "scheduler_config.json", ckpt.DATA)
 
 
 def check_folder_of(out: Path, model: str | None = None) -> None:

@@ -113,7 +113,11 @@ def from_dict(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known in this section: {', '.join(names)})")
+        from .methods import METHODS  # here only: the methods' module reads its configs through this one
+
+        key = unknown[0]
+        other = f"; {key}.* are the settings of --method {key}" if not prefix and key in METHODS else ""
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known in this section: {', '.join(names)}{other})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)

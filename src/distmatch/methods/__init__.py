@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import field
 from pathlib import Path
 
@@ -155,7 +157,11 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
             data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, dtype=load_data(source).spec.dtype))
     if teacher.num_classes and data.labels is None:
         raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
-    if not teacher.num_classes:
+    if not teacher.num_classes and data.labels is not None:
+        said = data_source is None or Path(data_source).name == ckpt.DATA  # the teacher's own, or labels= said it
+        if not said and os.environ.get("RANK", "0") == "0":  # one line from a launch of N processes, not N
+            print(f"warning: data '{data_source}' carry class labels, which an unconditional teacher does not use",
+                  file=sys.stderr)
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
 
@@ -204,9 +210,12 @@ def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict) -> Non
 
 def check_null_label(teacher: LoadedModel, guidance: float, method: str) -> None:
     """Classifier-free guidance runs the teacher with its "no class" label, num_classes: refused in one line for a
-    network that has none (a UNet2DModel's class table holds only its classes)."""
-    if guidance == 1.0 or not teacher.num_classes:
+    network that has none (a UNet2DModel's class table holds only its classes), and for a teacher without classes."""
+    if guidance == 1.0:
         return
+    if not teacher.num_classes:
+        raise UserError(f"{method}.guidance={guidance:g} is classifier-free guidance over the teacher's classes, and "
+                        "this teacher is unconditional: leave the guidance at 1")
     x = torch.zeros((1, *teacher.shape), device=teacher.device)
     try:
         with torch.no_grad():

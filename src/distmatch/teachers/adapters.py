@@ -268,7 +268,7 @@ def finite_top(a: torch.Tensor) -> torch.Tensor:
     """A zero-terminal-SNR table (ᾱ_T = 0, or the 2^-24 that diffusers' Euler schedulers put there) ends at σ = ∞.
     Its top level becomes the log-linear continuation of the two below it, a finite σ (about 3e4 for a rescaled
     linear table) at which a v- or x0-prediction network's x̂_0 differs from its ᾱ_T = 0 value by √ᾱ_T x_t."""
-    if a.ndim == 1 and len(a) >= 3 and 0 < a[-2] < a[-3] < 1 and not 0 < a[-1] < a[-2]:
+    if a.ndim == 1 and len(a) >= 3 and 0 < a[-2] < a[-3] < 1 and not 0 < a[-1] < a[-2] and not a[-1].isnan():
         a = a.clone()
         a[-1] = a[-2] ** 2 / a[-3]
     return a

@@ -107,17 +107,19 @@ def _diverged(when: str, out: Path, precision: str):
 
 
 # What a run writes into its folder before anything else: a folder holding one of these is a run's own.
-RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, "log.jsonl", "dmd_pairs.safetensors")
+RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "log.jsonl", "dmd_pairs.safetensors")
 
 
 def check_run_folder(out: Path) -> None:
     """--out is a new folder, an empty one or a run's own: a run written among a user's other files (their data, an
     export) would mix with them, and a data folder would read its previews/ as a class."""
+    if file := next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None):
+        raise UserError(f"cannot make the run folder {out}: {file} is a file")
     if not out.is_dir() or any((out / name).exists() for name in RUN_FILES):
         return
-    if others := sorted(p.name for p in out.iterdir()):
-        raise UserError(f"{out} exists and holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
-                        "); use a new or empty folder as --out")
+    if others := sorted(p.name for p in out.iterdir() if not p.name.startswith(".")):  # a writer's temporary files
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"{out} exists and holds other files ({listed}); use a new or empty folder as --out")
 
 
 def check_not_foreign(out: Path, run_config: dict) -> None:

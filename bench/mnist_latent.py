@@ -150,6 +150,20 @@ def rows(out: Path, inception: str | None, n: int = 1000) -> None:
               round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
 
 
+def posterior(out: Path, n: int = 1000) -> None:
+    """How far a sample of the autoencoder's posterior lies from its mean (distmatch encodes data to the mean), in the
+    scaled latents' units, beside their spread."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "teacher" / "vae").eval()
+    x = torch.from_numpy(np.load(mnist_train(out))[:n]).float().div(127.5).sub(1).unsqueeze(1)
+    with torch.no_grad():
+        q = vae.encode(x).latent_dist
+    s = vae.config.scaling_factor
+    print(f"scaled latents: std of the means {float((q.mean * s).std()):.3f}, rms posterior std "
+          f"{float((q.std * s).pow(2).mean().sqrt()):.3f}")
+
+
 def picture(out: Path, names: list[str], path: str) -> None:
     """The first 32 saved samples of each named row (teacher rows and bench/score_students.py's runs), side by side."""
     from distmatch.report.plots import image_grid_panels
@@ -171,6 +185,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rows", action="store_true", help="score the trained teacher's own rows")
     p.add_argument("--inception", default=None)
+    p.add_argument("--posterior", action="store_true", help="the posterior's spread about its mean, in latents")
     p.add_argument("--picture", nargs="+", metavar=("PNG", "ROW"), help="draw these scored rows' first samples")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -178,6 +193,8 @@ def main() -> None:
         return picture(a.out, a.picture[1:], a.picture[0])
     if a.rows:
         return rows(a.out, a.inception)
+    if a.posterior:
+        return posterior(a.out)
     from diffusers import AutoencoderKL, DDPMScheduler
 
     a.out.mkdir(parents=True, exist_ok=True)

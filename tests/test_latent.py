@@ -1,7 +1,10 @@
 """Latent diffusion models (a vae/ or vqvae/ beside the network): distilled on their latents, with the data encoded
 and the samples decoded by their own autoencoder, exported with it; tiny models built here."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,6 +116,19 @@ def test_the_low_start_recipes_start_a_latent_1_step_student_twice_as_high(folde
         assert defaults_for("dmd2", "image", 1, recipe)["student"]["start_sigma_max"] == 1.7
         assert defaults_for("dmd2", "image", 1, recipe, latent=True)["student"]["start_sigma_max"] == 3.4
     assert defaults_for("dmd2", "image", 1, "dmd2+low-start+ode", latent=True)["dmd2"]["ode_weight"] == 0.25
+
+
+def test_a_latent_teacher_distils_in_two_cpu_processes(folders, tmp_path):
+    """The data are encoded before the run's accelerator exists: the state made for that must be the one
+    make_accelerator makes (on CPUs), or a launch of two processes fails."""
+    np.save(tmp_path / "x.npy", images(8))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29571",
+           "-m", "distmatch", "distill", "--teacher", str(folders["kl"]), "--data", str(tmp_path / "x.npy"),
+           "--steps", "1", "--out", str(tmp_path / "s"), "--set", *QUIET[:3]]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["processes"] == 2
 
 
 def test_a_latent_students_data_are_encoded_and_it_keeps_its_autoencoder(folders, tmp_path):

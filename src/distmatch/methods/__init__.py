@@ -172,7 +172,8 @@ def encoded(teacher: LoadedModel, data: Dataset | None, progress: bool) -> Datas
 
     if data is None or teacher.codec is None:
         return data
-    teacher.codec.to(PartialState().device)  # this process's accelerator: a large autoencoder is slow on a CPU
+    # this process's accelerator (a large autoencoder is slow on a CPU), its state made as make_accelerator makes it
+    teacher.codec.to(PartialState(cpu=not torch.cuda.is_available()).device)
     return dataclasses.replace(data, x=teacher.codec.encode(data.x, progress=progress))
 
 

@@ -131,7 +131,7 @@ def test_misused_arguments_are_refused_in_one_line_not_by_python(tmp_path, capsy
     (tmp_path / "file").write_text("")
     for bad, match in [((None, tmp_path / "s"), "distill takes a teacher .*, got NoneType"),
                        ((teacher, None), "out takes the run folder's path, got NoneType"),
-                       ((teacher, tmp_path / "file"), "cannot make the run folder .*file is a file"),
+                       ((teacher, tmp_path / "file"), "file exists and is a file; --out names a run folder"),
                        ((teacher, tmp_path / "file" / "s"), "cannot make the run folder .*file is a file")]:
         with pytest.raises(UserError, match=match):
             distmatch.distill(*bad, data=data, settings=quick, progress=False)

@@ -113,8 +113,10 @@ RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "l
 def check_run_folder(out: Path) -> None:
     """--out is a new folder, an empty one or a run's own: a run written among a user's other files (their data, an
     export) would mix with them, and a data folder would read its previews/ as a class."""
-    if file := next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None):
-        raise UserError(f"cannot make the run folder {out}: {file} is a file")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is a file; --out names a run folder")
+    if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise UserError(f"cannot make the run folder {out}: {file} is a file, not a folder")
     if not out.is_dir() or any((out / name).exists() for name in RUN_FILES):
         return
     if others := sorted(p.name for p in out.iterdir() if not p.name.startswith(".")):  # a writer's temporary files

@@ -81,14 +81,6 @@ class Model:
         return f"<distmatch {self.kind}{where}: {self.spec.describe()}, {self.nfe()} network evaluations>"
 
 
-def _run_folder(out) -> Path:
-    """`out` as a run folder: a path, new, empty or a run's own (checked before in-memory data are saved in it)."""
-    if not isinstance(out, (str, os.PathLike)):
-        raise UserError(f"out takes the run folder's path, got {type(out).__name__}")
-    check_run_folder(Path(out))
-    return Path(out)
-
-
 def _overrides(settings: dict | None, progress: bool) -> list[str]:
     """A settings dict as --set items (JSON values read back as YAML, so types survive)."""
     if settings is not None and not isinstance(settings, dict):
@@ -143,7 +135,7 @@ def train_teacher(data, out, settings: dict | None = None, labels=None, progress
     line naming what is wrong."""
     from .teachers.train import train_teacher as train
 
-    out = _run_folder(out)
+    out = check_run_folder(out)  # before in-memory data are saved in it
     source = _source(data, labels, out)
     if source is None:
         raise UserError("train_teacher needs data")
@@ -158,7 +150,7 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     Re-running resumes it; Ctrl-C and bad input as for train_teacher."""
     from .methods import load_teacher, run_distill
 
-    out = _run_folder(out)
+    out = check_run_folder(out)  # before in-memory data are saved in it
     if not isinstance(teacher, (str, os.PathLike, Model, LoadedModel)):
         wrap = (f"; wrap your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)"
                 if isinstance(teacher, torch.nn.Module) else f", got {type(teacher).__name__}")
@@ -166,7 +158,7 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     if isinstance(teacher, (str, Path)):
         teacher = load_teacher(teacher)
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher
-    if labels is not None and isinstance(loaded, LoadedModel) and not loaded.num_classes:
+    if labels is not None and not loaded.num_classes:
         print("warning: labels= are not used: the teacher is unconditional", file=sys.stderr)
     source = _source(data, labels, out)
     run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,6 +72,32 @@ def _moved(key: str, old: dict, new: dict) -> bool:
     return key == "teacher" and old.get("teacher_weights") == new.get("teacher_weights") is not None
 
 
+def check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
+    """The checkpoint's run is this one (same settings; as many processes unless it is finished); returns whether
+    it is finished. A train.iters that changed is said."""
+    diffs = differences(meta.get("config", {}), run_config)
+    if diffs:
+        raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
+                        "use another --out, or the same settings to resume it")
+    it = int(meta["iteration"])
+    before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
+    after = run_config.get("config", {}).get("train", {}).get("iters")
+    if before not in (None, after) and after is not None and after >= it and acc.is_main_process:
+        grew = after > before  # fewer than the iterations done is refused later, with its own line
+        print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
+              f"the run (a cosine decay or cool-down, a stage boundary) now spans the "
+              f"{'longer' if grew else 'shorter'} run, so it ends unlike a run started at {after}", file=sys.stderr)
+    moved = meta.get("config", {}).get("teacher"), run_config.get("teacher")
+    if moved[0] != moved[1] and acc.is_main_process:
+        print(f"note: the teacher is read from {moved[1]} now (it was {moved[0]}); its weights are the same",
+              file=sys.stderr)
+    finished = it == after
+    if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:
+        raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; resume it with the same "
+                        "number")
+    return finished
+
+
 def check_same_run(acc, run_config: dict) -> None:
     """Every process must train the same run: a teacher built in each process from its own random start, or other
     data, would be averaged over in silence."""
@@ -110,18 +137,22 @@ def _diverged(when: str, out: Path, precision: str):
 RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "log.jsonl", "dmd_pairs.safetensors")
 
 
-def check_run_folder(out: Path) -> None:
-    """--out is a new folder, an empty one or a run's own: a run written among a user's other files (their data, an
-    export) would mix with them, and a data folder would read its previews/ as a class."""
+def check_run_folder(out) -> Path:
+    """--out is the path of a new folder, an empty one or a run's own: a run written among a user's other files
+    (their data, an export) would mix with them, and a data folder would read its previews/ as a class."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out takes the run folder's path, got {type(out).__name__}")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is a file; --out names a run folder")
     if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
         raise UserError(f"cannot make the run folder {out}: {file} is a file, not a folder")
     if not out.is_dir() or any((out / name).exists() for name in RUN_FILES):
-        return
+        return out
     if others := sorted(p.name for p in out.iterdir() if not p.name.startswith(".")):  # a writer's temporary files
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(f"{out} exists and holds other files ({listed}); use a new or empty folder as --out")
+    return out
 
 
 def check_not_foreign(out: Path, run_config: dict) -> None:

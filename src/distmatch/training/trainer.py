@@ -23,7 +23,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import Interrupted, UserError
 from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
-                     check_run_folder, check_same_run, differences, folder_lock,
+                     check_resumable, check_run_folder, check_same_run, folder_lock,
                      read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
@@ -353,39 +353,13 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     except UserError as e:
         raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
     acc, it = ctx.accelerator, int(meta["iteration"])
-    finished = _check_resumable(out, meta, run_config, acc)
+    finished = check_resumable(out, meta, run_config, acc)
     for name, module in method.modules().items():
         acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
     if not finished:  # a finished run needs its weights only (it may be re-run with another number of processes)
         _restore_training_state(tensors, meta, method, data, ctx)
     method.on_resume(it)
     return it
-
-
-def _check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
-    """The checkpoint's run is this one (same settings; as many processes unless it is finished); returns whether
-    it is finished. A train.iters that changed is said."""
-    diffs = differences(meta.get("config", {}), run_config)
-    if diffs:
-        raise UserError(f"{out} holds a run with different settings ({'; '.join(diffs[:3])}); "
-                        "use another --out, or the same settings to resume it")
-    it = int(meta["iteration"])
-    before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
-    after = run_config.get("config", {}).get("train", {}).get("iters")
-    if before not in (None, after) and after is not None and after >= it and acc.is_main_process:
-        grew = after > before  # fewer than the iterations done is refused later, with its own line
-        print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
-              f"the run (a cosine decay or cool-down, a stage boundary) now spans the "
-              f"{'longer' if grew else 'shorter'} run, so it ends unlike a run started at {after}", file=sys.stderr)
-    moved = meta.get("config", {}).get("teacher"), run_config.get("teacher")
-    if moved[0] != moved[1] and acc.is_main_process:
-        print(f"note: the teacher is read from {moved[1]} now (it was {moved[0]}); its weights are the same",
-              file=sys.stderr)
-    finished = it == after
-    if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:
-        raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; resume it with the same "
-                        "number")
-    return finished
 
 
 def _restore_training_state(tensors: dict, meta: dict, method: Method, data: DataStream, ctx: Context) -> None:

@@ -155,7 +155,7 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
         wrap = (f"; wrap your {type(teacher).__name__} first: distmatch.wrap_teacher(net, sample_shape=..., ...)"
                 if isinstance(teacher, torch.nn.Module) else f", got {type(teacher).__name__}")
         raise UserError(f"distill takes a teacher made by wrap_teacher, load or train_teacher, or a folder{wrap}")
-    if isinstance(teacher, (str, Path)):
+    if isinstance(teacher, (str, os.PathLike)):
         teacher = load_teacher(teacher)
     loaded = teacher.loaded if isinstance(teacher, Model) else teacher
     if labels is not None and not loaded.num_classes:

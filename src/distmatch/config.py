@@ -117,7 +117,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
         key = unknown[0]
         other = f"; {key}.* are the settings of --method {key}" if not prefix and key in METHODS else ""
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known in this section: {', '.join(names)}{other})")
+        raise UserError(f"unknown config key '{prefix}{key}' (known in this section: {', '.join(names)}{other})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)

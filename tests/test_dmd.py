@@ -28,6 +28,33 @@ def weights(run):
     return load_file(str(Path(run) / ckpt.MODEL))
 
 
+def test_pairs_stopped_part_way_keep_the_chunks_made(tiny_teacher, tmp_path, monkeypatch):
+    """A run stopped while it makes its pairs (a launcher kills its processes 30 s after a Ctrl-C) keeps each
+    finished chunk; the re-run makes only the others, and ends with the pairs an unstopped run makes."""
+    args = QUIET + ["train.batch_size=32", "train.iters=2", "dmd.pairs=2500"]  # three chunks of 1024
+    solve, calls = pairs.ode_trajectory, []
+
+    def stopped_at_the_third(*a, **k):
+        calls.append(len(a[1]))
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return solve(*a, **k)
+
+    monkeypatch.setattr(pairs, "ode_trajectory", stopped_at_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_distill(tiny_teacher, tmp_path / "s", method="dmd", steps=2, overrides=args)
+    part = tmp_path / "s" / pairs.PARTS_DIR
+    assert sorted(p.name for p in part.iterdir()) == ["0.safetensors", "1024.safetensors"]
+    assert sorted(ckpt.load_tensors(part / "1024.safetensors")[0]) == ["sample", "states"]
+    calls.clear()
+    monkeypatch.setattr(pairs, "ode_trajectory", lambda *a, **k: calls.append(len(a[1])) or solve(*a, **k))
+    run_distill(tiny_teacher, tmp_path / "s", method="dmd", steps=2, overrides=args)
+    assert calls == [452] and not part.exists()
+    run_distill(tiny_teacher, tmp_path / "full", method="dmd", steps=2, overrides=args)
+    resumed, full = (ckpt.load_tensors(tmp_path / r / pairs.PAIRS_FILE)[0] for r in ("s", "full"))
+    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+
+
 def test_pairs_are_made_once_and_reused_on_resume(tiny_teacher, tmp_path, monkeypatch):
     """The resumed run reads the cached pairs (making them again would raise) and ends where an uninterrupted run
     ends; the pairs are the teacher's own ODE samples from the stored noises."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,9 +23,30 @@ from ..samplers import ODE_SOLVERS, ode_trajectory
 from ..schedules import SIGMA_MIN
 
 PAIRS_FILE = "dmd_pairs.safetensors"
+PARTS_DIR = "dmd_pairs.parts"  # each chunk made so far in a file of its own: a stopped run keeps what it made
 # Pairs made by default for image teachers, by every method that regresses on them: an image teacher's ODE costs
 # 18 Heun steps per pair (MNIST: ~36 pairs/s on one CPU thread, so 1024 in 30 s where 16384 took 8 min).
 IMAGE_PAIRS = 1024
+
+
+def save_chunk(parts: Path, start: int, y: torch.Tensor, states: torch.Tensor | None, meta: dict) -> None:
+    """One chunk of pairs (atomic), with the settings it was made with."""
+    parts.mkdir(exist_ok=True)
+    ckpt.save_tensors(parts / f"{start}.safetensors", {"sample": y, **({"states": states} if states is not None
+                                                                       else {})}, meta)
+
+
+def made_chunks(parts: Path, meta: dict) -> dict:
+    """The chunks saved in `parts` with these settings, by their start (a damaged file or other settings: none)."""
+    made = {}
+    for path in parts.glob("*.safetensors"):
+        try:
+            tensors, stored = ckpt.load_tensors(path)
+        except UserError:
+            continue
+        if stored == meta:
+            made[int(path.stem)] = (tensors["sample"], tensors.get("states"))
+    return made
 
 
 def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -41,13 +63,14 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: float, class_weights: list[float],
                seed: int, device, chunk: int | None = None, levels: list[float] = (),
                sigma_min: float = SIGMA_MIN, limit: dict | None = None, progress: bool = False,
-               accelerator=None) -> dict[str, torch.Tensor]:
+               accelerator=None, made: dict | None = None, keep=None) -> dict[str, torch.Tensor]:
     """n fixed noises z, the teacher's ODE samples y = ODE(σ_max z) and their class labels (drawn with the data's
     class weights; none for unconditional teachers), from a private generator so every process makes the same;
     with `levels`, also the ODE's states there ("states", (n, len(levels), ...)); `limit`: the teacher's own
     x̂_0 limit, as its sampler applies it (samplers.limit_x0); `progress`: a bar, as this can take minutes.
     With an `accelerator` of several processes each solves its share of the chunks and all receive every pair:
-    the same pairs as one process makes, in 1/N of its time."""
+    the same pairs as one process makes, in 1/N of its time. `made`: chunks made before (chunk start -> (samples,
+    states)), not made again; `keep(start, samples, states)`: called with each chunk this process makes."""
     from tqdm.auto import tqdm
 
     chunk = chunk or (1024 if len(shape) == 1 else 256)  # images: smaller chunks, so the bar moves
@@ -57,7 +80,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
     if class_weights:
         labels = torch.multinomial(torch.tensor(class_weights, dtype=torch.float64), n, replacement=True, generator=g)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    starts = range(0, n, chunk)[rank::world]
+    made = made or {}
+    starts = [i for i in range(0, n, chunk) if i not in made][rank::world]
     bar = tqdm(total=sum(min(chunk, n - i) for i in starts), desc=f"teacher ODE pairs ({steps} {solver} steps)",
                unit="pair", leave=False, dynamic_ncols=True, disable=not progress, file=sys.stderr)
     done = {}  # chunk start -> (samples, states at `levels`)
@@ -66,11 +90,14 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
         y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max,
                                limit)
         done[i] = (y.float().cpu(), torch.stack(st, 1).float().cpu() if levels else None)
+        if keep is not None:
+            keep(i, *done[i])
         bar.update(len(y))
     bar.close()
     if world > 1:
         from accelerate.utils import gather_object
         done = {i: part for shares in gather_object([done]) for i, part in shares.items()}
+    done.update(made)
     order = sorted(done)
     out = {"noise": z, "sample": torch.cat([done[i][0] for i in order])}
     if levels:
@@ -190,13 +217,21 @@ class OdePairs:
                    else "was made with other settings or another teacher")
             if self.ctx.accelerator.is_main_process:
                 print(f"{path} {why}; making new pairs", file=sys.stderr)
+        acc = self.ctx.accelerator
+        parts = path.parent / PARTS_DIR if path is not None else None
+        made = made_chunks(parts, meta) if parts is not None else {}
+        acc.wait_for_everyone()  # every process has read the chunks made before any writes new ones
+        keep = None if parts is None else lambda i, y, states: save_chunk(parts, i, y, states, meta)
         pairs = make_pairs(self.real, meta["pairs"], meta["shape"], meta["steps"], meta["solver"], meta["sigma_max"],
                            self.class_weights, meta["seed"], self.ctx.device, levels=meta.get("levels", []),
                            sigma_min=meta.get("sigma_min", SIGMA_MIN), limit=meta.get("x0_limit"),
-                           progress=self.ctx.train.progress and self.ctx.accelerator.is_main_process,
-                           accelerator=self.ctx.accelerator)
-        if path is not None and self.ctx.accelerator.is_main_process:
+                           progress=self.ctx.train.progress and acc.is_main_process, accelerator=acc, made=made,
+                           keep=keep)
+        if path is not None and acc.is_main_process:
             ckpt.save_tensors(path, pairs, meta)  # every process holds the same pairs
+        acc.wait_for_everyone()
+        if parts is not None and acc.is_main_process:  # the whole set is saved: its chunks are no longer needed
+            shutil.rmtree(parts, ignore_errors=True)
         return pairs
 
     def regression_batch(self, n: int):

@@ -134,7 +134,8 @@ def _diverged(when: str, out: Path, precision: str):
 
 
 # What a run writes into its folder before anything else: a folder holding one of these is a run's own.
-RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "log.jsonl", "dmd_pairs.safetensors")
+RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "log.jsonl", "dmd_pairs.safetensors",
+             "dmd_pairs.parts")
 
 
 def check_run_folder(out) -> Path:

@@ -32,8 +32,8 @@ IMAGE_PAIRS = 1024
 def save_chunk(parts: Path, start: int, y: torch.Tensor, states: torch.Tensor | None, meta: dict) -> None:
     """One chunk of pairs (atomic), with the settings it was made with."""
     parts.mkdir(exist_ok=True)
-    ckpt.save_tensors(parts / f"{start}.safetensors", {"sample": y, **({"states": states} if states is not None
-                                                                       else {})}, meta)
+    tensors = {"sample": y} if states is None else {"sample": y, "states": states}
+    ckpt.save_tensors(parts / f"{start}.safetensors", tensors, meta)
 
 
 def made_chunks(parts: Path, meta: dict) -> dict:

@@ -186,6 +186,16 @@ def test_a_run_resumes_from_its_teacher_moved_and_keeps_out_of_a_folder_of_other
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["0.png"]
 
 
+def test_sigma_space_levels_are_refused_for_a_ddpm_teachers_k_step_student(ddpm_folder, tmp_path):
+    """student.sigma_top / sigma_last place the levels of a σ-space teacher's student; a DDPM teacher's student
+    runs its scheduler's timesteps, so they would be ignored: refused, with what to set instead."""
+    for key in ("student.sigma_top=5", "student.sigma_last=0.2"):
+        with pytest.raises(UserError, match=f"{key.split('=')[0]} places a K-step student's levels on a σ-space "
+                                            "teacher.*student.timesteps"):
+            run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + [key])
+    run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,300]"])
+
+
 def test_labels_an_unconditional_teacher_cannot_use_are_said(ddpm_folder, tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "lab.npz", images=rng.integers(0, 256, (16, 8, 8), dtype=np.uint8), labels=np.arange(16) % 3)

@@ -201,9 +201,14 @@ def check_teachers_data_unchanged(teacher: LoadedModel, data_source: str | None)
 def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict) -> None:
     """Settings that this teacher cannot honour are refused, not run as if absent (a method's own default aside)."""
     check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
-    own = defaults.get("student", {}).get("flow_terminal", 0.0)
-    if cfg.student.flow_terminal not in (0.0, own) and teacher.schedule.kind != "flow":
+    own = defaults.get("student", {})
+    if cfg.student.flow_terminal not in (0.0, own.get("flow_terminal", 0.0)) and teacher.schedule.kind != "flow":
         raise UserError("student.flow_terminal places a flow teacher's last level; this teacher is not a flow model")
+    given = [k for k in ("sigma_top", "sigma_last")
+             if getattr(cfg.student, k) != own.get(k, getattr(StudentConfig, k))]  # set by the user
+    if given and cfg.student.steps > 1 and teacher.schedule.kind != "ve":
+        raise UserError(f"student.{given[0]} places a K-step student's levels on a σ-space teacher; this teacher's are "
+                        "the timesteps its scheduler runs: give them as student.timesteps (or student.sigmas)")
     if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
         raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
                         "teacher's network has none")

@@ -42,9 +42,6 @@ class StudentConfig:
                 raise UserError(f"student.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
-        if not 0 < self.sigma_last < self.sigma_top:
-            raise UserError(f"student.sigma_last and sigma_top must be 0 < sigma_last < sigma_top, got "
-                            f"{self.sigma_last:g} and {self.sigma_top:g}")
         for name in ("start_sigma_max", "levels_sigma_max", "fourier_cap"):
             if getattr(self, name) < 0:
                 raise UserError(f"student.{name} must be >= 0, got {getattr(self, name)}")

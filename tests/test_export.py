@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from distmatch.errors import UserError  # noqa: E402
 from distmatch.export import export_student  # noqa: E402
-from distmatch.methods import run_distill  # noqa: E402
+from distmatch.methods import pairs, run_distill  # noqa: E402
 from distmatch.models import load_model  # noqa: E402
 
 QUIET = ["train.progress=false", "train.iters=3", "train.batch_size=8", "dmd2.gan=false"]
@@ -165,7 +165,7 @@ def test_the_low_start_recipes_start_an_epsilon_teachers_1_step_student_at_sigma
 
 
 def test_a_run_resumes_from_its_teacher_moved_and_keeps_out_of_a_folder_of_other_files(ddpm_folder, tmp_path,
-                                                                                          capsys):
+                                                                                          capsys, monkeypatch):
     """The teacher's folder may move between a run's start and its resumption (its weights are what is compared);
     another teacher is still refused. --out holding a user's files (data, an export) is refused, not mixed into."""
     shutil.copytree(ddpm_folder, tmp_path / "moved")
@@ -179,6 +179,12 @@ def test_a_run_resumes_from_its_teacher_moved_and_keeps_out_of_a_folder_of_other
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(UserError, match="different settings .teacher: .*teacher_weights"):
         run_distill(tmp_path / "other", tmp_path / "s", steps=1, overrides=QUIET[:1] + ["train.iters=5"] + QUIET[2:])
+    from distmatch import methods  # a run begun when the fingerprint held the folder's path resumes too
+
+    monkeypatch.setattr(methods, "teacher_fingerprint", lambda t, with_folder=False: pairs.teacher_fingerprint(t, True))
+    run_distill(ddpm_folder, tmp_path / "old", steps=1, overrides=QUIET)
+    monkeypatch.undo()
+    run_distill(ddpm_folder, tmp_path / "old", steps=1, overrides=QUIET[:1] + ["train.iters=4"] + QUIET[2:])
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "0.png").write_bytes(b"")
     with pytest.raises(UserError, match="mine exists and holds other files .0.png.; use a new or empty folder"):

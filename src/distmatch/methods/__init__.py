@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import os
 import sys
 from dataclasses import field
@@ -124,6 +125,18 @@ def as_teacher(teacher) -> LoadedModel:
 def teacher_id(teacher: LoadedModel) -> str:
     """How a run names its teacher: its folder, or for a teacher built in Python a fingerprint of its weights."""
     return str(teacher.path.resolve()) if teacher.path is not None else f"in-memory:{teacher_fingerprint(teacher)}"
+
+
+def recorded_fingerprint(teacher: LoadedModel, out: Path) -> str:
+    """The teacher's fingerprint; a run begun when it held the teacher folder's path keeps the one it recorded, so
+    that it resumes."""
+    fingerprint = teacher_fingerprint(teacher)
+    try:
+        recorded = json.loads((out / "run.json").read_text()).get("teacher_weights")
+    except (OSError, ValueError, AttributeError):
+        return fingerprint
+    legacy = "folder" in teacher.config and recorded == teacher_fingerprint(teacher, with_folder=True)
+    return recorded if legacy else fingerprint
 
 
 def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool, method: str) -> Dataset | None:
@@ -301,7 +314,7 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
     check_applies(teacher, cfg, method, defaults)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
-                  "teacher_weights": teacher_fingerprint(teacher), "distill_data": distill_data_fingerprint(data),
+                  "teacher_weights": recorded_fingerprint(teacher, out), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,
                   "k_step": {k: getattr(cfg.student, k) for k in ("backsim", "critic_per_step", "first_only")}
                   if len(sigmas) > 1 else {}}

@@ -107,9 +107,10 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
     return out
 
 
-def teacher_fingerprint(teacher) -> str:
-    """A cheap identity of the teacher (config + per-tensor sums) so a cache made by another teacher is not reused."""
-    config = {k: v for k, v in teacher.config.items() if k != "folder"}  # where it lies is not what it is
+def teacher_fingerprint(teacher, with_folder: bool = False) -> str:
+    """A cheap identity of the teacher (config + per-tensor sums) so a cache made by another teacher is not reused;
+    `with_folder`: with the folder's path, as runs begun before it was left out recorded it."""
+    config = {k: v for k, v in teacher.config.items() if with_folder or k != "folder"}  # where it lies is not what
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     codec = teacher.codec.state_dict() if teacher.codec is not None else {}  # a latent model's autoencoder too
     for name, t in {**teacher.denoiser.state_dict(), **{"codec." + k: v for k, v in codec.items()}}.items():

@@ -21,6 +21,8 @@ CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 CONFIG = "config.json"
 DATA = "data.npz"  # in-memory data given in Python, saved in the run so that a resumed run re-reads them
+PAIRS = "dmd_pairs.safetensors"  # the teacher's ODE pairs, cached for the run's methods that regress on them
+PAIRS_PARTS = "dmd_pairs.parts"  # each chunk of them made so far, a file of its own: a stopped run keeps what it made
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -22,8 +22,7 @@ from ..errors import UserError
 from ..samplers import ODE_SOLVERS, ode_trajectory
 from ..schedules import SIGMA_MIN
 
-PAIRS_FILE = "dmd_pairs.safetensors"
-PARTS_DIR = "dmd_pairs.parts"  # each chunk made so far in a file of its own: a stopped run keeps what it made
+PAIRS_FILE, PARTS_DIR = ckpt.PAIRS, ckpt.PAIRS_PARTS
 # Pairs made by default for image teachers, by every method that regresses on them: an image teacher's ODE costs
 # 18 Heun steps per pair (MNIST: ~36 pairs/s on one CPU thread, so 1024 in 30 s where 16384 took 8 min).
 IMAGE_PAIRS = 1024

@@ -15,6 +15,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
+from .logging import LOG
 from .method import Method
 
 
@@ -134,8 +135,7 @@ def _diverged(when: str, out: Path, precision: str):
 
 
 # What a run writes into its folder before anything else: a folder holding one of these is a run's own.
-RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, "log.jsonl", "dmd_pairs.safetensors",
-             "dmd_pairs.parts")
+RUN_FILES = ("run.json", ckpt.CHECKPOINT, ckpt.CONFIG, ckpt.MODEL, ckpt.DATA, LOG, ckpt.PAIRS, ckpt.PAIRS_PARTS)
 
 
 def check_run_folder(out) -> Path:

@@ -165,11 +165,13 @@ def test_a_run_made_before_a_setting_existed_resumes_only_as_it_ran():
     assert differences(old, new) == []
 
 
-def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, tmp_path):
-    """A 1-step student uses σ_max whatever sigma_top / sigma_last say; a 2-step one's levels must agree."""
+def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, tmp_path, capsys):
+    """A 1-step student uses σ_max whatever sigma_top / sigma_last say (and says so); a 2-step one's levels must
+    agree. start_sigma_max caps an ε teacher's start only: on this x̂_0 teacher it is refused, not ignored."""
     run_distill(tiny_teacher, tmp_path / "one", overrides=distill_args(["train.iters=3"]))
     run_distill(tiny_teacher, tmp_path / "one", overrides=distill_args(["train.iters=6", "student.sigma_top=3.0"]))
     assert read_checkpoint_iteration(tmp_path / "one") == 6
+    assert "warning: student.sigma_top places the levels after a K-step student's first" in capsys.readouterr().err
     run_distill(tiny_teacher, tmp_path / "two", steps=2, overrides=distill_args(["train.iters=3"]))
     with pytest.raises(UserError, match="different settings.*levels"):
         run_distill(tiny_teacher, tmp_path / "two", steps=2,
@@ -177,6 +179,8 @@ def test_resume_compares_the_levels_used_not_how_they_were_given(tiny_teacher, t
     with pytest.raises(UserError, match="different settings.*k_step.critic_per_step"):
         run_distill(tiny_teacher, tmp_path / "two", steps=2,
                     overrides=distill_args(["train.iters=6", "student.critic_per_step=true"]))
+    with pytest.raises(UserError, match=r"start_sigma_max caps .* this teacher predicts x̂_0 \(EDM\)"):
+        run_distill(tiny_teacher, tmp_path / "three", overrides=distill_args(["student.start_sigma_max=5"]))
 
 
 def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):

@@ -211,14 +211,27 @@ def check_teachers_data_unchanged(teacher: LoadedModel, data_source: str | None)
                         "on (--data)")
 
 
-def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict) -> None:
+def predicts(teacher: LoadedModel) -> str:
+    """What the teacher's network predicts, in words for a refusal."""
+    return getattr(teacher.denoiser, "prediction", None) or (
+        "the velocity (flow matching)" if getattr(teacher.denoiser, "convention", "") == "flow" else "x̂_0 (EDM)")
+
+
+def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict, epsilon: bool = False) -> None:
     """Settings that this teacher cannot honour are refused, not run as if absent (a method's own default aside)."""
     check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
     own = defaults.get("student", {})
+    start = cfg.student.start_sigma_max
+    if not epsilon and start not in (0.0, own.get("start_sigma_max", StudentConfig.start_sigma_max)):
+        raise UserError(f"student.start_sigma_max caps the start of an ε- or score-predicting teacher's student; this "
+                        f"teacher predicts {predicts(teacher)}, and its student starts at its top level")
     if cfg.student.flow_terminal not in (0.0, own.get("flow_terminal", 0.0)) and teacher.schedule.kind != "flow":
         raise UserError("student.flow_terminal places a flow teacher's last level; this teacher is not a flow model")
     given = [k for k in ("sigma_top", "sigma_last")
              if getattr(cfg.student, k) != own.get(k, getattr(StudentConfig, k))]  # set by the user
+    if given and cfg.student.steps == 1:  # a sweep over K may set them for every K: said, not refused
+        print(f"warning: student.{given[0]} places the levels after a K-step student's first; a 1-step student has "
+              "only its first (student.start_sigma_max moves an ε teacher's)", file=sys.stderr)
     if given and cfg.student.steps > 1 and teacher.schedule.kind != "ve":
         raise UserError(f"student.{given[0]} places a K-step student's levels on a σ-space teacher; this teacher's are "
                         "the timesteps its scheduler runs: give them as student.timesteps (or student.sigmas)")
@@ -307,12 +320,10 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     # its x̂_0 amplifies ε̂'s error (a score network's -ε̂/σ too)
     epsilon = getattr(teacher.denoiser, "prediction", None) in ("epsilon", "score")
     if recipe is not None and get_recipe(recipe).epsilon_only and not epsilon:
-        predicts = getattr(teacher.denoiser, "prediction", None) or (
-            "the velocity (flow matching)" if getattr(teacher.denoiser, "convention", "") == "flow" else "x̂_0 (EDM)")
         raise UserError(f"recipe '{recipe}' moves the start of an ε-predicting teacher's student; this teacher "
-                        f"predicts {predicts}: use --method {method}")
+                        f"predicts {predicts(teacher)}: use --method {method}")
     sigmas = cfg.student.resolved_sigmas(teacher.schedule, epsilon, level_scale(teacher))
-    check_applies(teacher, cfg, method, defaults)
+    check_applies(teacher, cfg, method, defaults, epsilon)
     run_config = {"command": "distill", "method": method, "recipe": recipe, "teacher": teacher_id(teacher),
                   "teacher_weights": recorded_fingerprint(teacher, out), "distill_data": distill_data_fingerprint(data),
                   "data": teacher.spec.to_dict(), "config": config_mod.to_dict(cfg), "levels": sigmas,

@@ -459,6 +459,24 @@ def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
                       "do not fit together")
 
 
+def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path):
+    """A batch too large for the machine fails in torch's allocator (CPU or CUDA): one line with the size asked for
+    and what to lower, status 2; any other RuntimeError is still a bug and keeps its traceback."""
+    from distmatch import commands
+
+    for message, size in [("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 25600000000 bytes. Error code 12", "25.6 GB"),
+                          ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity", "2.00 GiB")]:
+        def fail(args, message=message):
+            raise RuntimeError(message)
+        monkeypatch.setattr(commands, "teacher", fail)
+        assert_user_error(capsys, ["teacher", "--data", "moons", "--out", str(tmp_path / "t")],
+                          f"out of memory (an allocation of {size}): lower the batch (train.batch_size)")
+    monkeypatch.setattr(commands, "teacher", lambda args: torch.zeros(2) @ torch.zeros(3))
+    with pytest.raises(RuntimeError, match="size mismatch|shapes|size"):
+        main(["teacher", "--data", "moons", "--out", str(tmp_path / "t")])
+
+
 def test_a_teachers_data_file_changed_since_is_not_distilled_on(capsys, tmp_path):
     """Without --data a student is distilled on the teacher's own data file; one replaced since (or gone) is
     refused in one line, where it was used in silence."""

@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 
-from .errors import UserError
+from .errors import UserError, out_of_memory
 
 EXIT_INTERRUPTED = 130
 
@@ -213,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distmatch: error: cannot write to {e.filename}: {why}; files written before are intact, re-run "
                   "the same command once there is room" if room else f"distmatch: error: {e.filename}: {why}",
                   file=sys.stderr)
+        code = UserError.exit_code
+    except RuntimeError as e:
+        size = out_of_memory(e)
+        if size is None:
+            raise
+        if _main_process():  # a batch too large for the machine
+            asked = f" (an allocation of {size})" if size else ""
+            print(f"distmatch: error: out of memory{asked}: lower the batch (train.batch_size) or the sample "
+                  "count (--n)", file=sys.stderr)
         code = UserError.exit_code
     except Interrupted as e:
         if _main_process():

@@ -1,6 +1,8 @@
 """User-facing errors: the command prints the message on one line and exits with status 2, never a traceback."""
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Bad input from the user (file, data, config, command-line). The message names what is wrong."""
@@ -14,3 +16,16 @@ class UserError(Exception):
 class Interrupted(KeyboardInterrupt):
     """A run stopped on request (Ctrl-C, SIGTERM) after its current step, checkpointed: calling the same command or
     function again resumes it. A KeyboardInterrupt, so code that stops on Ctrl-C stops on it alike."""
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """How much memory an allocation that failed asked for ("25.6 GB"; "" when torch does not say), or None when
+    `e` is not a failed allocation (torch's CPU allocator and CUDA both raise a RuntimeError)."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or not ("can't allocate memory" in text or "out of memory" in text):
+        return None
+    size = re.search(r"allocate (\d+) bytes", text)  # CPU: "you tried to allocate N bytes"
+    if size:
+        return f"{int(size.group(1)) / 1e9:.3g} GB"
+    size = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)  # CUDA: "Tried to allocate 2.00 GiB"
+    return size.group(1) if size else ""

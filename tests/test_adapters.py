@@ -272,6 +272,22 @@ def test_a_zero_terminal_snr_teacher_ends_at_a_finite_level_with_the_schedulers_
         assert torch.allclose(got, want, atol=tol * (1 + want.abs().max())), (t, (got - want).abs().max())
 
 
+def test_a_table_ending_near_zero_is_zero_terminal_and_any_other_bad_end_is_refused():
+    """A cosine table without its β clipping ends at ᾱ = 4e-33 (σ = 2e16, where float32 cancels and an exact ε
+    teacher sampled at std 1e5): its top becomes a finite level as a zero-terminal one's does. A last value that is
+    not a table's (0.9, negative, above 1, infinite) was rewritten in silence; it is refused as anywhere else."""
+    s = torch.arange(1001, dtype=torch.float64) / 1000
+    f = torch.cos((s + 0.008) / 1.008 * torch.pi / 2) ** 2
+    cosine = (f / f[0])[1:]
+    assert cosine[-1] < 1e-30
+    sigmas = VPAdapter(tiny_unet(), cosine).schedule().grid
+    assert torch.isfinite(sigmas).all() and (sigmas[1:] > sigmas[:-1]).all() and sigmas[-1] < 1e4
+    linear = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    for last in (0.9, -0.5, 5.0, float("inf")):
+        with pytest.raises(UserError, match="alphas_cumprod must be a falling 1-D table of values in"):
+            VPAdapter(tiny_unet(), torch.cat([linear[:-1], torch.tensor([last], dtype=torch.float64)]))
+
+
 def test_a_dit_folder_is_a_class_conditional_teacher_with_the_schedulers_x0_and_a_gan_on_its_tokens(tmp_path):
     """transformer/ + scheduler/ with a DiTTransformer2DModel (learned variance, 3 classes and a null one): D equals
     DDPMScheduler.step's x̂_0 for each label, the GAN head reads the middle block's tokens as a 4x4 map, and a
@@ -389,7 +405,7 @@ def test_a_network_whose_prediction_does_not_fit_the_samples_is_refused_in_one_l
     from distmatch import wrap_teacher
 
     alphas = diffusers.DDPMScheduler().alphas_cumprod
-    with pytest.raises(UserError, match=r"prediction has shape \(3, 8, 8\) for samples of shape \(1, 8, 8\)"):
+    with pytest.raises(UserError, match=r"prediction has shape \(2, 3, 8, 8\) for 2 samples of shape \(1, 8, 8\)"):
         wrap_teacher(tiny_unet(out_channels=3), (1, 8, 8), alphas_cumprod=alphas)
     with pytest.raises(UserError, match=r"fails on samples of shape \(2, 8, 8\): .*expected input"):
         wrap_teacher(tiny_unet(), (2, 8, 8), prediction="epsilon")

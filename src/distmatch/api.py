@@ -254,15 +254,15 @@ def _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_
 def _users_network(net: torch.nn.Module) -> torch.nn.Module:
     """A user's network as distmatch runs it: the module inside torch.compile's wrapper (distmatch reads a
     sub-module's output for the GAN's features, which compiled code does not give, and copies the network for its
-    student and critic), in float32 weights at least (its student is trained as such a copy)."""
+    student and critic), in float32 weights (its student is trained as such a copy)."""
     inner = getattr(net, "_orig_mod", None)
     if type(net).__name__ == "OptimizedModule" and isinstance(inner, torch.nn.Module):
         print(f"warning: distmatch runs the {type(inner).__name__} inside torch.compile's wrapper uncompiled",
               file=sys.stderr)
         net = inner
-    if half := sorted({str(p.dtype) for p in net.parameters() if p.dtype in (torch.float16, torch.bfloat16)}):
-        raise UserError(f"the network's parameters are {', '.join(half)}: its student is trained as a copy of it, "
-                        "which needs float32 weights; pass net.float() (train.precision=bf16 trains in mixed "
+    if other := sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32}):
+        raise UserError(f"the network's parameters are {', '.join(other)}: distmatch runs it, and trains its student "
+                        "as a copy of it, in float32; pass net.float() (train.precision=bf16 trains in mixed "
                         "precision)")
     return net
 
@@ -327,6 +327,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)
     net = _users_network(net)
     _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
+    # parameters frozen among trainable ones are the network's own constants (random Fourier features, say)
+    fixed = [name for name, p in net.named_parameters() if not p.requires_grad]
+    fixed = tuple(f"net.{name}" for name in fixed) if len(fixed) < len(list(net.parameters())) else ()
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):
@@ -336,6 +339,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
         adapter = _sigma_space_adapter(net, prediction, num_classes, features, sigma_data, sigma_min, sigma_max)
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
+    adapter.fixed = fixed
     adapter.probe(shape)
     config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,

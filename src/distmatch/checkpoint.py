@@ -61,7 +61,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
     """Tensors plus a JSON-able `meta` dict (stored in the safetensors header) in one atomic file."""
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    flat, seen = {}, set()
+    for k, v in tensors.items():  # tied weights (one tensor under two names) are stored twice: safetensors shares none
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        flat[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
     header = {"meta": json.dumps(meta or {})}
     atomic_write_bytes(path, save(flat, metadata=header))
 

@@ -115,6 +115,13 @@ class LoadedModel:
         return torch.multinomial(w, n, replacement=True, generator=generator)
 
     @torch.no_grad()
+    def in_eval_mode(self) -> "LoadedModel":
+        """A teacher runs in eval mode: a user's network put back in train mode since it was wrapped would use its
+        dropout and update its BatchNorm statistics."""
+        if isinstance(self.denoiser, torch.nn.Module):
+            self.denoiser.eval()
+        return self
+
     def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
                batch_size: int = 2048, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples (normalised space, on the CPU; a latent model's decoded to images) and the class indices they
@@ -124,6 +131,8 @@ class LoadedModel:
         from tqdm.auto import tqdm
 
         steps = self.check_steps(steps)
+        if self.kind == "teacher":
+            self.in_eval_mode()
         device = device or self.device
         g = torch.Generator().manual_seed(seed)
         if isinstance(cond, int):

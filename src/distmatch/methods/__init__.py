@@ -119,7 +119,7 @@ def as_teacher(teacher) -> LoadedModel:
     if model.kind != "teacher":
         raise UserError(f"the teacher given is a {model.kind}, not a teacher: distil a teacher (a run of `distmatch "
                         "teacher`, a diffusers model folder or a network from wrap_teacher)")
-    return model
+    return model.in_eval_mode()
 
 
 def teacher_id(teacher: LoadedModel) -> str:
@@ -220,6 +220,9 @@ def predicts(teacher: LoadedModel) -> str:
 def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict, epsilon: bool = False) -> None:
     """Settings that this teacher cannot honour are refused, not run as if absent (a method's own default aside)."""
     check_null_label(teacher, getattr(getattr(cfg, method), "guidance", 1.0), method)
+    if teacher.init_net is not None and next(teacher.init_net.parameters(), None) is None:
+        raise UserError("the teacher's network has no parameters: its students and critics are trained as copies "
+                        "of it (an analytic denoiser can be sampled and evaluated, not distilled)")
     own = defaults.get("student", {})
     start = cfg.student.start_sigma_max
     if not epsilon and start not in (0.0, own.get("start_sigma_max", StudentConfig.start_sigma_max)):
@@ -310,6 +313,9 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
     teacher = as_teacher(teacher)
     overrides = list(overrides or [])
     if steps is not None:
+        said = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "student.steps"]
+        if said and said[-1] != str(steps):
+            raise UserError(f"--steps {steps} (steps=) and student.steps={said[-1]} disagree: give the steps once")
         overrides.append(f"student.steps={steps}")
     cls, kind = config_class(method), teacher.spec.kind
     steps = config_mod.resolve(cls, config_file, overrides, base=defaults_for(method, kind)).student.steps

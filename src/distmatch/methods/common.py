@@ -91,9 +91,17 @@ def init_copy(net: nn.Module, device, fourier_cap: float = 0.0) -> nn.Module:
     fourier = getattr(getattr(out, "backbone", None), "fourier", None)
     if fourier_cap > 0 and fourier is not None:
         fourier.set_noise_cap(fourier_cap)
-    out.requires_grad_(True)
+    make_trainable(out)
     out.train()
     return out
+
+
+def make_trainable(module: nn.Module) -> None:
+    """requires_grad on every parameter but those the user's network holds fixed (TeacherAdapter.fixed)."""
+    module.requires_grad_(True)
+    for m in module.modules():
+        for name in getattr(m, "fixed", ()):
+            m.get_parameter(name).requires_grad_(False)
 
 
 def check_dm_range(section: str, dm_range: list[float]) -> None:
@@ -197,7 +205,7 @@ class DistributionMatching:
         trainable again."""
         self.train_generator(gen, opt_g, ema, loss, self.ctx.it // getattr(self.opts, "critic_ratio", 1))
         opt_c.zero_grad(set_to_none=True)  # the GAN term left gradients on the frozen critic's graph
-        critic.requires_grad_(True)
+        make_trainable(critic)
 
 
 class StudentCriticMethod(DistributionMatching, Method):

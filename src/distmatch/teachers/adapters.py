@@ -21,15 +21,17 @@ from torch import nn
 from ..errors import UserError
 from ..parameterization import append_dims
 from ..schedules import FLOW_TOP, SIGMA_MAX, SIGMA_MIN, NoiseSchedule, karras_grid_1000
+from .features import as_map, bottleneck, check_features
 
 
-AUTO = "auto"  # features: find the network's bottleneck (TeacherAdapter._bottleneck)
+AUTO = "auto"  # features: find the network's bottleneck (features.bottleneck)
 
 
 class TeacherAdapter(nn.Module):
     """D(x_σ, σ, cond) over a user's network `net`; `features` names the sub-module whose output a GAN head reads."""
 
     convention = "?"
+    fixed: tuple[str, ...] = ()  # parameters the user's network keeps fixed; its students and critics keep them too
 
     def __init__(self, net: nn.Module, num_classes: int = 0, features: str | None = None):
         super().__init__()
@@ -74,17 +76,20 @@ class TeacherAdapter(nn.Module):
             hook.remove()
 
     def probe(self, shape) -> None:
-        """Run the network once on zeros: its prediction must have the sample's shape, and the GAN head learns
-        the features' channels and size (features="auto": first find the network's bottleneck)."""
+        """Run the network once on two samples (zeros and noise): its prediction must have the sample's shape, and
+        the GAN head learns the features' channels and size (features="auto": first find the network's
+        bottleneck); features that are the same for both samples do not see the sample and are refused."""
         p = next(self.parameters(), None)
-        x = torch.zeros((1,) + tuple(shape), device=p.device if p is not None else "cpu")
+        x = torch.zeros((2,) + tuple(shape), device=p.device if p is not None else "cpu")
+        x[1] = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(x.device)
         # the highest label: a label table smaller than num_classes fails here, not in the first sampling
-        cond = torch.full((1,), self.num_classes - 1, dtype=torch.long, device=x.device) if self.num_classes else None
+        cond = torch.full((2,), self.num_classes - 1, dtype=torch.long, device=x.device) if self.num_classes else None
+        sigma = torch.ones(2, device=x.device)
         if self.features == AUTO:
-            self.features = self._bottleneck(lambda: self(x, torch.ones(1, device=x.device), cond), shape)
+            self.features = bottleneck(self.net, lambda: self(x, sigma, cond), shape)
         try:
             with torch.no_grad():
-                out = self(x, torch.ones(1, device=x.device), cond, return_features=self.features is not None)
+                out = self(x, sigma, cond, return_features=self.features is not None)
         except UserError:
             raise
         except Exception as e:  # any failure of the user's network is named in one line
@@ -92,15 +97,12 @@ class TeacherAdapter(nn.Module):
             raise UserError(f"the network fails on samples of shape {tuple(shape)}"
                             f"{' with label ' + str(self.num_classes - 1) if self.num_classes else ''}: "
                             f"{type(e).__name__}: {why}") from None
-        x0, f = out if self.features is not None else (out, None)
-        if x0.shape != x.shape:
-            raise UserError(f"the network's prediction has shape {tuple(x0.shape[1:])} for samples of shape "
-                            f"{tuple(shape)}; a teacher predicts one value per sample value (an image network "
-                            "may add as many channels again for a learned variance)")
+        f = out[1] if self.features is not None else None
         if f is not None:
+            check_features(self.features, f)
             self.feature_dim = int(f.shape[1])
             self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
-        self._check_finite_at_the_ends(x, cond)
+        self._check_finite_at_the_ends(x[:1], None if cond is None else cond[:1])
 
     def _check_finite_at_the_ends(self, x, cond) -> None:
         """Samplers run a teacher down to its lowest training level and start at its highest: a network that is
@@ -114,35 +116,6 @@ class TeacherAdapter(nn.Module):
                 raise UserError(f"the network returns non-finite values at σ = {sigma[i].item():.4g}, the {end} "
                                 "of the levels it was trained on, where distmatch's samplers call it")
 
-    def _bottleneck(self, call, shape) -> str | None:
-        """The sub-module a GAN head reads when the user names none. An image network: of the modules whose output
-        is a feature map of at least 2x2, those at the fewest pixels (where a U-Net turns from encoder to decoder),
-        the outermost, the last of them to run (a diffusers UNet's mid_block). A vector network: its last hidden
-        layer (the last module whose output is a (B, F) row of another width than the sample's). None if none."""
-        seen = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out)))
-                 for name, m in self.net.named_modules() if name and "parametrizations" not in name.split(".")]
-        try:
-            with torch.no_grad():
-                call()
-        except Exception:
-            seen = []  # the probe that follows says what is wrong with the network
-        finally:
-            for hook in hooks:
-                hook.remove()
-        outs = [(name, o[0] if isinstance(o, (tuple, list)) and o else o) for name, o in seen]
-        outs = [(name, o) for name, o in outs if isinstance(o, torch.Tensor)]
-        if len(shape) == 3:
-            maps = [(name, o.shape[2] * o.shape[3]) for name, o in outs if o.ndim == 4 and min(o.shape[2:]) >= 2]
-            if not maps:
-                return None
-            fewest = min(a for _, a in maps)
-            names = [name for name, a in maps if a == fewest]
-            depth = min(n.count(".") for n in names)
-            return [n for n in names if n.count(".") == depth][-1]
-        rows = [name for name, o in outs if o.ndim == 2 and o.shape[1] != shape[0]]
-        return rows[-1] if rows else None
-
     def config(self) -> dict:
         """What rebuilds this adapter around a fresh copy of the network: for a diffusers model its class and
         config ("diffusers"), for any other module only its class's name (the user supplies an instance)."""
@@ -153,15 +126,6 @@ class TeacherAdapter(nn.Module):
             config = {k: v for k, v in self.net.config.items() if not k.startswith("_")}  # not its load path
             out.update(kind="diffusers", diffusers_class=cls.__name__, net_config=json.loads(json.dumps(config)))
         return out
-
-
-def as_map(f: torch.Tensor) -> torch.Tensor:
-    """A transformer's tokens (B, N, D) over a square patch grid as a (B, D, √N, √N) map, which the GAN's image
-    head reads as it reads a UNet's bottleneck; any other features as they are."""
-    side = math.isqrt(f.shape[1]) if f.ndim == 3 else 0
-    if side < 2 or side * side != f.shape[1]:
-        return f
-    return f.transpose(1, 2).reshape(f.shape[0], f.shape[2], side, side)
 
 
 class EDMAdapter(TeacherAdapter):
@@ -258,17 +222,24 @@ def call_with_labels(net: nn.Module, x, t, cond):
         out = net(x_in, t_in, class_labels=cond)
     else:
         out = net(x_in, t_in, cond)
-    return prediction_of(network_output(out), x)
+    pred = prediction_of(network_output(out), x)
+    if pred.shape != x.shape:  # a broadcasting shape (one channel, a scalar) would be taken in silence below
+        raise UserError(f"the network's prediction has shape {tuple(pred.shape)} for {len(x)} samples of shape "
+                        f"{tuple(x.shape[1:])}; a teacher predicts one value per sample value (an image network "
+                        "may add as many channels again for a learned variance)")
+    return pred
 
 
 VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
 def finite_top(a: torch.Tensor) -> torch.Tensor:
-    """A zero-terminal-SNR table (ᾱ_T = 0, or the 2^-24 that diffusers' Euler schedulers put there) ends at σ = ∞.
-    Its top level becomes the log-linear continuation of the two below it, a finite σ (about 3e4 for a rescaled
-    linear table) at which a v- or x0-prediction network's x̂_0 differs from its ᾱ_T = 0 value by √ᾱ_T x_t."""
-    if a.ndim == 1 and len(a) >= 3 and 0 < a[-2] < a[-3] < 1 and not 0 < a[-1] < a[-2] and not a[-1].isnan():
+    """A zero-terminal-SNR table (ᾱ_T = 0, the 2^-24 that diffusers' Euler schedulers put there, or anything as
+    small: a cosine table without its β clipping ends at 4e-33, σ = 2e16, where float32 cancels) ends at σ = ∞ or
+    near it. Its top level becomes the log-linear continuation of the two below it, a finite σ (about 3e4 for a
+    rescaled linear table) at which a v- or x0-prediction network's x̂_0 differs from its ᾱ_T = 0 value by √ᾱ_T x_t.
+    Any other last value is the table's own, checked as the rest are."""
+    if a.ndim == 1 and len(a) >= 3 and 0 < a[-2] < a[-3] < 1 and 0 <= a[-1] <= 2.0 ** -24:
         a = a.clone()
         a[-1] = a[-2] ** 2 / a[-3]
     return a

@@ -123,8 +123,9 @@ def test_a_refused_call_leaves_the_folder_free_for_the_corrected_one(tmp_path):
 
 def test_misused_arguments_are_refused_in_one_line_not_by_python(tmp_path, capsys):
     """What the command line refuses in a line is refused by the Python calls too: a teacher or folder of the
-    wrong kind, settings not a dict, a seed outside 0..2^32-1, guidance without classes, levels that do not fall; labels
-    an unconditional teacher cannot use are said, then dropped."""
+    wrong kind, settings not a dict, a seed outside 0..2^32-1, guidance without classes, levels that do not fall,
+    steps given twice and apart (the second was dropped); labels an unconditional teacher cannot use are said, then
+    dropped."""
     teacher = distmatch.wrap_teacher(Shrink(), sample_shape=(2,), features="mid")
     data = np.random.default_rng(0).normal(size=(64, 2))
     quick = {"train.iters": 2, "train.batch_size": 16}
@@ -139,7 +140,8 @@ def test_misused_arguments_are_refused_in_one_line_not_by_python(tmp_path, capsy
         distmatch.distill(teacher, tmp_path / "s", data=data, settings=["train.iters=2"], progress=False)
     for key, value, match in [("dmd2.guidance", 3.0, "this teacher is unconditional: leave the guidance at 1"),
                               ("student.sigma_last", -1.0, "fall from student.sigma_top to student.sigma_last > 0"),
-                              ("student.sigma_top", 0.1, "fall from student.sigma_top to student.sigma_last > 0")]:
+                              ("student.sigma_top", 0.1, "fall from student.sigma_top to student.sigma_last > 0"),
+                              ("student.steps", 3, r"steps 2 \(steps=\) and student.steps=3 disagree")]:
         with pytest.raises(UserError, match=match):
             distmatch.distill(teacher, tmp_path / "s", data=data, steps=2, settings={**quick, key: value},
                               progress=False)

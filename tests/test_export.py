@@ -286,6 +286,20 @@ def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
         export_student(student, tmp_path / "e")
 
 
+def test_a_flow_network_fed_another_time_scale_is_not_exported(ddpm_folder, tmp_path):
+    """diffusers' flow schedulers feed t = num_train_timesteps · s: a UNet wrapped to take t = s (time_scale=1) was
+    exported with such a scheduler, which fed it 1000x its times; refused in one line."""
+    import distmatch
+
+    unet = diffusers.UNet2DModel.from_pretrained(ddpm_folder / "unet")
+    teacher = distmatch.wrap_teacher(unet, sample_shape=(1, 8, 8), flow=True, time_scale=1.0)
+    images = np.random.default_rng(0).integers(0, 256, size=(32, 8, 8), dtype=np.uint8)
+    distmatch.distill(teacher, tmp_path / "s", data=images, steps=2,
+                      settings={"train.iters": 1, "train.batch_size": 8, "dmd2.gan": False}, progress=False)
+    with pytest.raises(UserError, match=r"feed its network t = 1 s, where diffusers' flow schedulers feed t = "):
+        export_student(tmp_path / "s", tmp_path / "e")
+
+
 def test_a_score_sde_teachers_student_starts_where_an_epsilon_teachers_does_and_is_not_exported(tmp_path):
     """A VE score network's x̂_0 = x + σ² s carries its error times σ, as an ε network's does: its 1-step student
     starts at σ <= start_sigma_max (14.62), not at the top of its range (σ' = 50 on [0, 1], 100 here). It trains

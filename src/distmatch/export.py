@@ -112,6 +112,10 @@ def flow_scheduler(adapter, sigmas: list[float], move: str = "renoise"):
     student's: the scheduler's own, or (student.flow_terminal) stretched to its last level by `shift_terminal`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    if adapter.time_scale != adapter.num_train:  # diffusers' flow schedulers feed the network t = T s
+        raise UserError(f"the teacher was wrapped to feed its network t = {adapter.time_scale:g} s, where diffusers' "
+                        f"flow schedulers feed t = num_train_timesteps s = {adapter.num_train} s: no stock scheduler "
+                        "runs this student; sample it with distmatch (sample, load)")
     steps, last = len(sigmas), sigmas[-1] / (1 + sigmas[-1])
     for terminal in [None] + ([last] if steps > 1 else []):
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train, shift=adapter.shift,

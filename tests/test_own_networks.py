@@ -130,3 +130,15 @@ def test_networks_distmatch_cannot_train_are_refused(tmp_path):
         distmatch.distill(teacher, tmp_path / "s", data=DATA, settings={**QUICK, "dmd2.gan": False}, progress=False)
     with pytest.raises(UserError, match="parameters are torch.float64: .* pass net.float()"):
         distmatch.wrap_teacher(TwoBranch().double(), sample_shape=(2,), alphas_cumprod=AC)
+
+
+def test_a_network_that_fails_between_its_ends_is_refused_when_wrapped():
+    """NaN for t in (300, 700) only: the ends were checked, and distill later said "training diverged ... try a
+    lower train.lr" of a teacher that was broken from the start."""
+    class Gap(TwoBranch):
+        def forward(self, x, t):
+            out = super().forward(x, t)
+            return torch.where(((t > 300) & (t < 700))[:, None], torch.nan, out)
+
+    with pytest.raises(UserError, match=r"non-finite values at σ = \S+, one of the levels it was trained on"):
+        distmatch.wrap_teacher(Gap(), sample_shape=(2,), alphas_cumprod=AC)

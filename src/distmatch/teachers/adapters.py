@@ -102,19 +102,21 @@ class TeacherAdapter(nn.Module):
             check_features(self.features, f)
             self.feature_dim = int(f.shape[1])
             self.feature_size = tuple(f.shape[2:]) if f.ndim == 4 else None
-        self._check_finite_at_the_ends(x[:1], None if cond is None else cond[:1])
+        self._check_finite_on_its_levels(x[:1], None if cond is None else cond[:1])
 
-    def _check_finite_at_the_ends(self, x, cond) -> None:
-        """Samplers run a teacher down to its lowest training level and start at its highest: a network that is
-        not finite there (a log(t) time embedding fed t = 0) is refused now, not met as NaN samples later."""
-        ends = self.schedule()
-        sigma = torch.tensor([ends.sigma_min, ends.sigma_max], device=x.device)
+    def _check_finite_on_its_levels(self, x, cond, count: int = 5) -> None:
+        """Samplers run a teacher from its highest training level to its lowest, and distillation calls it at any
+        level between: a network that is not finite at its ends (a log(t) time embedding fed t = 0) or at one of
+        `count` levels spread between them is refused now, not met as NaN samples or a "diverged" run later."""
+        grid = self.schedule().grid
+        sigma = grid[torch.linspace(0, len(grid) - 1, count).round().long()].float().to(x.device)
         with torch.no_grad():
-            x0 = self(x.repeat(2, *[1] * (x.ndim - 1)), sigma, None if cond is None else cond.repeat(2))
-        for i, end in enumerate(("lowest", "highest")):
-            if not torch.isfinite(x0[i]).all():
-                raise UserError(f"the network returns non-finite values at σ = {sigma[i].item():.4g}, the {end} "
-                                "of the levels it was trained on, where distmatch's samplers call it")
+            x0 = self(x.repeat(count, *[1] * (x.ndim - 1)), sigma, None if cond is None else cond.repeat(count))
+        bad = [i for i in range(count) if not torch.isfinite(x0[i]).all()]
+        if bad:
+            where = {0: "the lowest of", count - 1: "the highest of"}.get(bad[0], "one of")
+            raise UserError(f"the network returns non-finite values at σ = {sigma[bad[0]].item():.4g}, {where} the "
+                            "levels it was trained on, where distmatch's samplers and distillation call it")
 
     def config(self) -> dict:
         """What rebuilds this adapter around a fresh copy of the network: for a diffusers model its class and

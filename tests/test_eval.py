@@ -313,6 +313,14 @@ def test_inception_metrics_through_torchmetrics_with_a_stand_in_network(tmp_path
     b_ref = SimpleNamespace(x=b, labels=None, spec=SimpleNamespace(fingerprint="abc"))
     assert inception_metrics(b, b_ref, path, cache_dir=tmp_path)["fd"] == pytest.approx(0.0, abs=1e-6)
     assert len(list(tmp_path.glob("inception-*.safetensors"))) == 2
+    # RGBA (which stopped the stand-in's 3-channel assertion): its colours over black, so the alpha counts too
+    rgba = torch.cat([a.expand(-1, 3, -1, -1), torch.ones_like(a)], 1)
+    four = inception_metrics(rgba, SimpleNamespace(x=rgba, labels=None, spec=SimpleNamespace(fingerprint="4")),
+                             path, cache_dir=tmp_path)
+    assert four["fd"] == pytest.approx(0.0, abs=1e-6) and "RGBA composited over black" in four["feature_net"]
+    torch.testing.assert_close(net(rgba), fa)  # opaque: the colours as they are
+    clear = torch.cat([a.expand(-1, 3, -1, -1), -torch.ones_like(a)], 1)
+    torch.testing.assert_close(net(clear), net(-torch.ones_like(a)))  # transparent: black
     img = torch.rand(1, 3, 5, 5, generator=gen(17))
     assert torch.allclose(tf1_resize(img, 5), img, atol=1e-6)  # same size: identity
     assert torch.allclose(tf1_resize(img, 10)[..., ::2, ::2], img, atol=1e-6)  # 2x: even pixels are the input

@@ -76,6 +76,8 @@ class InceptionFeatures(nn.Module):
         u8 = (x.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).float()  # quantised as EDM saves images
         if u8.shape[1] == 1:
             u8 = u8.expand(-1, 3, -1, -1)
+        if u8.shape[1] == 4:  # RGBA: Inception sees RGB; over black, so that the alpha a model draws is scored too
+            u8 = (u8[:, :3] * u8[:, 3:] / 255).round()
         return self.net((self.resize(u8) - 128.0) / 128.0).reshape(len(x), -1).double()
 
 
@@ -131,7 +133,8 @@ def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: P
         metric.update(fake, real=False)
     kid_mean, kid_std = kid.compute()
     whole = min(len(fake), len(real)) <= 1000 and len(fake) == len(real)  # every subset is both whole sets
-    out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha})", "fd_name": FID_NAME,
+    rgba = ", RGBA composited over black" if samples.shape[1] == 4 else ""
+    out = {"feature_net": f"inception-v3 ({path.name}, sha256 {sha}{rgba})", "fd_name": FID_NAME,
            "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": None if whole else float(kid_std)}
     out.update(prdc(real.float(), fake.float(), k=5))
     out["diversity"] = mean_pairwise_distance(fake.float()) / mean_pairwise_distance(real.float())

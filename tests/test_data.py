@@ -304,6 +304,24 @@ def test_reference_images_of_another_number_kind_are_read_in_their_own_range(tmp
         assert "reading them in their own value range" in capsys.readouterr().err
     wide = load_data(str(_save_npy(tmp_path, pixels.astype(np.float32), "w.npy")), spec=uint8_model.spec)
     assert torch.allclose(wide.x, uint8_model.x, atol=1e-6)
+    capsys.readouterr()
+
+
+def test_reference_images_of_another_bit_depth_are_read_in_their_own_range(tmp_path, capsys):
+    """8-bit images against a 16-bit model and the reverse were read in the model's range, to [-1, 481] or all
+    near -1, in silence; each is read in its own range and said. The same images as int64 are the model's own."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 8, 8)).astype(np.uint8)
+    pixels[0, 0, :2] = (0, 255)
+    deep = pixels.astype(np.uint16) * 257
+    uint8_model = load_data(str(_save_npy(tmp_path, pixels, "u8.npy")))
+    uint16_model = load_data(str(_save_npy(tmp_path, deep, "u16.npy")))
+    for model, other in ((uint8_model, "u16.npy"), (uint16_model, "u8.npy")):
+        again = load_data(str(tmp_path / other), spec=model.spec)
+        assert torch.allclose(again.x, model.x, atol=1e-6)
+        assert "reading them in their own value range" in capsys.readouterr().err
+    same = load_data(str(_save_npy(tmp_path, pixels.astype(np.int64), "i64.npy")), spec=uint8_model.spec)
+    assert torch.allclose(same.x, uint8_model.x) and "warning" not in capsys.readouterr().err
 
 
 def test_images_on_another_scale_than_a_declared_range_are_said(capsys):

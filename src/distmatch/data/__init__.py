@@ -94,7 +94,7 @@ def _scale_spec(raw: RawData, spec: DataSpec, origin: str) -> DataSpec:
             return fitted
         check_in_range(float(raw.array.min()), float(raw.array.max()), spec.value_range, origin)
         return dataclasses.replace(fitted, value_range=list(spec.value_range), range_fixed=True)
-    if _other_number_kind(raw, spec):  # 0..255 pixels are not [0, 1] floats: each kind is read in its own range
+    if _other_scale(raw, spec):  # 0..255 pixels are not [0, 1] floats, nor 16-bit ones: each read in its own range
         return dataclasses.replace(spec, value_range=_own_range(raw.array, spec, origin))
     return spec
 
@@ -149,15 +149,24 @@ def _check_compatible(raw: RawData, spec: DataSpec, origin: str) -> None:
     if normalised_sample_shape(sample_shape, raw.layout) != tuple(spec.shape):
         raise UserError(f"data '{origin}' has samples of shape {sample_shape} "
                         f"but the model was trained on {spec.sample_shape}")
-    if _other_number_kind(raw, spec):
-        print(f"warning: data '{origin}' are {raw.array.dtype} images but the model was trained on {spec.dtype} "
-              f"ones; reading them in their own value range {_own_range(raw.array, spec, origin)}", file=sys.stderr)
+    if _other_scale(raw, spec):
+        lo, hi = spec.value_range
+        print(f"warning: data '{origin}' are {raw.array.dtype} images from {raw.array.min():g} to "
+              f"{raw.array.max():g}, but the model was trained on {spec.dtype} ones in {lo:g}..{hi:g}; reading them "
+              f"in their own value range {_own_range(raw.array, spec, origin)}", file=sys.stderr)
 
 
-def _other_number_kind(raw: RawData, spec: DataSpec) -> bool:
-    """Images of integers for a model trained on floats, or the reverse (PNGs against a float .npy)."""
-    return raw.layout != "nd" and bool(spec.source) and (raw.array.dtype.kind == "f") != (
-        np.dtype(spec.dtype).kind == "f")
+def _other_scale(raw: RawData, spec: DataSpec) -> bool:
+    """Images on another scale than the model's data: integers for a model trained on floats or the reverse (PNGs
+    against a float .npy), or values far outside the model's range or filling under 5 % of it (16-bit pixels for
+    an 8-bit model, 8-bit for a 16-bit one) where their own range differs from it."""
+    if raw.layout == "nd" or not spec.source:
+        return False
+    if (raw.array.dtype.kind == "f") != (np.dtype(spec.dtype).kind == "f"):
+        return True
+    (lo, hi), a, b = spec.value_range, float(raw.array.min()), float(raw.array.max())
+    apart = a < lo - 0.5 * (hi - lo) or b > hi + 0.5 * (hi - lo) or b - a < 0.05 * (hi - lo)
+    return apart and a < b and infer_value_range(raw.array, "") != list(spec.value_range)
 
 
 def _own_range(arr: np.ndarray, spec: DataSpec, origin: str) -> list:

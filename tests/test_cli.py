@@ -459,6 +459,16 @@ def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
                       "do not fit together")
 
 
+def test_sample_refuses_before_sampling_what_it_could_not_write(capsys, teacher_dir, tmp_path):
+    """A sample count larger than the machine's memory ran for days before failing, and --out naming a folder
+    failed only after the sampling: both are said first."""
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", str(10 ** 13), "--out",
+                               str(tmp_path / "x.npy")], "--n 10000000000000 samples of shape (2,) take 8e+04 GB")
+    (tmp_path / "d.npy").mkdir()
+    assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "2", "--out", str(tmp_path / "d.npy")],
+                      "d.npy: it is a folder")
+
+
 def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path):
     """A batch too large for the machine fails in torch's allocator (CPU or CUDA): one line with the size asked for
     and what to lower, status 2; any other RuntimeError is still a bug and keeps its traceback."""

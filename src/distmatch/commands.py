@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +56,10 @@ def check_folder_of(out: Path, model: str | None = None) -> None:
     """Before the work: an output file's folder must not be a file, nor the file one of the model's own."""
     if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
         raise UserError(f"cannot write {out}: {file} is a file, not a folder")
+    if out.is_dir():
+        raise UserError(f"cannot write {out}: it is a folder; name a file in it")
+    if not os.access(next(p for p in out.parents if p.exists()), os.W_OK):
+        raise UserError(f"cannot write {out}: permission denied")
     folder = Path(model).resolve() if model else None
     if folder and out.name in MODEL_FILES and out.is_file() and folder in out.resolve().parents:
         raise UserError(f"--out {out} is a file of the model folder {model}; write the output elsewhere")
@@ -71,6 +77,15 @@ def _picture_check(out: Path, model, n: int) -> None:
                         "fewer or write .npy / .npz")
 
 
+def _check_memory(n: int, model) -> None:
+    """n samples are held in memory (float32) before they are written: more than the machine has is said now, not
+    after hours of sampling."""
+    need, have = 4 * n * math.prod(model.spec.shape), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UserError(f"--n {n} samples of shape {tuple(model.spec.shape)} take {need / 1e9:.3g} GB, more than this "
+                        f"machine's {have / 1e9:.3g} GB of memory: ask for fewer (more with another --seed)")
+
+
 def sample(args) -> int:
     from .models import load_model, resolve_device
 
@@ -83,6 +98,7 @@ def sample(args) -> int:
         model = model.with_solver(args.solver)
     if out.suffix == ".png":
         _picture_check(out, model, args.n)
+    _check_memory(args.n, model)
     cond = model.class_index(args.cls) if args.cls is not None else None
     x, labels = model.sample(args.n, args.steps, cond, seed=args.seed, progress=True)
     model.check_finite(x)

@@ -171,6 +171,24 @@ def test_image_folder_with_classes(tmp_path, capsys):
     assert back.shape == (3, 4, 6, 3) and back[2, 0, 0].tolist() == [50, 50, 50]
 
 
+def test_a_class_folder_is_read_whole_and_what_is_not_read_is_said(tmp_path, capsys):
+    """A class folder's nested folders hold its images too (as torchvision's ImageFolder reads them; they were
+    dropped in silence); a sub-folder without images is said not to be a class; an .npz array that is neither the
+    data nor their labels (a "label" key) is said not to be read."""
+    _write_png(tmp_path / "f" / "3" / "a.png", (4, 4), "L", 10)
+    _write_png(tmp_path / "f" / "3" / "deeper" / "b.png", (4, 4), "L", 20)
+    _write_png(tmp_path / "f" / "3" / ".hidden" / "c.png", (4, 4), "L", 30)
+    _write_png(tmp_path / "f" / "7" / "d.png", (4, 4), "L", 40)
+    (tmp_path / "f" / "5").mkdir()
+    data = load_data(str(tmp_path / "f"))
+    assert data.spec.class_names == ["3", "7"] and data.labels.tolist() == [0, 0, 1]
+    assert "sub-folder(s) 5 hold no images and are not classes" in capsys.readouterr().err
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 3), np.float32) + np.arange(3), label=np.arange(4))
+    data = load_data(str(tmp_path / "d.npz"))
+    assert data.labels is None
+    assert "array(s) label are not read: the data are 'images', with no labels" in capsys.readouterr().err
+
+
 def test_grayscale_folder_is_one_channel(tmp_path):
     for i in range(3):
         _write_png(tmp_path / f"{i}.png", (5, 5), "L", 40 * i)

@@ -101,6 +101,10 @@ def _arrays_from_npz(archive, path: Path) -> tuple[np.ndarray, np.ndarray | None
                             f"{', '.join(DATA_KEYS)} or a single array; found {', '.join(keys) or 'none'}")
         data_key = others[0]
     label_key = next((k for k in LABEL_KEYS if k in keys), None)
+    if unread := [k for k in keys if k not in (data_key, label_key)]:
+        print(f"warning: {path}: array(s) {', '.join(unread)} are not read: the data are '{data_key}'"
+              f"{'' if label_key else ', with no labels'} (labels are read from {' or '.join(LABEL_KEYS)})",
+              file=sys.stderr)
     return archive[data_key], (archive[label_key] if label_key else None)
 
 
@@ -166,21 +170,27 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 # ---------------------------------------------------------------- image folders
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+def _image_files(folder: Path, deep: bool = False) -> list[Path]:
+    """The images in `folder` (`deep`: in its sub-folders too, as torchvision's ImageFolder reads a class); hidden
+    files and folders are skipped."""
+    files = folder.rglob("*") if deep else folder.iterdir()
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _labelled_files(folder: Path) -> list[tuple[Path, str | None]]:
     top = _image_files(folder)
-    class_dirs = [d for d in sorted(folder.iterdir())
-                  if d.is_dir() and not d.name.startswith(".") and _image_files(d)]
+    subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    class_dirs = [d for d in subs if _image_files(d, deep=True)]
+    if class_dirs and (empty := [d.name for d in subs if d not in class_dirs]):
+        print(f"warning: {folder}: sub-folder(s) {', '.join(empty[:5])} hold no images and are not classes",
+              file=sys.stderr)
     if top and class_dirs:
         raise UserError(f"{folder}: holds images at the top level ({top[0].name}, ...) and class sub-folders "
                         f"({', '.join(d.name for d in class_dirs[:3])}, ...); put every image in a class folder, "
                         f"or use no sub-folders")
     if class_dirs:
-        return [(f, d.name) for d in class_dirs for f in _image_files(d)]
+        return [(f, d.name) for d in class_dirs for f in _image_files(d, deep=True)]
     if not top:
         raise UserError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} at the top level "
                         f"and in class sub-folders)")

@@ -230,6 +230,8 @@ def test_a_folder_keeps_transparency_and_16_bits(tmp_path, capsys):
     (np.zeros((2, 3, 4, 4, 3)), "wrong rank"),
     (np.array([[1.0, np.nan], [np.nan, 2.0]]), "2 NaN"),
     (np.array([[1.0, np.inf]]), "1 NaN or infinite"),
+    (np.array([[1.0, 1e300], [2.0, 3.0]]), "values as large as 1e+300, beyond what distmatch computes in"),
+    (np.float32(3.0), "a single number, not an array"),
     (np.zeros((3, 1, 5)), "too small"),
     (np.zeros((3, 5, 6, 7)), "channel axis"),
 ])

@@ -285,7 +285,9 @@ def check_array(array: np.ndarray, path: Path) -> np.ndarray:
         what = {"O": "Python objects", "b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
                 "V": "structured records"}.get(kind, f"dtype {array.dtype}")
         raise UserError(f"{path}: holds {what}; expected an array of integers or floats")
-    if array.ndim == 0 or array.shape[0] == 0 or array.size == 0:
+    if array.ndim == 0:
+        raise UserError(f"{path}: holds a single number, not an array of samples")
+    if array.shape[0] == 0 or array.size == 0:
         raise UserError(f"{path}: the data array is empty (shape {array.shape})")
     if array.ndim == 1 or array.ndim > 4:
         raise UserError(f"{path}: wrong rank: shape {array.shape}; expected (N, D) vectors, (N, H, W) images "
@@ -294,6 +296,9 @@ def check_array(array: np.ndarray, path: Path) -> np.ndarray:
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise UserError(f"{path}: holds {bad} NaN or infinite value(s); remove or replace them")
+        if (top := float(np.abs(array).max())) > 1e30:  # float32 ends at 3e38: their spread and samples overflow
+            raise UserError(f"{path}: holds values as large as {top:.3g}, beyond what distmatch computes in "
+                            "(float32): rescale them")
     return array
 
 

@@ -461,12 +461,15 @@ def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
 
 def test_sample_refuses_before_sampling_what_it_could_not_write(capsys, teacher_dir, tmp_path):
     """A sample count larger than the machine's memory ran for days before failing, and --out naming a folder
-    failed only after the sampling: both are said first."""
+    failed only after the sampling: both are said first. A data file given as the model is named as a file."""
     assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", str(10 ** 13), "--out",
                                str(tmp_path / "x.npy")], "--n 10000000000000 samples of shape (2,) take 8e+04 GB")
     (tmp_path / "d.npy").mkdir()
     assert_user_error(capsys, ["sample", "--model", str(teacher_dir), "--n", "2", "--out", str(tmp_path / "d.npy")],
                       "d.npy: it is a folder")
+    np.save(tmp_path / "data.npy", np.zeros((4, 2)))  # data named as the model: not "its training was interrupted"
+    assert_user_error(capsys, ["sample", "--model", str(tmp_path / "data.npy"), "--n", "2", "--out",
+                               str(tmp_path / "x.npy")], "data.npy is a file, not a model folder")
 
 
 def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path):

@@ -130,6 +130,8 @@ def read_model_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG
     if not Path(run_dir).exists():
         raise UserError(f"no such model folder: {run_dir}")
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir} is a file, not a model folder (a run folder, or a diffusers model folder)")
     if not path.is_file():
         raise UserError(f"{run_dir} holds no finished model ({CONFIG} missing); "
                         "if its training was interrupted, re-run the same command to finish it")

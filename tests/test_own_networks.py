@@ -142,3 +142,21 @@ def test_a_network_that_fails_between_its_ends_is_refused_when_wrapped():
 
     with pytest.raises(UserError, match=r"non-finite values at σ = \S+, one of the levels it was trained on"):
         distmatch.wrap_teacher(Gap(), sample_shape=(2,), alphas_cumprod=AC)
+
+
+def test_data_far_from_a_sigma_space_networks_spread_are_said(tmp_path, capsys):
+    """A σ-space network is wrapped for data of std sigma_data; data a thousand times wider were taken in silence."""
+    class Denoiser(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, sigma):
+            return self.lin(torch.cat([x, sigma.log()[:, None]], 1))
+
+    teacher = distmatch.wrap_teacher(Denoiser(), sample_shape=(2,), features=None)
+    quick = {**QUICK, "train.iters": 1, "dmd2.gan": False}
+    distmatch.distill(teacher, tmp_path / "a", data=DATA, settings=quick, progress=False)
+    assert "warning" not in capsys.readouterr().err
+    distmatch.distill(teacher, tmp_path / "b", data=DATA * 1000, settings=quick, progress=False)
+    assert "have std 477, where the teacher was wrapped for data of spread sigma_data = 0.5" in capsys.readouterr().err

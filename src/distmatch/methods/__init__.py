@@ -168,6 +168,7 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
         data = load_data(source, spec=teacher.spec)
         if not teacher.spec.source:  # a vector teacher built in Python: samples come back in the data's dtype
             data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, dtype=load_data(source).spec.dtype))
+            check_spread(teacher, data, source)
     if teacher.num_classes and data.labels is None:
         raise UserError(f"the teacher is class-conditional but data '{source}' have no labels")
     if not teacher.num_classes and data.labels is not None:
@@ -177,6 +178,16 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
                   file=sys.stderr)
         data = Dataset(data.x, None, data.spec, data.mixture)
     return data
+
+
+def check_spread(teacher: LoadedModel, data: Dataset, source: str) -> None:
+    """A σ-space network wrapped in Python sees its data raw, at the sigma_data it was wrapped with: data ten times
+    wider or narrower were not what its noise levels were made for, and are said."""
+    sd, spread = teacher.config.get("sigma_data", 0.5), float(data.x.std())
+    if getattr(teacher.denoiser, "convention", None) == "edm" and not sd / 10 <= spread <= sd * 10:
+        print(f"warning: data '{source}' have std {spread:.3g}, where the teacher was wrapped for data of spread "
+              f"sigma_data = {sd:g}: give wrap_teacher the sigma_data (and sigma_max) your network was trained at",
+              file=sys.stderr)
 
 
 def encoded(teacher: LoadedModel, data: Dataset | None, progress: bool) -> Dataset | None:

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from distmatch.cli import main
 from distmatch.training.logging import read_log
@@ -151,6 +152,32 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "compare.json", out / "report.html")}
     assert cli(*argv) == 0
     assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
+
+
+def test_compare_takes_a_teacher_of_the_users(tmp_path, capsys):
+    """compare --teacher: every method (an ε teacher's recipe too) distilled from a diffusers folder of the user's
+    on --data and scored against them, where compare could only train its own teacher; without --data, or with
+    --set teacher.*, it is refused before any work."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                 layers_per_block=1, norm_num_groups=4)
+    folder = tmp_path / "ddpm"
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, size=(64, 8, 8), dtype=np.uint8))
+    out = tmp_path / "cmp"
+    base = ["compare", "--teacher", str(folder), "--out", str(out), "--methods", "dmd2,dmd2+low-start"]
+    assert cli(*base) == 2 and "compare --teacher needs --data" in capsys.readouterr().err
+    assert cli(*base, "--data", str(tmp_path / "x.npy"), "--set", "teacher.train.iters=3") == 2
+    assert "--teacher gives one already" in capsys.readouterr().err and not out.exists()
+    assert cli(*base, "--data", str(tmp_path / "x.npy"), "--jobs", "1", "--set", "train.iters=2",
+               "train.batch_size=8", "train.progress=false") == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["teacher (heun)", "dmd2 1-step", "teacher 1-step, euler",
+                                         "dmd2+low-start 1-step"]
+    assert not (out / "teacher").exists() and json.loads((out / "dmd2-1step" / "run.json").read_text())["teacher"]
+    assert str(folder) in (out / "report.html").read_text()
 
 
 def test_compare_refuses_unknown_method(tmp_path):

@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "prefixed by the stage they configure: --set teacher.train.iters=500 distill.train.iters=1000")
 
     p = sub.add_parser("compare", help="run several methods against one teacher and write one report")
-    p.add_argument("--data", default="8gaussians")
+    p.add_argument("--data", default=None, help="a preset or your data (default 8gaussians); with --teacher, data "
+                   "of its shape to distil on and score against")
+    p.add_argument("--teacher", default=None, help="a teacher of yours (a run folder or a diffusers model folder) "
+                   "instead of one trained on --data")
     p.add_argument("--methods", default="dmd2,dmd,fdistill,tdm", help="comma-separated method names")
     p.add_argument("--steps", default=None, help="comma-separated K per method (default: 1, tdm 4)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<data>)")

@@ -167,6 +167,7 @@ def demo(args) -> int:
 def compare(args) -> int:
     from .report.compare import run_compare
 
-    out = run_compare(args.data, args.methods, args.steps, args.out, args.config, args.overrides, args.jobs)
+    out = run_compare(args.data, args.methods, args.steps, args.out, args.config, args.overrides, args.jobs,
+                      args.teacher)
     print(f"report: {out}")
     return 0

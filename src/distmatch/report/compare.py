@@ -49,10 +49,11 @@ def parse_plan(methods: str, steps: str | None) -> list[tuple[str, int]]:
     return entries
 
 
-def check_plan(plan: list[tuple[str, int]], data: str, overrides: dict[str, list[str]] | None = None) -> None:
+def check_plan(plan: list[tuple[str, int]], data: str, overrides: dict[str, list[str]] | None = None,
+               own_teacher: bool = True) -> None:
     """Refuse, before anything is trained, what the data cannot run: msd without labels, a recipe outside the
-    data and step counts it was measured on, one that acts on ε-predicting teachers (compare's own predict
-    x̂_0), or a method's settings (`overrides` per entry) that its run would refuse."""
+    data and step counts it was measured on, one that acts on ε-predicting teachers when compare trains its own
+    (they predict x̂_0), or a method's settings (`overrides` per entry) that its run would refuse."""
     from ..methods import check_settings
     from ..methods.recipes import RECIPES, recipe_settings
 
@@ -65,9 +66,9 @@ def check_plan(plan: list[tuple[str, int]], data: str, overrides: dict[str, list
     for name, k in plan:
         if name in RECIPES:
             recipe_settings(name, found.spec.kind, k)
-            if RECIPES[name].epsilon_only:
+            if RECIPES[name].epsilon_only and own_teacher:
                 raise UserError(f"recipe '{name}' acts on the students of ε-predicting teachers; compare trains its "
-                                f"own teacher, which predicts x̂_0: use distmatch distill on your ε teacher")
+                                f"own teacher, which predicts x̂_0: give your ε teacher with --teacher")
 
 
 def method_of(name: str) -> str:
@@ -115,8 +116,10 @@ def expected_cost(method: str, k: int) -> float:
     return RELATIVE_COST.get(method, 1.0) * (1 + (k - 1) / 4)
 
 
-def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int) -> list[dict]:
-    """Each distillation in a child process, up to `jobs` at once (the threads this process may use, shared
+def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int,
+                data: str | None = None) -> list[dict]:
+    """Each distillation (on `data`, else the teacher's own) in a child process, up to `jobs` at once (the threads
+    this process may use, shared
     evenly between them), the costliest first; once none is left to start, the runs still going share the threads
     of those that finished (trainer.follow_thread_budget). Returns each one's peak resident memory (its own, read
     from /proc while it runs; None where /proc does not say), in the order given; its time is in its log."""
@@ -136,7 +139,7 @@ def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: 
                 i, (out, method, k, overrides) = pending.pop(0)
                 which = ["--recipe" if method != method_of(method) else "--method", method]
                 cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(teacher_dir), "--out",
-                       str(out), *which, "--steps", str(k)]
+                       str(out), *which, "--steps", str(k), *(["--data", data] if data else [])]
                 for item in overrides:
                     cmd += ["--set", item]
                 budget_files[i].parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +177,10 @@ def own_length(overrides: list[str], iters: int) -> list[str]:
     return [] if any(o.split("=", 1)[0].strip() == "train.iters" for o in overrides) else [f"train.iters={iters}"]
 
 
-def run_compare(data: str, methods: str, steps: str | None, out: str | None, config_file: str | None,
-                overrides: list[str] | None, jobs: int | None = None) -> Path:
+def run_compare(data: str | None, methods: str, steps: str | None, out: str | None, config_file: str | None,
+                overrides: list[str] | None, jobs: int | None = None, teacher: str | None = None) -> Path:
+    """Every method of `methods` distilled from one teacher (`teacher`, a folder of the user's, or one trained on
+    `data`), scored against `data` in one report."""
     from ..eval.evaluate import evaluate_model
     from ..teachers.train import train_teacher
 
@@ -183,20 +188,29 @@ def run_compare(data: str, methods: str, steps: str | None, out: str | None, con
         raise UserError("compare takes no --config; use --set teacher.KEY=V, --set train.KEY=V, --set METHOD.KEY=V")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("compare runs its methods as processes of its own (--jobs); run it without a launcher")
+    if teacher is not None and data is None:
+        raise UserError("compare --teacher needs --data: data of the teacher's shape to distil on and score against")
+    data = data or "8gaussians"
     plan = parse_plan(methods, steps)
     t_over, m_over = route_overrides(overrides or [], [m for m, _ in plan])
-    check_plan(plan, data, m_over)
+    if teacher is not None and t_over:
+        raise UserError(f"--set teacher.{t_over[0]} sets the teacher compare trains; --teacher gives one already")
+    check_plan(plan, data, m_over, own_teacher=teacher is None)
     out = Path(out or f"runs/compare-{Path(data).stem}")
-    teacher_dir = train_teacher(data, out / "teacher", None, t_over)
+    given = Path(teacher) if teacher is not None else None  # a teacher of the user's: its students distil on data
+    teacher_dir = given or train_teacher(data, out / "teacher", None, t_over)
     teacher = load_model(teacher_dir)
+    if teacher.kind != "teacher":
+        raise UserError(f"--teacher {teacher_dir} holds a {teacher.kind}, not a teacher")
     kind = teacher.spec.kind
     work = [(out / f"{method}-{k}step", method, k, own_length(m_over[method], COMPARE_ITERS[kind]) + m_over[method])
             for method, k in plan]
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    costs = run_methods(work, teacher_dir, jobs or default_jobs(len(plan)))
-    record = {"data": data, "plan": [[m, k] for m, k in plan], "overrides": list(overrides or [])}
-    if finished_before(out / "compare.json", record, [teacher_dir] + [run_dir for run_dir, *_ in work],
+    costs = run_methods(work, teacher_dir, jobs or default_jobs(len(plan)), data if given else None)
+    record = {"data": data, "plan": [[m, k] for m, k in plan], "overrides": list(overrides or []),
+              **({"teacher": str(given.resolve())} if given else {})}
+    if finished_before(out / "compare.json", record, ([] if given else [teacher_dir]) + [d for d, *_ in work],
                        out / "report.html"):
         print(f"{out} is finished: every run and its report are as they were", file=sys.stderr)
         return out / "report.html"
@@ -240,7 +254,8 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
         plots.image_grid_panels(panels, out / "samples.png")
     sections = [
         {"heading": "Methods against one teacher", "text": [
-            f"data: {data}; teacher: {teacher.config['solver']} {teacher.default_steps} steps "
+            f"data: {data}; teacher: {teacher.path or 'trained on them'}, {teacher.config['solver']} "
+            f"{teacher.default_steps} steps "
             f"(NFE {teacher.nfe()}); lower {metric} is better.", scoring_line(data, rows)]},
         {"heading": "Metrics", "table": metrics_table(rows, columns)},
         {"heading": metric, "images": [str(plots.metric_bars(rows, metric, out / "bars.png"))]},

@@ -84,16 +84,45 @@ def draw_labels(class_weights: list[float], n: int, device) -> torch.Tensor:
     return torch.multinomial(w, n, replacement=True).to(device)
 
 
-def init_copy(net: nn.Module, device, fourier_cap: float = 0.0) -> nn.Module:
+def init_copy(net: nn.Module, device, fourier_cap: float = 0.0, lora_rank: int = 0) -> nn.Module:
     """A trainable copy of the teacher's network (students and critics start from the teacher); `fourier_cap` > 0
-    (a generator's copy) limits the Fourier features its pure-noise inputs see (networks.mlp.FourierFeatures)."""
+    (a generator's copy) limits the Fourier features its pure-noise inputs see (networks.mlp.FourierFeatures);
+    `lora_rank` > 0 trains only a LoRA of that rank on its linear and conv layers (with_lora)."""
     out = copy.deepcopy(net).to(device)
     fourier = getattr(getattr(out, "backbone", None), "fourier", None)
     if fourier_cap > 0 and fourier is not None:
         fourier.set_noise_cap(fourier_cap)
+    if lora_rank:
+        with_lora(out, lora_rank)
     make_trainable(out)
     out.train()
     return out
+
+
+def with_lora(net: nn.Module, rank: int) -> None:
+    """A LoRA of `rank` (peft, B = 0 at the start: the network unchanged) on every linear and conv layer of `net`,
+    whose own weights are then held fixed (make_trainable keeps them so)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    layers = [name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise UserError("student.lora_rank: the teacher's network has no linear or conv layer to adapt")
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=layers), net)
+    net.fixed = tuple(name for name, _ in net.named_parameters() if ".lora_" not in name)
+
+
+def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """`net`'s weights with any LoRA merged into the layers it adapts, under the plain network's names: a LoRA
+    student is saved, loaded and exported as the network it is."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not any(isinstance(m, BaseTunerLayer) for m in net.modules()):
+        return net.state_dict()
+    merged = copy.deepcopy(net)
+    for m in merged.modules():
+        if isinstance(m, BaseTunerLayer):
+            m.merge()
+    return {k.replace(".base_layer.", "."): v for k, v in merged.state_dict().items() if ".lora_" not in k}
 
 
 def make_trainable(module: nn.Module) -> None:
@@ -225,7 +254,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         self.num_classes = teacher.num_classes
         self.class_weights = (teacher.class_weights or [1.0] * self.num_classes) if self.num_classes else []
         self.real = RealScore(teacher.denoiser.to(ctx.device), guidance, self.num_classes)
-        gen = init_copy(teacher.init_net, ctx.device, student.fourier_cap)
+        gen = init_copy(teacher.init_net, ctx.device, student.fourier_cap, student.lora_rank)
         self.gen = ctx.prepare(gen)  # then the EMA: from the weights every process holds after prepare
         self.ema = ema_copy(ctx.unwrap(self.gen))
         if student.critic_per_step and len(sigmas) > 1:
@@ -244,7 +273,7 @@ class StudentCriticMethod(DistributionMatching, Method):
         return {"gen": self.opt_g, "critic": self.opt_c}
 
     def export(self):
-        return {f"gen.{k}": v for k, v in self.ema.state_dict().items()}, {}
+        return {f"gen.{k}": v for k, v in merged_state_dict(self.ema).items()}, {}
 
     def sampler(self):
         return self.ema

@@ -31,7 +31,8 @@ from ..schedules import sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
 from ..training.method import Batch, Method
 from ..training.teacher import edm_denoising_loss
-from .common import Critic, DistributionMatching, RealScore, check_dm_range, draw_labels, init_copy
+from .common import (Critic, DistributionMatching, RealScore, check_dm_range, draw_labels, init_copy,
+                     merged_state_dict)
 from .dmd2 import generator_gan_term
 from .losses import VECTOR_GAN_WEIGHT, dm_loss
 from .router import ClassRouter
@@ -228,7 +229,7 @@ class MSD(DistributionMatching, Method):
             gen = build_denoiser(net_cfg, teacher.shape, self.num_classes, self.sigma_data).to(ctx.device)
         else:
             net_cfg = student_network_config(teacher.config["network"], self.student_cfg)
-            gen = init_copy(teacher.init_net, ctx.device, self.student_cfg.fourier_cap)
+            gen = init_copy(teacher.init_net, ctx.device, self.student_cfg.fourier_cap, self.student_cfg.lora_rank)
         self.net_cfgs.append(net_cfg)
         self.gens.append(ctx.prepare(gen))
         # after prepare: a small student's random start is the first process's on every process, and so its EMA
@@ -322,7 +323,7 @@ class MSD(DistributionMatching, Method):
         return logs
 
     def export(self):
-        weights = {f"students.{i}.{k}": v for i, ema in enumerate(self.emas) for k, v in ema.state_dict().items()}
+        weights = {f"students.{i}.{k}": v for i, ema in enumerate(self.emas) for k, v in merged_state_dict(ema).items()}
         return weights, {"router": {"networks": self.net_cfgs, "owner": list(self.owner)}}
 
     def sampler(self):

@@ -33,6 +33,9 @@ class StudentConfig:
     first_only: float = 0.0               # K > 1: share of the iterations that train only the first step
     fourier_cap: float = 0.0              # vectors: the step from pure noise sees Fourier features of scale <= this
                                           # only (0 = all, as the teacher)
+    lora_rank: int = 0                    # > 0: the generator is trained as a LoRA of this rank (peft) on every
+                                          # linear and conv layer of the teacher's network, its base frozen (DMD2's
+                                          # SDXL code: --generator_lora); saved merged, a plain network
 
     def validate(self):
         if self.steps < 1:
@@ -42,7 +45,7 @@ class StudentConfig:
                 raise UserError(f"student.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.backsim not in ("spread", "shared"):
             raise UserError(f"student.backsim must be spread or shared, got {self.backsim!r}")
-        for name in ("start_sigma_max", "levels_sigma_max", "fourier_cap"):
+        for name in ("start_sigma_max", "levels_sigma_max", "fourier_cap", "lora_rank"):
             if getattr(self, name) < 0:
                 raise UserError(f"student.{name} must be >= 0, got {getattr(self, name)}")
         if self.sigmas is not None and self.timesteps is not None:

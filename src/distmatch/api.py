@@ -321,15 +321,13 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     stays as it is, and its students and critics are trained as copies of it. `vae`: a latent model's diffusers
     autoencoder (AutoencoderKL or VQModel, with its scaling_factor): `net` works on its latents, of shape
     `sample_shape`; data are images it encodes, samples are images it decodes, and `value_range` is theirs."""
-    from .teachers.adapters import FlowAdapter, VPAdapter
+    from .teachers.adapters import FlowAdapter, VPAdapter, kept_fixed
 
     shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
     _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)
     net = _users_network(net)
     _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
-    # parameters frozen among trainable ones are the network's own constants (random Fourier features, say)
-    fixed = [name for name, p in net.named_parameters() if not p.requires_grad]
-    fixed = tuple(f"net.{name}" for name in fixed) if len(fixed) < len(list(net.parameters())) else ()
+    fixed = kept_fixed(net)
     net = net.eval().requires_grad_(False)
     if flow:
         if alphas_cumprod is not None or prediction not in (None, "velocity"):

@@ -195,6 +195,13 @@ class ScoreAdapter(TeacherAdapter):
                 "data_range": list(self.data_range)}
 
 
+def kept_fixed(net: nn.Module) -> tuple[str, ...]:
+    """Parameters frozen among trainable ones are the network's own constants (random Fourier features, say): its
+    students keep them (TeacherAdapter.fixed). A network frozen whole is a frozen teacher, nothing more."""
+    fixed = [name for name, p in net.named_parameters() if not p.requires_grad]
+    return tuple(f"net.{name}" for name in fixed) if len(fixed) < len(list(net.parameters())) else ()
+
+
 def network_output(out) -> torch.Tensor:
     """A tensor from what a network returned (diffusers models return an output object with `.sample`)."""
     if hasattr(out, "sample"):

@@ -309,6 +309,17 @@ def test_a_folder_of_float_images_keeps_its_values(tmp_path):
         load_data(str(tmp_path))
 
 
+def _each_read_as_the_other(tmp_path, capsys, a: np.ndarray, b: np.ndarray):
+    """Models of images `a` and of the same images as `b`: each read against the other's spec gives the other's
+    normalised images, said in a warning. Returns the two (a's, b's)."""
+    models = [load_data(str(_save_npy(tmp_path, x, f"{i}.npy"))) for i, x in enumerate((a, b))]
+    for model, other in ((models[0], "1.npy"), (models[1], "0.npy")):
+        again = load_data(str(tmp_path / other), spec=model.spec)
+        assert torch.allclose(again.x, model.x, atol=1e-6)
+        assert "reading them in their own value range" in capsys.readouterr().err
+    return models
+
+
 def test_reference_images_of_another_number_kind_are_read_in_their_own_range(tmp_path, capsys):
     """A model trained on [0, 1] floats scored against the same images as uint8 PNG-like pixels, and the reverse:
     each kind is read in its own range, so both give the same normalised images (0..255 pixels were read as
@@ -316,12 +327,7 @@ def test_reference_images_of_another_number_kind_are_read_in_their_own_range(tmp
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
     floats = (pixels / 255).astype(np.float32)
-    float_model = load_data(str(_save_npy(tmp_path, floats, "f.npy")))
-    uint8_model = load_data(str(_save_npy(tmp_path, pixels, "u.npy")))
-    for model, other in ((float_model, "u.npy"), (uint8_model, "f.npy")):
-        again = load_data(str(tmp_path / other), spec=model.spec)
-        assert torch.allclose(again.x, model.x, atol=1e-6)
-        assert "reading them in their own value range" in capsys.readouterr().err
+    _, uint8_model = _each_read_as_the_other(tmp_path, capsys, floats, pixels)
     wide = load_data(str(_save_npy(tmp_path, pixels.astype(np.float32), "w.npy")), spec=uint8_model.spec)
     assert torch.allclose(wide.x, uint8_model.x, atol=1e-6)
     capsys.readouterr()
@@ -334,12 +340,7 @@ def test_reference_images_of_another_bit_depth_are_read_in_their_own_range(tmp_p
     pixels = rng.integers(0, 256, size=(6, 8, 8)).astype(np.uint8)
     pixels[0, 0, :2] = (0, 255)
     deep = pixels.astype(np.uint16) * 257
-    uint8_model = load_data(str(_save_npy(tmp_path, pixels, "u8.npy")))
-    uint16_model = load_data(str(_save_npy(tmp_path, deep, "u16.npy")))
-    for model, other in ((uint8_model, "u16.npy"), (uint16_model, "u8.npy")):
-        again = load_data(str(tmp_path / other), spec=model.spec)
-        assert torch.allclose(again.x, model.x, atol=1e-6)
-        assert "reading them in their own value range" in capsys.readouterr().err
+    uint8_model, _ = _each_read_as_the_other(tmp_path, capsys, pixels, deep)
     same = load_data(str(_save_npy(tmp_path, pixels.astype(np.int64), "i64.npy")), spec=uint8_model.spec)
     assert torch.allclose(same.x, uint8_model.x) and "warning" not in capsys.readouterr().err
 

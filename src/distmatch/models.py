@@ -114,7 +114,6 @@ class LoadedModel:
         w = torch.tensor(self.class_weights or [1.0] * self.num_classes, dtype=torch.float64)
         return torch.multinomial(w, n, replacement=True, generator=generator)
 
-    @torch.no_grad()
     def in_eval_mode(self) -> "LoadedModel":
         """A teacher runs in eval mode: a user's network put back in train mode since it was wrapped would use its
         dropout and update its BatchNorm statistics."""
@@ -122,6 +121,7 @@ class LoadedModel:
             self.denoiser.eval()
         return self
 
+    @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, cond: torch.Tensor | int | None = None, seed: int = 0,
                batch_size: int = 2048, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples (normalised space, on the CPU; a latent model's decoded to images) and the class indices they

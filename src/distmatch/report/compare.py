@@ -119,9 +119,8 @@ def expected_cost(method: str, k: int) -> float:
 def run_methods(jobs_list: list[tuple[Path, str, int, list[str]]], teacher_dir: Path, jobs: int,
                 data: str | None = None) -> list[dict]:
     """Each distillation (on `data`, else the teacher's own) in a child process, up to `jobs` at once (the threads
-    this process may use, shared
-    evenly between them), the costliest first; once none is left to start, the runs still going share the threads
-    of those that finished (trainer.follow_thread_budget). Returns each one's peak resident memory (its own, read
+    this process may use, shared evenly between them), the costliest first; once none is left to start, the runs
+    still going share the threads of those that finished (trainer.follow_thread_budget). Returns each one's peak resident memory (its own, read
     from /proc while it runs; None where /proc does not say), in the order given; its time is in its log."""
     import torch
 

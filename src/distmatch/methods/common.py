@@ -114,10 +114,10 @@ def with_lora(net: nn.Module, rank: int) -> None:
 def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     """`net`'s weights with any LoRA merged into the layers it adapts, under the plain network's names: a LoRA
     student is saved, loaded and exported as the network it is."""
+    if not any(".lora_" in name for name, _ in net.named_parameters()):
+        return net.state_dict()  # no LoRA: and no peft import, which costs every run seconds
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    if not any(isinstance(m, BaseTunerLayer) for m in net.modules()):
-        return net.state_dict()
     merged = copy.deepcopy(net)
     for m in merged.modules():
         if isinstance(m, BaseTunerLayer):

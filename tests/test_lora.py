@@ -54,3 +54,16 @@ def test_a_lora_student_trains_its_adapters_only_and_is_saved_merged(ddpm_folder
     assert read_checkpoint_iteration(tmp_path / "s") == 4
     with pytest.raises(UserError, match="student.lora_rank must be >= 0"):
         run_distill(ddpm_folder, tmp_path / "bad", overrides=QUIET + ["student.lora_rank=-1"], **args)
+
+
+def test_a_student_without_lora_is_saved_without_importing_peft():
+    """peft (and the transformers it imports) cost a run seconds at its first checkpoint: only a LoRA needs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from distmatch.methods.common import merged_state_dict\n"
+            "state = merged_state_dict(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Conv2d(3, 1, 1)))\n"
+            "assert list(state) == ['0.weight', '0.bias', '1.weight', '1.bias'], list(state)\n"
+            "assert 'peft' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -16,6 +16,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def quick_feature_net(monkeypatch):
+    """The in-domain feature network fitted in 2 steps, not its 500: for tests of what is built around it."""
+    from distmatch.eval import features
+
+    fit = features.train_feature_net
+    monkeypatch.setattr(features, "train_feature_net",
+                        lambda x, labels, seed=0, hparams=None: fit(x, labels, seed, {**(hparams or {}), "steps": 2}))
+
+
+@pytest.fixture
 def short_mixture_run(tmp_path):
     """Distil a small network fitted to the exact 8-Gaussian teacher with one method, and score the student against
     the held-out data beside the teacher at the student's step count and at its recommended steps (3000 samples)."""

@@ -302,7 +302,7 @@ def test_distill_takes_a_folder_and_the_methods_own_step_count(tmp_path):
     assert distmatch.distill(folder, tmp_path / "c", settings={**fast, "student.steps": 2}, progress=False).nfe() == 2
 
 
-def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeypatch):
+def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeypatch, quick_feature_net):
     """The in-domain network fitted to in-memory references is cached per the images themselves: a second set
     (a foreign teacher's spec carries no fingerprint) gets its own network, not the first set's."""
     monkeypatch.setenv("DISTMATCH_CACHE", str(tmp_path / "cache"))

@@ -576,7 +576,7 @@ def test_an_export_removes_the_drafts_a_killed_export_left(tmp_path):
     assert not dead.exists() and live.exists() and other.exists()
 
 
-def test_a_class_folders_student_and_its_export_sample_and_score_as_the_data(tmp_path, capsys):
+def test_a_class_folders_student_and_its_export_sample_and_score_as_the_data(tmp_path, capsys, quick_feature_net):
     """Class sub-folders named 0..2 feed a 3-class diffusers teacher and score its student (they were refused as
     labels '0' not among the classes 0, 1, 2); `sample` of the export gives what the run folder gives, in the
     data's own layout and dtype (it gave [-1, 1] NCHW floats)."""
@@ -619,7 +619,8 @@ def test_an_unconditional_students_export_reads_back_after_labelled_data(ddpm_fo
     assert labels is None and again.spec.to_user(x).shape == load_model(student).spec.to_user(x).shape
 
 
-def test_the_best_student_of_a_scored_run_exports_and_says_where_it_was_kept(ddpm_folder, tmp_path):
+def test_the_best_student_of_a_scored_run_exports_and_says_where_it_was_kept(ddpm_folder, tmp_path,
+                                                                                   quick_feature_net):
     """train.eval_every keeps the best-scored student in RUN/best: a model folder that exports like the run's own,
     its card and metadata saying which iteration it is and what it scored."""
     np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))

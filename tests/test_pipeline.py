@@ -19,7 +19,8 @@ def cli(*argv):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the Inception file is TorchScript
-def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypatch, capsys):
+def test_images_round_trip_through_teacher_student_and_sample(tmp_path, monkeypatch, capsys,
+                                                             quick_feature_net):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 8, 8, 3), dtype=np.uint8)
     labels = np.array(["cat", "dog", "emu"] * 16)
@@ -154,7 +155,7 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
 
 
-def test_compare_takes_a_teacher_of_the_users(tmp_path, capsys):
+def test_compare_takes_a_teacher_of_the_users(tmp_path, capsys, quick_feature_net):
     """compare --teacher: every method (an ε teacher's recipe too) distilled from a diffusers folder of the user's
     on --data and scored against them, where compare could only train its own teacher; without --data, or with
     --set teacher.*, it is refused before any work."""

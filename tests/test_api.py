@@ -330,7 +330,7 @@ class Seen(Gauss):
 def test_a_sigma_space_network_is_called_inside_its_range_only(tmp_path):
     """A σ-space denoiser is run on [sigma_min, sigma_max] only: by dmd's ODE pairs too (they ran down to EDM's
     0.002), by a K-step student whose default levels would leave the range (refused in one line, not run above
-    σ_max), and by student.sigmas given above it; an ε-predicting one's student starts at σ <= 14.62 or at
+    σ_max), and by student.sigmas given above or below it; an ε-predicting one's student starts at σ <= 14.62 or at
     student.start_sigma_max, as a DDPM teacher's does (it started at σ_max, 80)."""
     data = np.random.default_rng(0).normal(scale=0.5, size=(256, 2))
     quick = {"train.iters": 1, "train.batch_size": 8, "dmd.pairs": 16}
@@ -346,6 +346,9 @@ def test_a_sigma_space_network_is_called_inside_its_range_only(tmp_path):
     with pytest.raises(UserError, match="student.sigmas go up to 200, above the teacher's top level σ = 20"):
         distmatch.distill(teacher, tmp_path / "hi", data=data, settings={**quick, "student.sigmas": [200.0]},
                           progress=False)
+    with pytest.raises(UserError, match="student.sigmas go down to 0.01, below the teacher's lowest level σ = 0.05"):
+        distmatch.distill(teacher, tmp_path / "lo", data=data, steps=2,
+                          settings={**quick, "student.sigmas": [10, 0.01]}, progress=False)
     eps = distmatch.wrap_teacher(Seen("epsilon"), sample_shape=(2,), prediction="epsilon", features="mid")
     fast = {"train.iters": 1, "train.batch_size": 8, "dmd2.gan": False}
     assert distmatch.distill(eps, tmp_path / "e", settings=fast, progress=False).loaded.config["sigmas"] == [14.62]

@@ -275,13 +275,16 @@ def test_a_teacher_folder_is_scored_on_data_in_their_own_range_and_on_its_studen
     assert [(r["feature_net"], r["feature_net_trained_on"]) for r in scores] == [("classifier", "training data")] * 2
 
 
-def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path):
+def test_export_refuses_what_stock_diffusers_cannot_run(ddpm_folder, tmp_path, capsys):
     """A last level at t = 0, where LCM's boundary condition returns its input whatever the network says; levels
-    between the teacher's timesteps, which a scheduler of whole timesteps would round."""
+    between the teacher's timesteps, which a scheduler of whole timesteps would round (the distillation says so
+    before it trains)."""
     student = run_distill(ddpm_folder, tmp_path / "s", steps=2, overrides=QUIET + ["student.timesteps=[700,0]"])
     with pytest.raises(UserError, match="returns its input unchanged at timestep 0"):
         export_student(student, tmp_path / "e")
+    capsys.readouterr()
     student = run_distill(ddpm_folder, tmp_path / "s2", steps=2, overrides=QUIET + ["student.sigmas=[5.0,0.5]"])
+    assert "student.sigmas [5.0, 0.5] lie between the teacher's training timesteps" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"σ = \[5.0, 0.5\] lie between the teacher's training timesteps"):
         export_student(student, tmp_path / "e")
 

@@ -135,13 +135,24 @@ class NoiseSchedule:
         return float(1 + sigma) if self.kind == "flow" else float(sigma)
 
     def given_levels(self, sigmas: list[float]) -> list[float]:
-        """student.sigmas, refused above the top level of a teacher that has one (a DDPM-family network has no
-        timestep there; a σ-space denoiser was not trained there). A flow teacher's top is pure noise, s = 1."""
+        """student.sigmas, refused outside the levels of a teacher that has ends (a DDPM-family network has no
+        timestep beyond them; a σ-space denoiser was not trained there). A flow teacher's top is pure noise, s = 1."""
         if self.kind != "flow" and max(sigmas) > self.sigma_max * (1 + 1e-6):
             last = "its last training timestep" if self.kind == "vp" else "the top of the σ range it was trained on"
             raise UserError(f"student.sigmas go up to {max(sigmas):g}, above the teacher's top level σ = "
                             f"{self.sigma_max:.4g} ({last})")
+        if self.kind != "flow" and min(sigmas) < self.sigma_min * (1 - 1e-6):
+            first = "its first training timestep" if self.kind == "vp" else "the bottom of the σ range it learnt"
+            raise UserError(f"student.sigmas go down to {min(sigmas):g}, below the teacher's lowest level σ = "
+                            f"{self.sigma_min:.4g} ({first})")
         return list(sigmas)
+
+    def off_timesteps(self, sigmas: list[float]) -> list[float]:
+        """The levels of `sigmas` that lie between a DDPM-family teacher's training timesteps (none for others)."""
+        if self.kind != "vp":
+            return []
+        nearest = lambda v: float(self.grid[(self.grid - v).abs().argmin()])  # noqa: E731
+        return [v for v in sigmas if abs(nearest(v) - v) > 1e-4 * v]
 
     def _ve_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float) -> list[float]:
         """A σ-space teacher's student: σ_max (an ε teacher's capped at start_max), then sigma_top .. sigma_last,

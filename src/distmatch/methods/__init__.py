@@ -249,6 +249,11 @@ def check_applies(teacher: LoadedModel, cfg, method: str, defaults: dict, epsilo
     if given and cfg.student.steps > 1 and teacher.schedule.kind != "ve":
         raise UserError(f"student.{given[0]} places a K-step student's levels on a σ-space teacher; this teacher's are "
                         "the timesteps its scheduler runs: give them as student.timesteps (or student.sigmas)")
+    off = teacher.schedule.off_timesteps(cfg.student.sigmas or [])
+    if off:  # trained and sampled as given; export is what cannot follow
+        print(f"warning: student.sigmas {[round(v, 4) for v in off]} lie between the teacher's training "
+              "timesteps: the student samples through distmatch, but its export to diffusers, whose schedulers "
+              "run whole timesteps, will be refused (student.timesteps gives whole ones)", file=sys.stderr)
     if cfg.student.fourier_cap and getattr(getattr(teacher.init_net, "backbone", None), "fourier", None) is None:
         raise UserError("student.fourier_cap limits the Fourier features of distmatch's vector networks; this "
                         "teacher's network has none")

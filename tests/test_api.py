@@ -355,6 +355,14 @@ def test_a_sigma_space_network_is_called_inside_its_range_only(tmp_path):
     assert distmatch.distill(eps, tmp_path / "e5", settings={**fast, "student.start_sigma_max": 5.0},
                              progress=False).loaded.config["sigmas"] == [5.0]
     student = distmatch.load(tmp_path / "e", network=Seen("epsilon"))
+    # refusals in the caller's words, not the command line's (they read "--steps")
+    for steps, said in ((3, "this student was trained for at most 1 step; 3 were asked for"),
+                        (0, "steps must be >= 1, got 0")):
+        with pytest.raises(UserError, match=f"^{said}$"):
+            student.sample(2, steps=steps)
+    with pytest.raises(UserError, match="^student.sigmas has 3 entries for a 2-step student$"):
+        distmatch.distill(teacher, tmp_path / "n", data=data, steps=2, settings={**quick, "student.sigmas": [9, 1, .1]},
+                          progress=False)
     with pytest.raises(UserError, match="the teacher given is a student, not a teacher"):
         distmatch.distill(student, tmp_path / "s2", settings=fast, progress=False)
 

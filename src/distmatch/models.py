@@ -64,10 +64,11 @@ class LoadedModel:
     def check_steps(self, steps: int | None) -> int:
         steps = self.default_steps if steps is None else int(steps)
         if steps < 1:
-            raise UserError(f"--steps must be >= 1, got {steps}")
+            raise UserError(f"steps must be >= 1, got {steps}")
         if self.kind == "student" and steps > len(self.config["sigmas"]):
             k = len(self.config["sigmas"])
-            raise UserError(f"this student was trained for at most {k} step{'s' if k > 1 else ''}; got --steps {steps}")
+            plural = "s" if k > 1 else ""
+            raise UserError(f"this student was trained for at most {k} step{plural}; {steps} were asked for")
         return steps
 
     def nfe(self, steps: int | None = None) -> int:
@@ -100,7 +101,7 @@ class LoadedModel:
     def class_index(self, label) -> int:
         names = [str(c) for c in self.spec.class_names]
         if not names:
-            raise UserError("--class was given but this model is not class-conditional")
+            raise UserError("a class was asked for, but this model is not class-conditional")
         label = str(label)
         if label not in names and label.strip().lstrip("+-").isdigit():
             label = str(int(label))  # a class folder named 03 is the number 3, as when the data were read

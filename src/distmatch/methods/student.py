@@ -39,7 +39,7 @@ class StudentConfig:
 
     def validate(self):
         if self.steps < 1:
-            raise UserError(f"--steps must be >= 1, got {self.steps}")
+            raise UserError(f"steps must be >= 1, got {self.steps}")
         for name in ("first_only", "flow_terminal"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"student.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -52,7 +52,7 @@ class StudentConfig:
             raise UserError("give the student's levels as student.sigmas or as student.timesteps, not both")
         for name, levels, lowest in (("sigmas", self.sigmas, 1e-30), ("timesteps", self.timesteps, 0)):
             if levels is not None and len(levels) != self.steps:
-                raise UserError(f"student.{name} has {len(levels)} entries but --steps is {self.steps}")
+                raise UserError(f"student.{name} has {len(levels)} entries for a {self.steps}-step student")
             if levels is not None and (any(b >= a for a, b in zip(levels, levels[1:])) or min(levels) < lowest):
                 raise UserError(f"student.{name} must be {'positive' if lowest else 'non-negative'} and strictly "
                                 "decreasing")

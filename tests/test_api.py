@@ -43,6 +43,15 @@ def test_in_memory_data_round_trip_to_the_users_layout_dtype_and_range(tmp_path)
         distmatch.train_teacher(images[::-1].copy(), tmp_path / "t", settings=tiny, labels=labels)
 
 
+def test_refusals_of_in_memory_data_name_them_so(tmp_path):
+    """They named the run's own copy of the arrays (OUT/data.npz), a file the user never made."""
+    teacher = distmatch.wrap_teacher(Gauss(0.0, 0.2, 64), sample_shape=(1, 8, 8), features="mid")
+    with pytest.raises(UserError, match=r"^in-memory data hold images of shape \(16, 16\), read as \(1, 16, 16\)") as e:
+        distmatch.distill(teacher, tmp_path / "s", data=np.zeros((8, 16, 16), np.uint8), settings={"train.iters": 1},
+                          progress=False)
+    assert "data.npz" not in str(e.value)
+
+
 def test_settings_are_checked_like_set(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'train.iterz'"):
         distmatch.train_teacher("moons", tmp_path / "t", settings={"train.iterz": 3})

@@ -156,7 +156,7 @@ def test_a_latent_students_data_are_encoded_and_it_keeps_its_autoencoder(folders
         assert torch.allclose(model.codec.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
     np.save(tmp_path / "small.npy", images(size=8))
     latent_folder(teacher_dir, "kl")
-    with pytest.raises(UserError, match=r"\(3, 8, 8\)\) but the teacher makes \(3, 16, 16\)"):
+    with pytest.raises(UserError, match=r"\(3, 8, 8\) \(channels, height, width\), but the teacher makes \(3, 16"):
         run_distill(teacher_dir, tmp_path / "s2", data_source=str(tmp_path / "small.npy"), overrides=QUIET[:3])
 
 

@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .data import DataSpec, as_numpy, from_arrays, is_preset, load_data
-from .errors import UserError
+from .errors import UserError, naming
 from .models import LoadedModel, load_model
 from .samplers import SOLVERS
 from .training.guards import check_run_folder
@@ -139,7 +139,8 @@ def train_teacher(data, out, settings: dict | None = None, labels=None, progress
     source = _source(data, labels, out)
     if source is None:
         raise UserError("train_teacher needs data")
-    return Model(load_model(train(source, out, None, _overrides(settings, progress))))
+    with naming(None if isinstance(data, (str, Path)) else source, "in-memory data"):
+        return Model(load_model(train(source, out, None, _overrides(settings, progress))))
 
 
 def distill(teacher, out, data=None, labels=None, method: str | None = None, steps: int | None = None,
@@ -161,7 +162,8 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     if labels is not None and not loaded.num_classes:
         print("warning: labels= are not used: the teacher is unconditional", file=sys.stderr)
     source = _source(data, labels, out)
-    run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)
+    with naming(None if data is None or isinstance(data, (str, Path)) else source, "in-memory data"):
+        run_distill(loaded, out, method, steps, None, _overrides(settings, progress), source, recipe=recipe)
     return Model(load_model(out, network=users_network(loaded)))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -11,6 +12,18 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+@contextmanager
+def naming(path: str | None, name: str):
+    """UserErrors raised inside that mention `path` say `name` instead (data given in memory are kept in a file of
+    the run's own, which the user never made)."""
+    try:
+        yield
+    except UserError as e:
+        if not path or path not in str(e):
+            raise
+        raise UserError(str(e).replace(f"data '{path}'", name).replace(f"'{path}'", name).replace(path, name)) from None
 
 
 class Interrupted(KeyboardInterrupt):

@@ -157,8 +157,9 @@ def distill_data(teacher: LoadedModel, data_source: str | None, needs_data: bool
             raise UserError(f"data '{source}' are vectors of dimension {data.spec.shape[0]}, but the teacher makes "
                             f"images of shape {tuple(teacher.spec.shape)} (channels, height, width)")
         if tuple(data.spec.shape) != tuple(teacher.spec.shape):
-            raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape} (channels, height, "
-                            f"width {tuple(data.spec.shape)}) but the teacher makes {tuple(teacher.spec.shape)}")
+            raise UserError(f"data '{source}' hold images of shape {data.spec.sample_shape}, read as "
+                            f"{tuple(data.spec.shape)} (channels, height, width), but the teacher makes "
+                            f"{tuple(teacher.spec.shape)}")
         if teacher.spec.range_fixed:
             data = in_value_range(data, teacher.spec.value_range, source)
         if teacher.num_classes and data.labels is not None:

@@ -53,6 +53,19 @@ def ddpm_folder(tmp_path_factory):
     return folder
 
 
+def test_a_folder_of_fp16_variant_weights_is_read_in_float32(ddpm_folder, tmp_path):
+    """A folder holding only diffusion_pytorch_model.fp16.safetensors (save_pretrained(variant="fp16"), or a
+    download of that variant) was refused with diffusers' "no file named diffusion_pytorch_model.bin"."""
+    pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder).to(torch.float16)
+    pipe.save_pretrained(tmp_path / "variant", variant="fp16")
+    pipe.save_pretrained(tmp_path / "plain")
+    assert not list((tmp_path / "variant" / "unet").glob("diffusion_pytorch_model.safetensors"))
+    variant, plain = (load_model(tmp_path / name).denoiser.state_dict() for name in ("variant", "plain"))
+    assert all(v.dtype == torch.float32 and torch.equal(v, plain[k]) for k, v in variant.items())
+    full = load_model(ddpm_folder).denoiser.state_dict()["net.conv_in.weight"]
+    assert not torch.equal(variant["net.conv_in.weight"], full)  # the fp16 weights were read, not others
+
+
 @pytest.mark.parametrize("cap, top, low", [
     ([], 726, 400), (["student.start_sigma_max=0"], 999, 727),
     (["student.start_sigma_max=1.7", "student.levels_sigma_max=14.62"], 726, 400)])

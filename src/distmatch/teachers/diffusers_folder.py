@@ -62,7 +62,26 @@ def load_codec(path: Path, names: set[str]):
     if cls not in AUTOENCODERS:
         raise UserError(f"{path}: its autoencoder {found[0]}/ ({cls}) is not one distmatch reads; a latent model's "
                         f"must be an {' or a '.join(AUTOENCODERS)}")
-    return LatentCodec(getattr(diffusers, cls).from_pretrained(folder, local_files_only=True))
+    return LatentCodec(getattr(diffusers, cls).from_pretrained(folder, **weights(folder)))
+
+
+def weights(folder: Path) -> dict:
+    """from_pretrained's arguments for a component's weights: a folder that holds only a variant of them
+    (`diffusion_pytorch_model.fp16.safetensors`, as save_pretrained(variant="fp16") or a download of that variant
+    writes) is read through it, in float32 as every teacher is."""
+    import re
+
+    import torch
+
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    if any(re.fullmatch(r"diffusion_pytorch_model(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?", n) for n in names):
+        return {"local_files_only": True}
+    variants = sorted({m.group(1) for n in names
+                       if (m := re.fullmatch(r"diffusion_pytorch_model\.(\w+)\.(safetensors|bin)", n))})
+    if not variants:
+        return {"local_files_only": True}  # from_pretrained names what is missing
+    variant = "fp16" if "fp16" in variants else variants[0]
+    return {"local_files_only": True, "variant": variant, "torch_dtype": torch.float32}
 
 
 def model_folder(names: set[str]) -> str:
@@ -172,7 +191,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     # quiet its own notes on missing weights: the one line below says what is wrong
     diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
     try:
-        unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
+        unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, **weights(unet_dir))
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
         codec = load_codec(path, names)
     except (OSError, ValueError, AttributeError, NotImplementedError) as e:

@@ -68,8 +68,7 @@ def vp_scheduler(adapter, sigmas: list[float], move: str = "renoise"):
 
     steps = len(sigmas)
     trained = [int(round(float(t))) for t in adapter.timestep(torch.tensor(sigmas))]
-    on_grid = adapter.schedule().grid[trained].double()
-    if not torch.allclose(torch.tensor(sigmas, dtype=torch.float64), on_grid, rtol=1e-4):
+    if adapter.schedule().off_timesteps(sigmas):
         raise UserError(f"the student's levels σ = {[round(v, 4) for v in sigmas]} lie between the teacher's training "
                         "timesteps, and a diffusers scheduler runs whole ones: give them as student.timesteps")
     if min(trained) < 1:  # LCM's boundary condition: c_skip = 1 at t = 0, the model's output unused

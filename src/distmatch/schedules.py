@@ -149,10 +149,11 @@ class NoiseSchedule:
 
     def off_timesteps(self, sigmas: list[float]) -> list[float]:
         """The levels of `sigmas` that lie between a DDPM-family teacher's training timesteps (none for others)."""
-        if self.kind != "vp":
+        if self.kind != "vp" or not sigmas:
             return []
-        nearest = lambda v: float(self.grid[(self.grid - v).abs().argmin()])  # noqa: E731
-        return [v for v in sigmas if abs(nearest(v) - v) > 1e-4 * v]
+        levels = torch.tensor(sigmas, dtype=torch.float64)
+        nearest = self.grid[(self.grid[None] - levels[:, None]).abs().argmin(1)]
+        return [v for v, grid in zip(sigmas, nearest.tolist()) if abs(grid - v) > 1e-4 * v]
 
     def _ve_levels(self, steps: int, sigma_top: float, sigma_last: float, start_max: float) -> list[float]:
         """A σ-space teacher's student: σ_max (an ε teacher's capped at start_max), then sigma_top .. sigma_last,

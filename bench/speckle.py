@@ -37,7 +37,7 @@ def at_start(teacher: Path, k: int, n: int) -> torch.Tensor:
     training), in [-1, 1]."""
     from diffusers import DDPMPipeline, LCMScheduler
 
-    from distmatch.export import betas_from
+    from distmatch.to_diffusers import betas_from
 
     pipe = DDPMPipeline.from_pretrained(teacher)
     pipe.set_progress_bar_config(disable=True)

@@ -304,7 +304,7 @@ def test_command_and_api_reference_is_current():
     assert page.read_text() == text, "docs/reference.md is stale: python -m distmatch.reference > docs/reference.md"
     for name in ("teacher", "distill", "sample", "evaluate", "export", "demo", "compare"):
         assert f"### distmatch {name}\n" in text
-    for name in ("wrap_teacher", "distill", "load", "evaluate", "train_teacher"):
+    for name in ("wrap_teacher", "distill", "load", "evaluate", "export", "train_teacher"):
         assert f"distmatch.{name}(" in text
 
 

@@ -12,7 +12,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from distmatch.errors import UserError  # noqa: E402
-from distmatch.export import export_student  # noqa: E402
+from distmatch.to_diffusers import export_student  # noqa: E402
 from distmatch.methods import pairs, run_distill  # noqa: E402
 from distmatch.models import load_model  # noqa: E402
 
@@ -582,7 +582,7 @@ def test_an_export_removes_the_drafts_a_killed_export_left(tmp_path):
     whose process is gone, and nothing else."""
     import os
 
-    from distmatch.export import remove_stale_drafts
+    from distmatch.to_diffusers import remove_stale_drafts
 
     dead, live, other = (tmp_path / ".exp.4194305.ab12", tmp_path / f".exp.{os.getpid()}.cd34", tmp_path / ".exp.notes")
     for folder in (dead, live, other):

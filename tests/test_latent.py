@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from distmatch import api  # noqa: E402
 from distmatch.errors import UserError  # noqa: E402
-from distmatch.export import export_student  # noqa: E402
+from distmatch.to_diffusers import export_student  # noqa: E402
 from distmatch.methods import run_distill  # noqa: E402
 from distmatch.models import load_model  # noqa: E402
 from distmatch.samplers import ode_sample  # noqa: E402

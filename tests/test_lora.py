@@ -9,7 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from distmatch import checkpoint as ckpt  # noqa: E402
 from distmatch.errors import UserError  # noqa: E402
-from distmatch.export import export_student  # noqa: E402
+from distmatch.to_diffusers import export_student  # noqa: E402
 from distmatch.methods import run_distill  # noqa: E402
 from distmatch.methods.common import with_lora  # noqa: E402
 from distmatch.models import load_model  # noqa: E402

@@ -7,8 +7,8 @@
 """
 __version__ = "0.1.0"
 
-from .api import Model, distill, evaluate, load, train_teacher, wrap_teacher  # noqa: E402
+from .api import Model, distill, evaluate, export, load, train_teacher, wrap_teacher  # noqa: E402
 from .errors import Interrupted, UserError  # noqa: E402
 
-__all__ = ["Interrupted", "Model", "UserError", "distill", "evaluate", "load", "train_teacher", "wrap_teacher",
-           "__version__"]
+__all__ = ["Interrupted", "Model", "UserError", "distill", "evaluate", "export", "load", "train_teacher",
+           "wrap_teacher", "__version__"]

@@ -1,10 +1,11 @@
-"""The Python API: the command's five jobs as functions, on run folders or on objects already in memory.
+"""The Python API: the command's jobs as functions, on run folders or on objects already in memory.
 
     import distmatch
     teacher = distmatch.train_teacher("moons", "runs/t")                 # a preset, a path, or an array
     student = distmatch.distill(teacher, "runs/s", steps=1)              # or a run folder, or wrap_teacher(net, ...)
     x = distmatch.load("runs/s").sample(1000)                            # numpy, in the data's own layout and range
     scores = distmatch.evaluate(student, "moons", n=2000)                # the `evaluate` command's JSON, as a dict
+    distmatch.export(image_student, "runs/pipe")                         # a folder stock diffusers loads
 
 `settings` is a dict of the same dotted keys as `--set` ({"train.iters": 500}), checked the same way. Data held
 in memory are written into the run folder (data.npz) so the run can be resumed and its student evaluated later.
@@ -24,9 +25,7 @@ from . import checkpoint as ckpt
 from .data import DataSpec, as_numpy, from_arrays, is_preset, load_data
 from .errors import UserError, naming
 from .models import LoadedModel, load_model
-from .samplers import SOLVERS
 from .training.guards import check_run_folder
-
 
 
 class Model:
@@ -167,6 +166,19 @@ def distill(teacher, out, data=None, labels=None, method: str | None = None, ste
     return Model(load_model(out, network=users_network(loaded)))
 
 
+def export(model, out) -> Path:
+    """Write a student (a Model or a run folder) as the folder `out` that stock diffusers loads, as the `export`
+    command does: DiffusionPipeline.from_pretrained(out), with trust_remote_code=True where the folder carries its
+    own pipeline.py (class-conditional, latent or distmatch's U-Net students; its README.md says which). Returns
+    `out`; exporting the same student into it again changes nothing."""
+    from .to_diffusers import export_student
+
+    path = model.path if isinstance(model, Model) else model
+    if path is None:
+        raise UserError("export writes a student of a run folder; this model lives in memory only (a wrapped teacher)")
+    return export_student(path, out)
+
+
 def users_network(teacher: LoadedModel) -> torch.nn.Module | None:
     """The user's own network inside a wrapped teacher (a student of it is rebuilt around a copy), else None."""
     from .teachers.adapters import TeacherAdapter
@@ -214,43 +226,6 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     where = str(model.path.resolve()) if model.path is not None else "in memory"
     result.update({"model": where, "data": name, "split": split})
     return result
-
-
-def _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps) -> tuple[int, ...]:
-    """wrap_teacher's arguments checked, each refused in one line; the sample shape as ints."""
-    if not isinstance(net, torch.nn.Module):
-        raise UserError(f"wrap_teacher takes a torch.nn.Module, got a {type(net).__name__}: put a function in a small "
-                        "nn.Module whose forward calls it")
-    try:
-        shape = tuple(int(s) for s in sample_shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if len(shape) not in (1, 3) or min(shape) < 1:
-        raise UserError(f"sample_shape must be (D,) for vectors or (C, H, W) for images, got {sample_shape!r}")
-    if solver not in SOLVERS:
-        raise UserError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if clip_sample is not None and not float(clip_sample) > 0:
-        raise UserError(f"clip_sample must be a positive bound on |x̂_0| or None, got {clip_sample}")
-    if value_range is not None and (len(value_range) != 2 or not float(value_range[0]) < float(value_range[1])):
-        raise UserError(f"value_range must be (low, high) with low < high, got {value_range}")
-    if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer))
-                                     or sample_steps < 1):
-        raise UserError(f"sample_steps must be a whole number >= 1 (or None: the default), got {sample_steps!r}")
-    if value_range is not None and len(shape) == 1:
-        raise UserError("value_range says what an image network's [-1, 1] stands for; vectors keep their own units")
-    return shape
-
-
-def _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps) -> None:
-    """Arguments of one convention given to a network of another are refused, not ignored."""
-    if timesteps != "continuous" and (flow or alphas_cumprod is None):
-        raise UserError("timesteps= says how a DDPM-style network (alphas_cumprod given) is fed t; a flow or σ-space "
-                        "network takes its time as given (adapt a lookup table with a small module)")
-    flow_args = {"shift": (shift, 1.0), "time_scale": (time_scale, 1000.0),
-                 "num_train_timesteps": (num_train_timesteps, 1000)}
-    if given := [k for k, (v, default) in flow_args.items() if v != default and not flow]:
-        this = "DDPM-style (levels from alphas_cumprod)" if alphas_cumprod is not None else "a σ-space denoiser"
-        raise UserError(f"{', '.join(given)} describe a flow-matching network (flow=True); this one is {this}")
 
 
 def _users_network(net: torch.nn.Module) -> torch.nn.Module:
@@ -324,11 +299,12 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     autoencoder (AutoencoderKL or VQModel, with its scaling_factor): `net` works on its latents, of shape
     `sample_shape`; data are images it encodes, samples are images it decodes, and `value_range` is theirs."""
     from .teachers.adapters import FlowAdapter, VPAdapter, kept_fixed
+    from .teachers.wrap_checks import checked_codec, checked_convention, checked_levels, checked_wrap
 
-    shape = _checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
-    _checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)
+    shape = checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
+    checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)
     net = _users_network(net)
-    _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
+    checked_levels(num_classes, sigma_data, sigma_min, sigma_max, flow or alphas_cumprod is not None)
     fixed = kept_fixed(net)
     net = net.eval().requires_grad_(False)
     if flow:
@@ -347,7 +323,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
               "schedule": adapter.schedule().config()}
     if clip_sample is not None:
         config["x0_limit"] = {"range": float(clip_sample)}
-    return Model(_wrapped_teacher(adapter, config, shape, value_range, _checked_codec(vae, shape)))
+    return Model(_wrapped_teacher(adapter, config, shape, value_range, checked_codec(vae, shape)))
 
 
 def _wrapped_teacher(adapter, config: dict, shape, value_range, codec) -> LoadedModel:
@@ -357,36 +333,6 @@ def _wrapped_teacher(adapter, config: dict, shape, value_range, codec) -> Loaded
     spec = _wrapped_spec(codec.image_shape(shape) if codec is not None else shape, config["num_classes"], value_range)
     return LoadedModel("teacher", {**config, "spec": spec.to_dict()}, spec, adapter, init_net=adapter,
                        class_weights=config["class_weights"], codec=codec)
-
-
-def _checked_codec(vae, shape):
-    """wrap_teacher's autoencoder as a LatentCodec (None without one), refused in one line when it is not one."""
-    if vae is None:
-        return None
-    from .teachers.latent import AUTOENCODERS, LatentCodec
-
-    if type(vae).__name__ not in AUTOENCODERS:
-        raise UserError(f"vae must be a diffusers {' or '.join(AUTOENCODERS)}, got a {type(vae).__name__}")
-    if len(shape) != 3:
-        raise UserError(f"with a vae, sample_shape is the shape of its latents (C, H, W), got {tuple(shape)}")
-    codec = LatentCodec(vae)
-    try:
-        codec.image_shape(shape)
-    except RuntimeError as e:
-        raise UserError(f"the vae cannot decode latents of shape {tuple(shape)} ({str(e).splitlines()[0][:90]})"
-                        ) from None
-    return codec
-
-
-def _checked_levels(num_classes, sigma_data, sigma_min, sigma_max, foreign_levels: bool) -> None:
-    """wrap_teacher's classes and levels checked, each refused in one line."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
-        raise UserError(f"num_classes must be a whole number >= 0 (0: unconditional), got {num_classes!r}")
-    if not float(sigma_data) > 0:
-        raise UserError(f"sigma_data must be the data's standard deviation (> 0), got {sigma_data}")
-    if (sigma_min, sigma_max) != (None, None) and foreign_levels:
-        raise UserError("sigma_min / sigma_max are a σ-space denoiser's range; a DDPM-style or flow network's levels "
-                        "come from its alphas_cumprod or its flow schedule")
 
 
 def _wrapped_spec(shape, num_classes: int, value_range) -> DataSpec:

@@ -144,7 +144,7 @@ def evaluate(args) -> int:
 
 
 def export(args) -> int:
-    from .export import export_student
+    from .to_diffusers import export_student
 
     target = Path(args.out)
     new = not (target.is_dir() and any(target.iterdir()))  # else it holds this export already, or is refused

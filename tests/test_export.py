@@ -537,20 +537,32 @@ def test_a_foreign_teachers_classes_are_the_numbers_its_data_are_labelled_with(t
             distill_data(load_model(teacher), str(tmp_path / "bad.npz"), True, "dmd2")
 
 
-def test_msd_on_a_diffusers_teacher_with_three_classes_and_its_export_refusal(tmp_path):
-    """msd's default (four students, or one per class when there are fewer) runs on a 3-class diffusers teacher;
-    its class router has no stock pipeline, which export says in one line. Its k-means partition groups the
-    classes of the data given (the teacher carries none), and msd.small, which narrows distmatch's own networks,
-    is refused in one line."""
+def test_msd_on_a_diffusers_teacher_exports_one_network_per_student_behind_the_pipelines_router(tmp_path):
+    """msd's default (four students, or one per class when there are fewer) runs on a 3-class diffusers teacher.
+    Its export (refused before: no stock pipeline routes classes) holds each student's network and a pipeline.py
+    that sends each class to its owner: the same images as distmatch sample, drawn or given labels alike;
+    distmatch does not read such a folder back, and says so. Its k-means partition groups the classes of the
+    data given (the teacher carries none), and msd.small, which narrows distmatch's own networks, is refused."""
     teacher, data = class_folder(tmp_path, "unet")
     quick = ["train.progress=false", "train.iters=3", "train.batch_size=8"]
     student = run_distill(teacher, tmp_path / "s", method="msd", data_source=data, overrides=quick)
     assert json.loads((student / "config.json").read_text())["router"]["owner"] == [0, 1, 2]
-    with pytest.raises(UserError, match="class router"):
-        export_student(student, tmp_path / "e")
-    kmeans = run_distill(teacher, tmp_path / "k", method="msd", data_source=data,
+    kmeans = run_distill(teacher, tmp_path / "k", method="msd", steps=2, data_source=data,
                          overrides=quick + ["msd.partition=kmeans", "msd.students=2"])
-    assert sorted(set(json.loads((kmeans / "config.json").read_text())["router"]["owner"])) == [0, 1]
+    owner = json.loads((kmeans / "config.json").read_text())["router"]["owner"]
+    assert sorted(set(owner)) == [0, 1]
+    out = export_student(kmeans, tmp_path / "export")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["owner"] == owner and [k for k in index if k.startswith("unet")] == ["unet_0", "unet_1"]
+    printed, diff = same_images(kmeans, out, 2, 4, tmp_path, RELOAD_OWN)
+    assert "DistmatchPipeline" in printed and diff < 1e-4, (printed, diff)
+    for cond in (owner.index(0), owner.index(1)):  # a class of each student
+        ours, _ = load_model(kmeans).sample(3, cond=cond, seed=4)
+        same_images(kmeans, out, 2, 4, tmp_path, RELOAD_LABELS.replace("LABELS", f"[{cond}] * 3"))
+        assert np.abs((ours / 2 + 0.5).clamp(0, 1).numpy() - np.load(tmp_path / "x.npy")).max() < 1e-4, cond
+    assert "multi-student model (msd)" in (out / "README.md").read_text()
+    with pytest.raises(UserError, match="msd student exported as one network per group of classes"):
+        load_model(out)
     with pytest.raises(UserError, match="msd.small narrows distmatch's own networks"):
         run_distill(teacher, tmp_path / "m", method="msd", data_source=data, overrides=quick + ["msd.small=true"])
 

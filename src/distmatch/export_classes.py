@@ -24,16 +24,32 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 class DistmatchPipeline(DiffusionPipeline):
-    """The scheduler's K steps over MODEL(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps
+    """The scheduler's K steps over @NET@(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps
     when the scheduler would not pick them itself), re-noised to the next; a latent model's vae decodes them."""
 
-    def __init__(self, MODEL, scheduler, VAE_ARGsample_shape=(1, 32, 32), trained_steps=1, class_names=(),
-                 class_weights=(), trained_timesteps=()):
+    def __init__(self, @ARGS@, scheduler, VAE_ARGsample_shape=(1, 32, 32), trained_steps=1, class_names=(),
+                 class_weights=(), trained_timesteps=(), owner=()):
         super().__init__()
-        self.register_modules(MODEL=MODEL, scheduler=schedulerVAE_MODULE)
+        self.register_modules(@KWS@, scheduler=schedulerVAE_MODULE)
         self.register_to_config(sample_shape=list(sample_shape), trained_steps=trained_steps,
                                 class_names=list(class_names), class_weights=list(class_weights),
-                                trained_timesteps=list(trained_timesteps))
+                                trained_timesteps=list(trained_timesteps), owner=list(owner))
+
+    def predict(self, x, t, cond):
+        """The network's output at timestep t; of several students (msd), each class's through the one that
+        owns it (owner[class])."""
+        if not self.config.owner:
+            return self.@NET@(x, t, **cond).sample
+        labels = cond["class_labels"]
+        who = torch.as_tensor(self.config.owner, device=labels.device)[labels]
+        out = None
+        for i in range(max(self.config.owner) + 1):
+            mask = who == i
+            if mask.any():
+                y = getattr(self, f"@BASE@_{i}")(x[mask], t[mask], class_labels=labels[mask]).sample
+                out = x.new_empty((len(x), *y.shape[1:])) if out is None else out
+                out[mask] = y
+        return out
 
     def labels(self, class_labels, batch_size, generator):
         """Class indices (or names) for the batch; drawn by the class weights when not given."""
@@ -55,7 +71,7 @@ class DistmatchPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, batch_size=1, num_inference_steps=None, generator=None, class_labels=None,
                  output_type="pil", return_dict=True):
-        device = self.MODEL.device
+        device = self.@NET@.device
         cond = {}
         if self.config.class_names:
             cond["class_labels"] = self.labels(class_labels, batch_size, generator).to(device)
@@ -70,7 +86,7 @@ class DistmatchPipeline(DiffusionPipeline):
         else:
             self.scheduler.set_timesteps(steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
-            out = self.MODEL(x, t.expand(batch_size), **cond).sample[:, :c]  # learned variance: cut
+            out = self.predict(x, t.expand(batch_size), cond)[:, :c]  # learned variance: cut
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
 DECODE        images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
@@ -87,34 +103,44 @@ LATENT_CODE = {"VAE_ARG": "vae, ", "VAE_MODULE": ", vae=vae",
                          "                            + (self.vae.config.get(\"shift_factor\") or 0.0)).sample\n"}
 
 
-def pipeline_code(model_name: str, latent: bool) -> str:
-    """pipeline.py for a network kept under `model_name`; a latent model's takes its vae and decodes with it."""
-    code = PIPELINE.replace("MODEL", model_name)
+def pipeline_code(model_name: str, latent: bool, students: int = 0) -> str:
+    """pipeline.py for a network kept under `model_name`, or for `students` of them (msd) kept under
+    `model_name`_0, _1, ...; a latent model's takes its vae and decodes with it."""
+    names = [f"{model_name}_{i}" for i in range(students)] if students else [model_name]
+    code = (PIPELINE.replace("@ARGS@", ", ".join(names)).replace("@KWS@", ", ".join(f"{n}={n}" for n in names))
+            .replace("@NET@", names[0]).replace("@BASE@", model_name))
     for mark, text in LATENT_CODE.items():
         code = code.replace(mark, text if latent else "")
     return code
 
 
-def export_pipeline_student(model, network, scheduler, folder: Path, record: dict, custom_timesteps: bool) -> None:
-    """Write `folder`: the network under its teacher's component name, the scheduler, a latent model's vae,
-    pipeline.py, and model_index.json naming them with the pipeline's config (sample shape, class names and
-    frequencies, and the trained timesteps when the scheduler needs to be given them)."""
+def export_pipeline_student(model, networks: list, scheduler, folder: Path, record: dict, custom_timesteps: bool,
+                            owner: list[int] = ()) -> None:
+    """Write `folder`: the network under its teacher's component name (an msd student's several networks under
+    name_0, name_1, ..., with the class -> student `owner` list), the scheduler, a latent model's vae, pipeline.py,
+    and model_index.json naming them with the pipeline's config (sample shape, class names and frequencies, and
+    the trained timesteps when the scheduler needs to be given them)."""
     import diffusers
 
     from .teachers.diffusers_folder import MODEL_FOLDER
 
-    name = MODEL_FOLDER[type(network).__name__]
-    network.save_pretrained(folder / name)
+    name = MODEL_FOLDER[type(networks[0]).__name__]
+    names = [f"{name}_{i}" for i in range(len(networks))] if owner else [name]
+    for net, n in zip(networks, names):
+        net.save_pretrained(folder / n)
     scheduler.save_pretrained(folder / "scheduler")
     vae = {}
     if model.codec is not None:
         model.codec.vae.save_pretrained(folder / "vae")
         vae = {"vae": ["diffusers", model.codec.kind]}
-    ckpt.atomic_write_bytes(folder / "pipeline.py", pipeline_code(name, model.codec is not None).encode())
+    code = pipeline_code(name, model.codec is not None, len(networks) if owner else 0)
+    ckpt.atomic_write_bytes(folder / "pipeline.py", code.encode())
     ckpt.atomic_write_json(folder / "model_index.json", {
         "_class_name": ["pipeline", "DistmatchPipeline"], "_diffusers_version": diffusers.__version__,
-        name: ["diffusers", type(network).__name__], "scheduler": ["diffusers", type(scheduler).__name__], **vae,
+        **{n: ["diffusers", type(net).__name__] for net, n in zip(networks, names)},
+        "scheduler": ["diffusers", type(scheduler).__name__], **vae,
         "sample_shape": list(model.shape), "trained_steps": record["steps"],
         "class_names": [str(c) for c in model.spec.class_names],
         "class_weights": [float(w) for w in model.class_weights],
-        "trained_timesteps": record["timesteps"] if custom_timesteps else [], "_distmatch": record})
+        "trained_timesteps": record["timesteps"] if custom_timesteps else [], "owner": list(owner),
+        "_distmatch": record})

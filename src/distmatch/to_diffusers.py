@@ -45,9 +45,10 @@ def check_exportable(model: LoadedModel) -> None:
     net = model.config.get("network", {})
     if model.kind != "student":
         raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
-    if "router" in model.config:
-        raise UserError(f"{model.path}: an msd student is several networks behind a class router, and a diffusers "
-                        "pipeline runs one; sample it with distmatch (distmatch sample, distmatch.load)")
+    if "router" in model.config and any(n.get("kind") != "diffusers" for n in model.config["router"]["networks"]):
+        raise UserError(f"{model.path}: an msd student of distmatch's own networks is several of them behind a class "
+                        "router, which export writes for diffusers networks only; sample it with distmatch "
+                        "(distmatch sample, distmatch.load)")
     if net.get("kind") == "unet":
         return  # distmatch's own U-Net: the folder carries its code (export_own)
     if net.get("convention") == "score":
@@ -217,7 +218,8 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
     model card: None, "classes" or "timesteps"."""
     from diffusers import DDPMPipeline
 
-    adapter = model.denoiser
+    students = list(getattr(model.denoiser, "students", [model.denoiser]))  # msd: several behind a class router
+    adapter = students[0]
     make = vp_scheduler if model.config["network"]["convention"] == "vp" else flow_scheduler
     try:
         scheduler, record["timesteps"], custom = make(adapter, record["sigmas"], record["move"])
@@ -226,7 +228,8 @@ def write_stock(model: LoadedModel, folder: Path, record: dict, student_dir) -> 
     if model.num_classes or custom or model.codec is not None:
         from .export_classes import export_pipeline_student
 
-        export_pipeline_student(model, adapter.net, scheduler, folder, record, custom)
+        owner = model.config["router"]["owner"] if "router" in model.config else []
+        export_pipeline_student(model, [s.net for s in students], scheduler, folder, record, custom, owner)
         return "classes" if model.num_classes else "timesteps" if custom else "latent"
     DDPMPipeline(unet=without_variance(adapter.net), scheduler=scheduler).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
@@ -273,6 +276,10 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "latent pipeline hands its generator to the scheduler's steps, so the same seed would not give the same "
               "images: `pipeline.py` (torch and diffusers only: the scheduler's loop, then the autoencoder's decoding) "
               "runs it, which is why loading asks for `trust_remote_code=True`; read it first.\n"}[custom]
+    if record["method"] == "msd":
+        remote += ("\nIt is a multi-student model (msd): one network per group of classes (`unet_0`, `unet_1`, ... or "
+                   "`transformer_0`, ...), and the pipeline sends each class to the network that owns it (`owner` in "
+                   "`model_index.json`): one network evaluation per step, as for one student.\n")
     if record.get("autoencoder"):
         remote += (f"\nIt works on the latents of its teacher's autoencoder (`vae/`, a {record['autoencoder']}), "
                    "which the pipeline decodes into the images it returns.\n")

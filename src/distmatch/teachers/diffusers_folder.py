@@ -248,4 +248,8 @@ def exported_record(path: Path, names: set[str]) -> dict | None:
         raise UserError(f"{path} is a distmatch student exported with its own network code: load it with "
                         "DiffusionPipeline.from_pretrained(folder, trust_remote_code=True), or give distmatch the run "
                         "folder it was exported from")
+    if record.get("method") == "msd":
+        raise UserError(f"{path} is an msd student exported as one network per group of classes, which distmatch "
+                        "does not read back: load it with DiffusionPipeline.from_pretrained(folder, "
+                        "trust_remote_code=True), or give distmatch the run folder it was exported from")
     return record

@@ -24,17 +24,35 @@ STUDENT_MODULE = "distmatch_student"
 STUDENT_CLASS = '''
 
 class DistmatchStudent(ModelMixin, ConfigMixin):
-    """A distmatch K-step student: an EDM-preconditioned U-Net G(x_σ, σ, labels) and the levels it was trained at."""
+    """A distmatch K-step student: an EDM-preconditioned U-Net G(x_σ, σ, labels) and the levels it was trained at;
+    a multi-student (msd) one holds a U-Net per group of classes (`networks`: their channels, blocks, attention
+    and dropout) and sends each class to the one that owns it (`owner`: class -> student)."""
 
     @register_to_config
     def __init__(self, in_channels=1, size=(8, 8), channels=(32, 64, 64), blocks=1, attention=False, dropout=0.0,
-                 num_classes=0, class_weights=(), sigma_data=0.5, sigmas=(80.0,), move="renoise"):
+                 num_classes=0, class_weights=(), sigma_data=0.5, sigmas=(80.0,), move="renoise", owner=(),
+                 networks=()):
         super().__init__()
-        backbone = UNetBackbone(in_channels, tuple(size), channels, blocks, attention, dropout, num_classes)
-        self.denoiser = EDMDenoiser(backbone, sigma_data)
+
+        def denoiser(channels, blocks, attention, dropout):
+            backbone = UNetBackbone(in_channels, tuple(size), tuple(channels), blocks, attention, dropout, num_classes)
+            return EDMDenoiser(backbone, sigma_data)
+
+        if owner:
+            self.students = nn.ModuleList(denoiser(**net) for net in networks)
+        else:
+            self.denoiser = denoiser(channels, blocks, attention, dropout)
 
     def forward(self, x, sigma, labels=None):
-        return self.denoiser(x, sigma, labels)
+        if not self.config.owner:
+            return self.denoiser(x, sigma, labels)
+        who = torch.as_tensor(self.config.owner, device=labels.device)[labels]
+        out = torch.empty_like(x)
+        for i, student in enumerate(self.students):
+            mask = who == i
+            if mask.any():
+                out[mask] = student(x[mask], sigma[mask], labels[mask])
+        return out
 '''
 
 PIPELINE = '''"""A distmatch few-step student as a diffusers pipeline (self-contained: torch and diffusers only)."""
@@ -122,11 +140,15 @@ def export_own_student(model, weights: dict, folder: Path, record: dict) -> None
     ckpt.atomic_write_bytes(code, student_module_source().encode())
     cls = _load_module(code).DistmatchStudent
     c, h, w = model.spec.shape
+    router = model.config.get("router", {})  # msd: a network per group of classes
+    networks = [{"channels": list(n["channels"]), "blocks": n["blocks"], "attention": n["attention"],
+                 "dropout": n["dropout"]} for n in router.get("networks", [])]
     student = cls(in_channels=c, size=[h, w], channels=list(net["channels"]), blocks=net["blocks"],
                   attention=net["attention"], dropout=net["dropout"], num_classes=model.num_classes,
                   class_weights=list(model.class_weights), sigma_data=model.config.get("sigma_data", 0.5),
-                  sigmas=list(model.config["sigmas"]), move=model.config.get("move", "renoise"))
-    student.load_state_dict({"denoiser." + k[len("gen."):]: v for k, v in weights.items()})
+                  sigmas=list(model.config["sigmas"]), move=model.config.get("move", "renoise"),
+                  owner=list(router.get("owner", [])), networks=networks)
+    student.load_state_dict(weights if router else {"denoiser." + k[len("gen."):]: v for k, v in weights.items()})
     student.save_pretrained(folder / "student")
     ckpt.atomic_write_bytes(folder / "pipeline.py", PIPELINE.encode())
     ckpt.atomic_write_json(folder / "model_index.json", {

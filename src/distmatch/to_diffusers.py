@@ -45,10 +45,6 @@ def check_exportable(model: LoadedModel) -> None:
     net = model.config.get("network", {})
     if model.kind != "student":
         raise UserError(f"{model.path} holds a {model.kind}; export takes a distilled student")
-    if "router" in model.config and any(n.get("kind") != "diffusers" for n in model.config["router"]["networks"]):
-        raise UserError(f"{model.path}: an msd student of distmatch's own networks is several of them behind a class "
-                        "router, which export writes for diffusers networks only; sample it with distmatch "
-                        "(distmatch sample, distmatch.load)")
     if net.get("kind") == "unet":
         return  # distmatch's own U-Net: the folder carries its code (export_own)
     if net.get("convention") == "score":

@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .data import DataSpec, as_numpy, from_arrays, is_preset, load_data
 from .errors import UserError, naming
 from .models import LoadedModel, load_model
+from .teachers.wrap_checks import checked_codec, checked_convention, checked_levels, checked_wrap
 from .training.guards import check_run_folder
 
 
@@ -299,7 +300,6 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     autoencoder (AutoencoderKL or VQModel, with its scaling_factor): `net` works on its latents, of shape
     `sample_shape`; data are images it encodes, samples are images it decodes, and `value_range` is theirs."""
     from .teachers.adapters import FlowAdapter, VPAdapter, kept_fixed
-    from .teachers.wrap_checks import checked_codec, checked_convention, checked_levels, checked_wrap
 
     shape = checked_wrap(net, sample_shape, solver, clip_sample, value_range, sample_steps)
     checked_convention(flow, alphas_cumprod, timesteps, shift, time_scale, num_train_timesteps)

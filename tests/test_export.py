@@ -53,6 +53,31 @@ def ddpm_folder(tmp_path_factory):
     return folder
 
 
+def test_an_export_that_another_process_placed_first_is_taken_if_it_is_the_same(ddpm_folder, tmp_path, monkeypatch):
+    """Every rank of a launched script calls distmatch.export: one that finds the folder written meanwhile by
+    another takes it when it holds the same student (it failed with OSError: Directory not empty), and refuses
+    it in one line when it holds another."""
+    from distmatch import to_diffusers
+
+    students = [run_distill(ddpm_folder, tmp_path / name, overrides=QUIET + [f"train.iters={n}"])
+                for name, n in (("a", 3), ("b", 8))]  # one generator update in 5 iterations
+    real = to_diffusers.remove_stale_drafts
+
+    def export_racing(first, then, out):
+        def other_process_first(folder):  # called between the check for `out` and the draft's rename
+            monkeypatch.setattr(to_diffusers, "remove_stale_drafts", real)
+            export_student(first, out)
+            real(folder)
+
+        monkeypatch.setattr(to_diffusers, "remove_stale_drafts", other_process_first)
+        return export_student(then, out)
+
+    assert export_racing(students[0], students[0], tmp_path / "same") == tmp_path / "same"
+    with pytest.raises(UserError, match="was written by another process meanwhile"):
+        export_racing(students[1], students[0], tmp_path / "other")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no draft left behind
+
+
 def test_a_folder_of_fp16_variant_weights_is_read_in_float32(ddpm_folder, tmp_path):
     """A folder holding only diffusion_pytorch_model.fp16.safetensors (save_pretrained(variant="fp16"), or a
     download of that variant) was refused with diffusers' "no file named diffusion_pytorch_model.bin"."""

@@ -177,9 +177,13 @@ def export_student(student_dir: str | Path, out: str | Path) -> Path:
             custom = write_stock(model, tmp, record, student_dir)
             card = model_card(record, custom=custom)
         ckpt.atomic_write_bytes(tmp / "README.md", card.encode())
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        try:
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except OSError:  # another process (every rank of a launched script) placed its export first
+            if exported_record(out) != {k: v for k, v in record.items() if k != "timesteps"}:
+                raise UserError(f"{out} was written by another process meanwhile; export into a new folder") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -273,9 +277,11 @@ def model_card(record: dict, custom: str | None = None) -> str:
               "images: `pipeline.py` (torch and diffusers only: the scheduler's loop, then the autoencoder's decoding) "
               "runs it, which is why loading asks for `trust_remote_code=True`; read it first.\n"}[custom]
     if record["method"] == "msd":
-        remote += ("\nIt is a multi-student model (msd): one network per group of classes (`unet_0`, `unet_1`, ... or "
-                   "`transformer_0`, ...), and the pipeline sends each class to the network that owns it (`owner` in "
-                   "`model_index.json`): one network evaluation per step, as for one student.\n")
+        where = ("`student/` holds a U-Net per group of classes and sends each class to the one that owns it "
+                 "(`owner` in `student/config.json`)" if custom == "own" else "one network per group of classes "
+                 "(`unet_0`, `unet_1`, ... or `transformer_0`, ...), and the pipeline sends each class to the one "
+                 "that owns it (`owner` in `model_index.json`)")
+        remote += f"\nIt is a multi-student model (msd): {where}; one network evaluation per step, as one student.\n"
     if record.get("autoencoder"):
         remote += (f"\nIt works on the latents of its teacher's autoencoder (`vae/`, a {record['autoencoder']}), "
                    "which the pipeline decodes into the images it returns.\n")

@@ -283,6 +283,24 @@ def test_sigint_checkpoints_and_resume_matches(tiny_teacher, tmp_path):
     assert_same_weights(tmp_path / "int", tmp_path / "ref")
 
 
+def test_a_run_of_another_process_count_is_refused_before_any_note(tmp_path, capsys):
+    """Resumed, or finished and grown, with another number of processes: one line, and no note first on a longer
+    run that the refusal then does not make; a finished run re-runs with any number."""
+    from types import SimpleNamespace
+
+    from distmatch.training.guards import check_resumable
+
+    def cfg(iters):
+        return {"config": {"train": {"iters": iters}}}
+
+    acc = SimpleNamespace(num_processes=1, is_main_process=True)
+    for it, before, after, what in ((3, 6, 6, "resume it"), (6, 6, 8, "grow a finished run")):
+        with pytest.raises(UserError, match=f"checkpointed with 2 processes; {what} with the same number"):
+            check_resumable(tmp_path, {"iteration": it, "world_size": 2, "config": cfg(before)}, cfg(after), acc)
+        assert "note" not in capsys.readouterr().err
+    assert check_resumable(tmp_path, {"iteration": 6, "world_size": 2, "config": cfg(6)}, cfg(6), acc)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.safetensors"
     ckpt.save_tensors(path, {"a": torch.ones(3)}, {"iteration": 1})

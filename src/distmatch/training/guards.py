@@ -83,6 +83,11 @@ def check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
     it = int(meta["iteration"])
     before = meta.get("config", {}).get("config", {}).get("train", {}).get("iters")
     after = run_config.get("config", {}).get("train", {}).get("iters")
+    finished = it == after
+    if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:  # before any note on the run
+        what = "grow a finished run" if it == before else "resume it"
+        raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; {what} with the same "
+                        "number")
     if before not in (None, after) and after is not None and after >= it and acc.is_main_process:
         grew = after > before  # fewer than the iterations done is refused later, with its own line
         print(f"note: train.iters {'grew' if grew else 'shrank'} from {before} to {after}: what is set as a share of "
@@ -92,10 +97,6 @@ def check_resumable(out: Path, meta: dict, run_config: dict, acc) -> bool:
     if moved[0] != moved[1] and acc.is_main_process:
         print(f"note: the teacher is read from {moved[1]} now (it was {moved[0]}); its weights are the same",
               file=sys.stderr)
-    finished = it == after
-    if (n := meta.get("world_size", 1)) != acc.num_processes and not finished:
-        raise UserError(f"{out} was checkpointed with {n} process{'es' if n > 1 else ''}; resume it with the same "
-                        "number")
     return finished
 
 

@@ -22,7 +22,8 @@ def quick_feature_net(monkeypatch):
 
     fit = features.train_feature_net
     monkeypatch.setattr(features, "train_feature_net",
-                        lambda x, labels, seed=0, hparams=None: fit(x, labels, seed, {**(hparams or {}), "steps": 2}))
+                        lambda x, labels, seed=0, hparams=None, progress=True:
+                        fit(x, labels, seed, {**(hparams or {}), "steps": 2}, progress))
 
 
 @pytest.fixture

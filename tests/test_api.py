@@ -308,7 +308,7 @@ def test_distill_takes_a_folder_and_the_methods_own_step_count(tmp_path):
     assert distmatch.distill(folder, tmp_path / "c", settings={**fast, "student.steps": 2}, progress=False).nfe() == 2
 
 
-def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeypatch, quick_feature_net):
+def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeypatch, quick_feature_net, capsys):
     """The in-domain network fitted to in-memory references is cached per the images themselves: a second set
     (a foreign teacher's spec carries no fingerprint) gets its own network, not the first set's."""
     monkeypatch.setenv("DISTMATCH_CACHE", str(tmp_path / "cache"))
@@ -318,6 +318,7 @@ def test_scores_on_two_in_memory_sets_use_two_feature_networks(tmp_path, monkeyp
         images = (0.2 * rng.standard_normal((64, 1, 8, 8)) + shift).clip(-1, 1).astype(np.float32)
         distmatch.evaluate(teacher, images, n=64, progress=False)
     assert len(list((tmp_path / "cache").glob("*-train-*.safetensors"))) == 2
+    assert "fitting the in-domain feature network" not in capsys.readouterr().err  # progress=False: no bar
 
 
 class Seen(Gauss):

@@ -245,7 +245,7 @@ def test_autoencoder_kind_and_shift():
 def test_damaged_cache_is_retrained(tmp_path, monkeypatch):
     (tmp_path / "fp-autoencoder.json").write_text("{not json")
     (tmp_path / "fp-autoencoder.safetensors").write_bytes(b"garbage")
-    quick = lambda x, labels, seed=0: train_feature_net(x, labels, seed=seed, hparams={"steps": 2})  # noqa: E731
+    quick = lambda x, labels, seed=0, progress=True: train_feature_net(x, labels, seed, {"steps": 2})  # noqa: E731
     monkeypatch.setattr(features_mod, "train_feature_net", quick)
     net = get_feature_net(torch.rand(16, 1, 8, 8), None, "fp", cache_dir=tmp_path)
     assert net.kind == "autoencoder" and "cached" not in net.info
@@ -254,7 +254,7 @@ def test_damaged_cache_is_retrained(tmp_path, monkeypatch):
 
 def test_non_square_images_get_a_feature_network_and_it_is_cached(tmp_path, monkeypatch):
     """Data of 5x9 images train and distil; their evaluation must not stop at the feature network."""
-    quick = lambda x, labels, seed=0: train_feature_net(x, labels, seed=seed, hparams={"steps": 2})  # noqa: E731
+    quick = lambda x, labels, seed=0, progress=True: train_feature_net(x, labels, seed, {"steps": 2})  # noqa: E731
     monkeypatch.setattr(features_mod, "train_feature_net", quick)
     x = torch.rand(16, 1, 5, 9) * 2 - 1
     net = get_feature_net(x, None, "wide", cache_dir=tmp_path)

@@ -209,8 +209,8 @@ def evaluate(model, data, n: int = 2000, steps: int | None = None, seed: int = 0
     path; or an array with labels=): the `evaluate` command's JSON as a dict. Images are scored on Inception-v3
     features when `inception` (or $DISTMATCH_INCEPTION) names a local weights file, else on an in-domain network.
     `solver` (a teacher only): heun, euler or ancestral instead of the teacher's own. `device`: where a model
-    given as a folder samples (see load); the scores are computed on the CPU. `progress=False` silences the bar
-    over a teacher's sampling."""
+    given as a folder samples (see load); the scores are computed on the CPU. `progress=False` silences its bars
+    (a teacher's sampling, fitting the in-domain feature network)."""
     from .eval.evaluate import evaluate_model
 
     model = model if isinstance(model, Model) else load(model, device=device)

@@ -31,16 +31,17 @@ def feature_training_data(model, reference: Dataset, data: str | None = None) ->
     return reference
 
 
-def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inception=None) -> dict:
+def image_scores(samples, sample_labels, reference: Dataset, train: Dataset, inception=None,
+                 progress: bool = True) -> dict:
     """FD / KID / PRDC on Inception features when a weights file is named (else on the in-domain network's, and
     the result says which), and the classes covered by the in-domain classifier."""
-    net = get_feature_net(train.x, train.labels, dataset_fingerprint(train) + "-train")
+    net = get_feature_net(train.x, train.labels, dataset_fingerprint(train) + "-train", progress=progress)
     fake, fake_logits = extract(net, samples)
     out = {"feature_net": net.kind,
            "feature_net_trained_on": "training data" if train is not reference else "reference"}
     path = inception_path(inception)
     if path is not None:  # the in-domain network still gives class coverage; Inception gives the rest
-        out.update(inception_metrics(samples, reference, path, default_cache_dir()))
+        out.update(inception_metrics(samples, reference, path, default_cache_dir(), progress))
         del out["feature_net_trained_on"]
     else:
         real, _ = extract(net, reference.x)
@@ -59,7 +60,7 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
                    progress: bool = True) -> dict:
     """Metrics of `n` samples of `model` (at `steps`) against `reference` (both in the model's normalised space);
     `data`: where the reference came from (a preset or a path), for the in-domain network's training data;
-    `progress`: a bar over a teacher's sampling."""
+    `progress`: bars over a teacher's sampling and the feature networks' work."""
     steps = model.check_steps(steps)
     if min(n, len(reference.x)) < MIN_SCORED:  # MMD and energy need two points, PRDC six (k = 5 neighbours)
         raise UserError(f"scoring needs at least {MIN_SCORED} samples and {MIN_SCORED} reference points, got n={n} "
@@ -78,7 +79,7 @@ def evaluate_model(model, reference: Dataset, n: int = 2000, steps: int | None =
         result.update(vector_metrics(samples, reference.x, reference.mixture))
     else:
         train = train or feature_training_data(model, reference, data)
-        result.update(image_scores(samples, labels, reference, train, inception))
+        result.update(image_scores(samples, labels, reference, train, inception, progress))
     if speed:
         batch = min(n, 1024 if model.spec.kind == "vector" else 256)
         # a many-step sampler warms itself up and is long enough to time once (a 1000-step teacher: minutes)

@@ -115,7 +115,8 @@ def image_size(x: torch.Tensor) -> int | list[int]:
     return int(x.shape[-1]) if x.shape[-1] == x.shape[-2] else [int(x.shape[-2]), int(x.shape[-1])]
 
 
-def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | None = None) -> FeatureNet:
+def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | None = None,
+                      progress: bool = True) -> FeatureNet:
     """Train a FeatureNet on images x (N, C, H, W) in [-1, 1]; a classifier when labels are given.
 
     A fixed step budget (not epochs) keeps the cost bounded for large data sets.  10% (at most 2000) of labelled
@@ -139,7 +140,7 @@ def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | No
     order = train_idx[torch.randperm(len(train_idx), generator=g)]
     pos = 0
     for _ in tqdm(range(hp["steps"]), desc="fitting the in-domain feature network (once per data set)",
-                  leave=False, unit="step", mininterval=1.0):
+                  leave=False, unit="step", mininterval=1.0, disable=not progress):
         if pos + hp["batch"] > len(order):  # new epoch: reshuffle
             order, pos = train_idx[torch.randperm(len(train_idx), generator=g)], 0
         idx = order[pos:pos + hp["batch"]]
@@ -187,7 +188,8 @@ def feature_net_kind(labels) -> str:
     return "classifier" if labels is not None else "autoencoder"
 
 
-def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, seed: int = 0) -> FeatureNet:
+def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, seed: int = 0,
+                    progress: bool = True) -> FeatureNet:
     """The feature network for reference images x (labels may be None), from the cache or trained and cached.
 
     Files: `<cache_dir>/<fingerprint>-<kind>.safetensors` and `.json` (architecture, hyper-parameters, held-out
@@ -206,7 +208,7 @@ def get_feature_net(x: torch.Tensor, labels, fingerprint: str, cache_dir=None, s
     net = _load(weights, meta, expect)
     if net is not None:
         return net
-    net = train_feature_net(x, labels, seed=seed)
+    net = train_feature_net(x, labels, seed=seed, progress=progress)
     cache.mkdir(parents=True, exist_ok=True)
     # JSON first, weights last: the weights file existing means the pair is complete.
     text = json.dumps({"config": net.config, "info": net.info}, indent=1)

@@ -92,15 +92,16 @@ class Precomputed(nn.Module):
         return feats
 
 
-def features(net: InceptionFeatures, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
+def features(net: InceptionFeatures, x: torch.Tensor, batch: int = 50, progress: bool = True) -> torch.Tensor:
     from tqdm.auto import tqdm
 
     chunks = x.detach().split(batch)
     return torch.cat([net(c) for c in tqdm(chunks, desc="Inception features", leave=False,
-                                           disable=len(chunks) < 4)])
+                                           disable=len(chunks) < 4 or not progress)])
 
 
-def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: Path | None) -> torch.Tensor:
+def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: Path | None,
+                       progress: bool = True) -> torch.Tensor:
     """The reference set's features, cached per weights file and per the images themselves (their spec's
     fingerprint names the data a model was trained on, or nothing for a foreign one: not these images)."""
     data = dataset_fingerprint(reference)
@@ -108,13 +109,14 @@ def reference_features(net: InceptionFeatures, reference, sha: str, cache_dir: P
     path = cache_dir / key if cache_dir is not None else None
     if path is not None and path.is_file():
         return ckpt.load_tensors(path)[0]["features"]
-    feats = features(net, reference.x)
+    feats = features(net, reference.x, progress=progress)
     if path is not None:
         ckpt.save_tensors(path, {"features": feats}, {"weights": sha, "data": data})
     return feats
 
 
-def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: Path | None = None) -> dict:
+def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: Path | None = None,
+                      progress: bool = True) -> dict:
     """FID and KID (torchmetrics) and precision / recall / density / coverage on Inception features."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -123,7 +125,8 @@ def inception_metrics(samples: torch.Tensor, reference, path: Path, cache_dir: P
 
     sha = file_sha(path)
     net = InceptionFeatures(path)
-    fake, real = features(net, samples), reference_features(net, reference, sha, cache_dir)
+    fake = features(net, samples, progress=progress)
+    real = reference_features(net, reference, sha, cache_dir, progress)
     fid = FrechetInceptionDistance(feature=Precomputed(fake.shape[1])).double()
     with warnings.catch_warnings():  # it keeps the features it is given, as it should here
         warnings.simplefilter("ignore", UserWarning)

@@ -43,6 +43,7 @@ class Scorer:
         from ..eval.inception import file_sha, inception_path
 
         self.out, self.every, self.n, self.data = Path(out), cfg.eval_every, cfg.eval_n, data
+        self.progress = cfg.progress  # the bars of a first score (fitting the feature network, Inception)
         self.as_model, self.save = as_model, save
         self.inception = inception_path() if data.spec.kind == "image" else None  # a missing file is said now
         self.metric = metric_name(data, self.inception)
@@ -93,7 +94,7 @@ class Scorer:
         ref = self.reference()
         if self.data.spec.kind == "vector":
             return vector_metrics(samples, ref.x, ref.mixture)
-        out = image_scores(samples, labels, ref, self.data, self.inception)
+        out = image_scores(samples, labels, ref, self.data, self.inception, self.progress)
         return {self.metric if k == "fd" else k: v for k, v in out.items()}
 
     def __call__(self, method, it: int, writer=None) -> float:

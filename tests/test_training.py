@@ -259,6 +259,33 @@ def test_a_run_is_not_relabelled_shorter_than_it_was_trained(tiny_teacher, tmp_p
     assert (tmp_path / "s" / "run.json").read_text() == before
 
 
+def test_a_ctrl_c_during_the_first_score_is_a_stop_request(tiny_teacher, tmp_path, monkeypatch):
+    """The first preview and score ran before the Ctrl-C handler was installed: a Ctrl-C there killed the run with
+    a bare KeyboardInterrupt, no checkpoint, and under a launcher the other process's traceback. Now it stops the
+    run at iteration 0, checkpointed, and the same command resumes it."""
+    import signal
+
+    from distmatch.errors import Interrupted
+    from distmatch.training import scoring
+
+    measure = scoring.Scorer.measure
+
+    def interrupted_measure(self, model):
+        if not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return measure(self, model)
+
+    monkeypatch.setattr(scoring.Scorer, "measure", interrupted_measure)
+    args = distill_args(["train.iters=6", "train.eval_every=3", "train.eval_n=32"])
+    with pytest.raises(Interrupted, match="stopped at iteration 0 of 6; checkpoint saved"):
+        run_distill(tiny_teacher, tmp_path / "s", steps=1, overrides=args)
+    assert read_checkpoint_iteration(tmp_path / "s") == 0
+    monkeypatch.setattr(scoring.Scorer, "measure", measure)
+    run_distill(tiny_teacher, tmp_path / "s", steps=1, overrides=args)
+    assert read_checkpoint_iteration(tmp_path / "s") == 6
+
+
 def test_sigint_checkpoints_and_resume_matches(tiny_teacher, tmp_path):
     iters = 400
     cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(tiny_teacher), "--steps", "1"]

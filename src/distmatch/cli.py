@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if _main_process():
-            print("distmatch: interrupted; the last checkpoint is kept, re-run the same command to resume",
-                  file=sys.stderr)
+            print("distmatch: interrupted; re-run the same command to resume (from its last checkpoint, where it "
+                  "had written one)", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code)
 

@@ -226,8 +226,6 @@ def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dat
         print(f"resuming {description} from iteration {start} of {train_cfg.iters} in {out}", file=sys.stderr)
     show = _previewer(out, train_cfg, method, preview if accelerator.is_main_process else None, logger)
     score = score_function(scorer, method, logger, start)
-    if start == 0:
-        show(0)
     _loop(out, run_config, train_cfg, method, data, ctx, logger, start, description, show, score)
     if scorer is not None and accelerator.is_main_process and (line := scorer.summary(train_cfg.iters)):
         print(line, file=sys.stderr)
@@ -266,9 +264,10 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                disable=not (cfg.progress and acc.is_main_process), file=sys.stderr)
     stop = StopRequest()
     it, t0 = start, time.time() - logger.elapsed
-    if start == 0:
-        t0 += score(0)
-    with stop.installed():
+    with stop.installed():  # from the first picture and score to the last checkpoint, a Ctrl-C is a request
+        if start == 0:
+            show(0)
+            t0 += score(0)
         while it < cfg.iters and not stop.agreed(acc):
             _set_lr(method.optimizers(), it, cfg)
             ctx.it = it
@@ -286,12 +285,12 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
                 show(it)  # before the checkpoint: a run killed between the two draws it again when resumed
                 save_checkpoint(out, run_config, method, data, ctx, it)
-    bar.close()
-    logger.flush(it, time.time() - t0)
-    show(it)
-    if it == cfg.iters:  # a run stopped early is scored where the schedule says, once resumed
-        score(it, last=True)
-    save_checkpoint(out, run_config, method, data, ctx, it)
+        bar.close()
+        logger.flush(it, time.time() - t0)
+        show(it)
+        if it == cfg.iters:  # a run stopped early is scored where the schedule says, once resumed
+            score(it, last=True)
+        save_checkpoint(out, run_config, method, data, ctx, it)
     logger.close()
     if stop.stopping and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "

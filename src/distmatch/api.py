@@ -174,13 +174,10 @@ def export(model, out) -> Path:
     `out`; exporting the same student into it again changes nothing."""
     from .to_diffusers import export_student
 
-    from accelerate import PartialState
-
     path = model.path if isinstance(model, Model) else model
     if path is None:
         raise UserError("export writes a student of a run folder; this model lives in memory only (a wrapped teacher)")
-    with PartialState().main_process_first():  # launched: written once; the other processes find it done
-        return export_student(path, out)
+    return export_student(path, out)  # every process of a launched script may call it: one export is kept
 
 
 def users_network(teacher: LoadedModel) -> torch.nn.Module | None:

@@ -32,7 +32,8 @@ def tiny_teacher(tmp_path_factory):
 def distill_args(extra=()):
     """The tests' short settings, each key once (the command refuses a key given twice): `extra` wins."""
     given = {item.split("=", 1)[0] for item in extra}
-    base = [item for item in ("train.batch_size=32", "train.ckpt_every=7", "dmd2.critic_ratio=2")
+    base = [item for item in ("train.batch_size=32", "train.ckpt_every=7", "dmd2.critic_ratio=2",
+                              "train.preview=false")  # previews have tests of their own, which turn them on
             if item.split("=", 1)[0] not in given]
     return QUIET + base + list(extra)
 
@@ -76,7 +77,8 @@ def test_previews_draw_the_student_as_sample_loads_it_and_leave_training_alone(t
     from distmatch.models import load_model
     from distmatch.training.preview import write_preview
 
-    run_distill(tiny_teacher, tmp_path / "on", steps=2, overrides=distill_args(["train.iters=14"]))
+    run_distill(tiny_teacher, tmp_path / "on", steps=2, overrides=distill_args(["train.iters=14",
+                                                                               "train.preview=true"]))
     run_distill(tiny_teacher, tmp_path / "off", steps=2, overrides=distill_args(["train.iters=14",
                                                                                 "train.preview=false"]))
     shown = tmp_path / "on" / "previews"
@@ -114,7 +116,8 @@ def test_a_preview_that_fails_is_reported_once_and_the_run_goes_on(tiny_teacher,
         raise OSError("No space left on device")
 
     monkeypatch.setattr(preview, "write_preview", broken)
-    run_distill(tiny_teacher, tmp_path / "s", steps=2, overrides=distill_args(["train.iters=14"]))
+    run_distill(tiny_teacher, tmp_path / "s", steps=2, overrides=distill_args(["train.iters=14",
+                                                                              "train.preview=true"]))
     warned = [line for line in capsys.readouterr().err.splitlines() if "preview" in line]
     assert calls == [0] and len(warned) == 1 and "No space left on device" in warned[0], warned
     assert (tmp_path / "s" / "model.safetensors").is_file()  # the run finished and saved its student
@@ -287,7 +290,7 @@ def test_a_ctrl_c_during_the_first_score_is_a_stop_request(tiny_teacher, tmp_pat
 
 
 def test_sigint_checkpoints_and_resume_matches(tiny_teacher, tmp_path):
-    iters = 400
+    iters = 150
     cmd = [sys.executable, "-m", "distmatch.cli", "distill", "--teacher", str(tiny_teacher), "--steps", "1"]
     args = [a for o in distill_args([f"train.iters={iters}", "train.log_every=5"]) for a in ("--set", o)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -558,7 +561,7 @@ def test_tensorboard_keeps_the_step_a_run_resumes_from(tiny_teacher, tmp_path):
 
     for iters in (10, 20):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args([f"train.iters={iters}", "train.log_every=5",
-                                                                          "train.ckpt_every=10"]))
+                                                                          "train.ckpt_every=10", "train.preview=true"]))
         time.sleep(1.1)  # TensorBoard orders event files by name, which starts with the second each was made in
     events = EventAccumulator(str(tmp_path / "s" / "tb"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()

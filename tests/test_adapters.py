@@ -617,3 +617,58 @@ def test_dmd_pairs_of_a_clipping_teacher_are_its_clipped_ode_samples():
     for limit in ({"range": 1.0}, None):
         y = make_pairs(adapter, 8, (1, 8, 8), 3, "heun", top, [], 0, "cpu", limit=limit)["sample"]
         assert (y.abs().max() <= 1) == (limit is not None), y.abs().max()
+
+
+def test_a_dit_folder_as_the_hub_keeps_it_is_read_as_diffusers_reads_it(tmp_path):
+    """The Hub's DiT folders name the model's former class, Transformer2DModel, with its old keys, and keep class
+    names in model_index.json's id2label: read as a DiT, its names taken by a class, its students rebuilt without
+    the old keys; a component folder given for the whole model is refused with the folder to give instead."""
+    import json
+
+    from distmatch.methods import run_distill
+    from distmatch.models import load_model
+
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=2,
+                                          num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=12,
+                                          norm_num_groups=1)
+    folder = tmp_path / "DiT-XL-2-256"
+    dit.save_pretrained(folder / "transformer")
+    diffusers.DDIMScheduler(clip_sample=False).save_pretrained(folder / "scheduler")
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    old_keys = {"cross_attention_dim": None, "num_vector_embeds": None, "only_cross_attention": False,
+                "use_linear_projection": False}
+    (folder / "transformer" / "config.json").write_text(json.dumps(
+        {**config, **old_keys, "_class_name": "Transformer2DModel", "norm_type": "ada_norm_zero"}))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "DiTPipeline", "_diffusers_version": "0.12.0.dev0", "id2label": {"0": "tench, Tinca tinca",
+                                                                                         "7": "cock"},
+        "scheduler": ["diffusers", "DDIMScheduler"], "transformer": ["diffusers", "Transformer2DModel"]}))
+    teacher = load_model(folder)
+    assert teacher.num_classes == 12 and type(teacher.denoiser.net).__name__ == "DiTTransformer2DModel"
+    assert [teacher.class_index(c) for c in ("Tinca tinca", "tench", "cock", "7")] == [0, 0, 7, 7]
+    with pytest.raises(UserError, match=r"knows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\. \(12 in all\) or a name of"):
+        teacher.class_index("hen")
+    student = run_distill(folder, tmp_path / "s", steps=1,
+                          overrides=["train.progress=false", "train.iters=1", "train.batch_size=4", "dmd2.gan=false"])
+    assert not set(old_keys) & set(json.loads((student / "config.json").read_text())["network"]["net_config"])
+    assert load_model(student).class_index("cock") == 7
+    for part, cls in (("transformer", "Transformer2DModel"), ("scheduler", "DDIMScheduler")):
+        with pytest.raises(UserError, match=rf"is one component of a diffusers model \(its {cls}\); give the folder "
+                                            rf"that holds it, {folder}$"):
+            load_model(folder / part)
+
+
+@pytest.mark.parametrize("predict_epsilon,prediction", [(False, "sample"), (True, "epsilon")])
+def test_a_scheduler_saved_before_prediction_type_is_read_by_its_predict_epsilon(tmp_path, predict_epsilon,
+                                                                                 prediction):
+    """Folders saved by diffusers 0.7-0.11 say predict_epsilon, which diffusers now ignores (reading ε)."""
+    import json
+
+    from distmatch.models import load_model
+
+    tiny_unet().save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler().save_pretrained(tmp_path / "scheduler")
+    file = tmp_path / "scheduler" / "scheduler_config.json"
+    config = {k: v for k, v in json.loads(file.read_text()).items() if k != "prediction_type"}
+    file.write_text(json.dumps({**config, "predict_epsilon": predict_epsilon, "_diffusers_version": "0.9.0"}))
+    assert load_model(tmp_path).denoiser.prediction == prediction

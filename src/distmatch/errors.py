@@ -26,6 +26,13 @@ def naming(path: str | None, name: str):
         raise UserError(str(e).replace(f"data '{path}'", name).replace(f"'{path}'", name).replace(path, name)) from None
 
 
+def listed(items, first: int = 10) -> str:
+    """Items for a message: all of a short list, else the first few and the count (a 1000-class model's classes
+    would fill a screen, and a list cut short in silence reads as the whole)."""
+    items = [str(i) for i in items]
+    return ", ".join(items) if len(items) <= first else f"{', '.join(items[:first])}, ... ({len(items)} in all)"
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped on request (Ctrl-C, SIGTERM) after its current step, checkpointed: calling the same command or
     function again resumes it. A KeyboardInterrupt, so code that stops on Ctrl-C stops on it alike."""

@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .data.spec import DataSpec
-from .errors import UserError
+from .errors import UserError, listed
 from .networks import build_denoiser
 from .samplers import SOLVERS, ancestral_sample, few_step_sample, ode_sample, teacher_nfe
 from .schedules import NoiseSchedule
@@ -105,8 +105,12 @@ class LoadedModel:
         label = str(label)
         if label not in names and label.strip().lstrip("+-").isdigit():
             label = str(int(label))  # a class folder named 03 is the number 3, as when the data were read
+        aliases = self.config.get("class_aliases") or {}  # a diffusers pipeline's id2label names
+        if label not in names and label in aliases and names == [str(i) for i in range(len(names))]:
+            return int(aliases[label])
         if label not in names:
-            raise UserError(f"unknown class {label!r}; this model knows {', '.join(names[:20])}")
+            raise UserError(f"unknown class {label!r}; this model knows {listed(names)}"
+                            + (" or a name of its pipeline's id2label" if aliases else ""))
         return names.index(label)
 
     def draw_labels(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -234,13 +238,14 @@ def load_model(run_dir: str | Path, device="cpu", network: torch.nn.Module | Non
     """A run folder's teacher or student (or a diffusers model folder's teacher), its network on `device`;
     `network`: an instance of the user's own network class, for a student distilled from a network given in
     Python."""
-    from .teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher
+    from .teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher, refuse_component
 
     run_dir = Path(run_dir)
     if is_diffusers_folder(run_dir):
         model = load_diffusers_teacher(run_dir)
         model.denoiser.to(device)
         return model
+    refuse_component(run_dir)
     cfg = ckpt.read_model_config(run_dir)
     kind = cfg["kind"]
     spec = DataSpec.from_dict(cfg["spec"])

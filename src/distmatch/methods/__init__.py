@@ -91,7 +91,7 @@ def method_and_recipe(method: str | None, recipe: str | None) -> tuple[str, str 
 
 def load_teacher(teacher_dir: str | Path) -> LoadedModel:
     """A distmatch teacher run folder, or a diffusers model folder."""
-    from ..teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher
+    from ..teachers.diffusers_folder import is_diffusers_folder, load_diffusers_teacher, refuse_component
 
     path = Path(teacher_dir)
     if not path.exists():
@@ -101,6 +101,7 @@ def load_teacher(teacher_dir: str | Path) -> LoadedModel:
         if model.kind != "teacher":
             raise UserError(f"{teacher_dir} is a student that distmatch exported, not a teacher")
         return model
+    refuse_component(path)
     if not (path / ckpt.CONFIG).is_file() and (path / ckpt.CHECKPOINT).is_file():
         raise UserError(f"{teacher_dir} holds an unfinished run (checkpoint at iteration "
                         f"{read_checkpoint_iteration(path)}); re-run the command that made it to finish it")
@@ -362,6 +363,8 @@ def run_distill(teacher: str | Path | LoadedModel, out: str | Path, method: str 
                  "teacher_dir": teacher_id(teacher),
                  "schedule": teacher.schedule.config(),
                  "teacher_nfe": teacher.nfe()}
+    if aliases := teacher.config.get("class_aliases"):  # the teacher pipeline's class names stay the student's
+        model_cfg["class_aliases"] = aliases
     if teacher.codec is not None:  # a latent student keeps its teacher's autoencoder
         model_cfg.update(latent_shape=list(teacher.shape), codec=teacher.codec.config())
 

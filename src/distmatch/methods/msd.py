@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import load_data
-from ..errors import UserError
+from ..errors import UserError, listed
 from ..networks import build_denoiser
 from ..schedules import sample_lognormal_sigmas
 from ..training.ema import ema_copy, ema_update
@@ -135,7 +135,7 @@ def class_means(teacher, data) -> torch.Tensor:
     k = teacher.num_classes
     missing = [c for c in range(k) if not (data.labels == c).any()]
     if missing:
-        raise UserError(f"msd.partition=kmeans: classes {missing[:5]} have no samples in '{data.spec.source}'")
+        raise UserError(f"msd.partition=kmeans: classes {listed(missing)} have no samples in '{data.spec.source}'")
     return torch.stack([data.x[data.labels == c].mean(0) for c in range(k)])
 
 
@@ -163,7 +163,8 @@ def own_rows(data, owner: list[int], students: int) -> list[torch.Tensor]:
     if empty := [i for i, r in enumerate(rows) if not len(r)]:
         classes = [c for c, j in enumerate(owner) if j == empty[0]]
         raise UserError(f"msd's ADM stage trains each student's GAN on real data of its classes, and the data hold "
-                        f"none of classes {classes}: give data of every class, or turn the stage off (msd.gan=false)")
+                        f"none of classes {listed(classes)}: give data of every class, or turn the stage off "
+                        "(msd.gan=false)")
     return rows
 
 

@@ -125,7 +125,7 @@ class TeacherAdapter(nn.Module):
         out = {"kind": "external", "convention": self.convention, "class": f"{cls.__module__}.{cls.__qualname__}",
                "num_classes": self.num_classes, "features": self.features}
         if is_diffusers_model(self.net):
-            config = {k: v for k, v in self.net.config.items() if not k.startswith("_")}  # not its load path
+            config = init_config(cls, self.net.config)
             out.update(kind="diffusers", diffusers_class=cls.__name__, net_config=json.loads(json.dumps(config)))
         return out
 
@@ -313,6 +313,14 @@ def is_diffusers_model(net: nn.Module) -> bool:
     return type(net).__module__.startswith("diffusers.") and hasattr(net, "config")
 
 
+def init_config(cls, config) -> dict:
+    """The keys of a diffusers model's config that its class takes: not its load path ("_name_or_path"), nor keys
+    a former class of the model left in it (a Hub DiT's Transformer2DModel keys), which diffusers warns of."""
+    params = inspect.signature(cls.__init__).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in config.items() if not k.startswith("_") and (open_ended or k in params)}
+
+
 def diffusers_network(cfg: dict) -> nn.Module:
     """A fresh diffusers model of the class and config an adapter's config names (weights to be loaded)."""
     import diffusers
@@ -320,7 +328,7 @@ def diffusers_network(cfg: dict) -> nn.Module:
     cls = getattr(diffusers, cfg["diffusers_class"], None)
     if cls is None:
         raise UserError(f"diffusers has no model class {cfg['diffusers_class']!r} (installed: {diffusers.__version__})")
-    return cls.from_config(cfg["net_config"])
+    return cls.from_config(init_config(cls, cfg["net_config"]))
 
 
 class FlowAdapter(TeacherAdapter):

@@ -110,6 +110,56 @@ def _component(path: Path, name: str) -> tuple[Path, str]:
     return folder, cls
 
 
+# Older folders (the Hub's DiT-XL-2 among them) name a DiT by its former class, which diffusers itself reads by the
+# config's norm_type; the same class with ada_norm_single is PixArt's.
+LEGACY_CLASSES = {"Transformer2DModel": {"ada_norm_zero": "DiTTransformer2DModel",
+                                         "ada_norm_single": "PixArtTransformer2DModel"}}
+
+
+def model_class(path: Path, folder: Path, cls: str) -> str:
+    """The model's class as diffusers loads it: a former class name resolved by its config, as diffusers does."""
+    if cls not in LEGACY_CLASSES or not (folder / "config.json").is_file():
+        return cls
+    norm = read_json(path, folder / "config.json").get("norm_type")
+    return LEGACY_CLASSES[cls].get(norm, cls)
+
+
+def prediction_type(path: Path, sched_dir: Path, cfg) -> str:
+    """The scheduler's prediction type; a folder saved before diffusers had one says `predict_epsilon` instead,
+    which diffusers now ignores (false: the model predicts x_0)."""
+    file = sched_dir / "scheduler_config.json"
+    raw = read_json(path, file) if file.is_file() else {}
+    if "prediction_type" not in raw and isinstance(raw.get("predict_epsilon"), bool):
+        return "epsilon" if raw["predict_epsilon"] else "sample"
+    return cfg.get("prediction_type", "epsilon")
+
+
+def refuse_component(path: Path) -> None:
+    """A component of a diffusers model (its unet/, scheduler/, ...) given for the whole model: one line saying
+    which folder to give (distmatch's own config.json names no _class_name)."""
+    for name in ("config.json", "scheduler_config.json"):
+        try:
+            cls = json.loads((path / name).read_text()).get("_class_name")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(cls, str) and cls:
+            whole = (f"give the folder that holds it, {path.parent}" if is_diffusers_folder(path.parent) else
+                     "give a whole model: a pipeline folder (model_index.json), or one holding unet/ (or transformer/) "
+                     "and scheduler/")
+            raise UserError(f"{path} is one component of a diffusers model (its {cls}); {whole}")
+
+
+def class_aliases(path: Path) -> dict[str, int]:
+    """Class names a pipeline keeps in model_index.json's id2label (DiTPipeline's: "tench, Tinca tinca"), each
+    comma-separated name a class index, as DiTPipeline.get_label_ids reads them."""
+    index = path / "model_index.json"
+    id2label = read_json(path, index).get("id2label") if index.is_file() else None
+    if not isinstance(id2label, dict):
+        return {}
+    return {name.strip(): int(i) for i, names in id2label.items() if str(i).isdigit() and isinstance(names, str)
+            for name in names.split(",") if name.strip()}
+
+
 def gan_features(net) -> str:
     """The sub-module whose output a GAN head reads: a UNet's mid_block (its deepest down block when it was built
     without one, mid_block_type=None), a DiT's middle transformer block."""
@@ -142,7 +192,7 @@ def flow_shift(cfg, sched_class: str, path: Path) -> float | None:
     return float(cfg.get("flow_shift", 1.0))
 
 
-def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
+def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path, prediction: str):
     """The σ-space adapter a scheduler implies: DDPM-family (alphas_cumprod), flow matching or score SDE (VE)."""
     from .adapters import FlowAdapter, ScoreAdapter, VPAdapter
 
@@ -156,7 +206,6 @@ def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path):
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
                         "(variance-preserving) schedulers, flow-matching ones and ScoreSdeVeScheduler")
-    prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
     return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features=features)
@@ -184,6 +233,7 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     names = components(path)
     record = exported_record(path, names)
     unet_dir, unet_class = _component(path, model_folder(names))
+    unet_class = model_class(path, unet_dir, unet_class)
     sched_dir, sched_class = _component(path, "scheduler")
     if unet_class not in SUPPORTED_MODELS:
         raise UserError(f"{path}: its model is a {unet_class}; distmatch reads {', '.join(SUPPORTED_MODELS)} teachers")
@@ -202,7 +252,8 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
     size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
     shape = (c.in_channels, *size)  # the network's samples: a latent model's latents
     classes = int(c.get(CLASS_COUNT[unet_class]) or 0)
-    adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path)
+    adapter = adapter_for(unet.eval().requires_grad_(False), scheduler, sched_class, classes, path,
+                          prediction_type(path, sched_dir, scheduler.config))
     adapter.probe(shape)
     images = codec.image_shape(shape) if codec is not None else shape
     spec = DataSpec(kind="image", shape=images, source="", layout="nchw", dtype="float32", value_range=[-1.0, 1.0],
@@ -211,6 +262,8 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
               "num_classes": classes, "class_weights": [1.0 / classes] * classes if classes else [],
               "sigma_data": 0.5, "solver": solver, "sample_steps": sample_steps, "spec": spec.to_dict(),
               "schedule": adapter.schedule().config()}
+    if classes and (aliases := class_aliases(path)):
+        config["class_aliases"] = aliases
     if limit := x0_limit(scheduler.config):
         config["x0_limit"] = limit
     if codec is not None:

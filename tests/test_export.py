@@ -2,14 +2,14 @@
 student, reload it in a process that cannot import distmatch, and get the same images from the same seed."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+
+import stock_diffusers  # noqa: E402
 
 from distmatch.errors import UserError  # noqa: E402
 from distmatch.to_diffusers import export_student  # noqa: E402
@@ -35,11 +35,10 @@ def same_images(student, out, k: int, seed: int, tmp_path, script: str = None) -
     """The exported folder run by stock diffusers in a process without distmatch, against distmatch sample from
     the same seed: (what the process printed, the largest difference of the [0, 1] images)."""
     ours, _ = load_model(student).sample(3, seed=seed)
-    ran = subprocess.run([sys.executable, "-c", script or RELOAD, str(out), str(k), str(seed), "3",
-                          str(tmp_path / "x.npy")], capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    status, printed = stock_diffusers.run(script or RELOAD, out, k, seed, 3, tmp_path / "x.npy")
+    assert status == 0, printed[-3000:]
     ours = ((ours / 2 + 0.5).clamp(0, 1)).numpy()
-    return ran.stdout, float(np.abs(ours - np.load(tmp_path / "x.npy")).max())
+    return printed, float(np.abs(ours - np.load(tmp_path / "x.npy")).max())
 
 
 @pytest.fixture(scope="module")
@@ -501,10 +500,9 @@ print(type(pipe).__name__)
 def exported_images(out, k: int, seed: int, tmp_path, labels: list[str]) -> tuple[str, list[np.ndarray]]:
     """An export with its own code run by stock diffusers in one process without distmatch, 3 images from `seed`
     for each `labels` expression: (what the process printed, the [0, 1] images of each)."""
-    ran = subprocess.run([sys.executable, "-c", RELOAD_LABELLED, str(out), str(k), str(seed), "3",
-                          str(tmp_path / "x"), *labels], capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    return ran.stdout, [np.load(tmp_path / f"x.{i}.npy") for i in range(len(labels))]
+    status, printed = stock_diffusers.run(RELOAD_LABELLED, out, k, seed, 3, tmp_path / "x", *labels)
+    assert status == 0, printed[-3000:]
+    return printed, [np.load(tmp_path / f"x.{i}.npy") for i in range(len(labels))]
 
 
 def unit(x: torch.Tensor) -> np.ndarray:

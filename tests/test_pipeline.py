@@ -84,6 +84,8 @@ def test_demo_writes_report_and_metrics(tmp_path, capsys):
     assert "sampling the teacher" not in capsys.readouterr().err  # the evaluation shows no bar either
     html = (out / "report.html").read_text()
     assert "Metrics" in html and html.count("data:image/png;base64,") >= 3
+    assert "the network fitted to it, which the student was distilled from" in html  # its two teacher rows, said
+    assert "swd: sliced Wasserstein distance to the data (lower is better)" in html
     rows = json.loads((out / "metrics.json").read_text())["rows"]
     names = [r["name"] for r in rows]
     assert names[0].startswith("teacher 40-step") and any(n.startswith("student 1-step") for n in names)
@@ -143,6 +145,7 @@ def test_compare_runs_methods_against_one_teacher(tmp_path):
     if baseline_mb is not None:  # a tiny run: its own peak is about the imports' (measured 326 vs 283 MiB)
         assert all(0.8 * baseline_mb < r["peak_mb"] < baseline_mb + 1024 for r in students), (baseline_mb, students)
     assert all(r["parallel_jobs"] == 2 for r in students)  # both distillations ran at once, each timed alone
+    assert "runs: dmd2 1-step, 6 iterations at batch 32; tdm 2-step, 6 iterations" in (out / "report.html").read_text()
     assert not list(out.glob(".*.threads"))  # the thread budgets handed to the runs are cleaned up
     html = (out / "report.html").read_text()
     assert "dmd2 1-step" in html and html.count("data:image/png;base64,") >= 4

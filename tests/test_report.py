@@ -213,3 +213,13 @@ def test_the_demos_headline_scores_the_student_at_its_own_steps():
     rows += [{"kind": "student", "name": f"student {k}-step", "nfe": k, "steps": k, "fd": fd,
               "samples_per_s": 100.0 / k} for k, fd in ((1, 2.34), (2, 1.5), (4, 1.2))]
     assert "student (4 NFE): fd 1.2 = 1.20x the teacher's" in headline(rows, "image")
+
+
+def test_curves_follow_a_loss_that_falls_at_once_without_lagging_behind_its_first_value():
+    """A first logged loss of 76 and 0.16 after: the drawn curve is 0.16 from the third point on (the EMA drawn
+    before stayed above 1 for 40 points, as though the loss still fell), and the smoothing is named."""
+    from distmatch.report.plots import _running_median
+
+    y = np.array([76.0] + [0.16] * 199)
+    smooth, width = _running_median(y)
+    assert width == 11 and np.allclose(smooth[2:], 0.16) and smooth.max() <= 76.0

@@ -5,6 +5,7 @@ resumable, so re-running the command picks up where it stopped and re-uses finis
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -234,9 +235,17 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
     return report
 
 
+def budgets(students) -> str:
+    """How long each method trained (a comparison of short runs must not read as one of full ones)."""
+    def budget(run_dir: Path) -> str:
+        t = json.loads((run_dir / "run.json").read_text())["config"]["train"]
+        return f"{t['iters']} iterations at batch {t['batch_size']}"
+    return "runs: " + "; ".join(f"{m} {k}-step, {budget(d)}" for m, k, _, d in students)
+
+
 def write_compare_report(out: Path, data: str, rows: list[dict], teacher, students, reference) -> Path:
     from . import plots
-    from .demo import scoring_line
+    from .demo import reading_notes, scoring_line
     from .html import metrics_table, write_report
 
     kind = teacher.spec.kind
@@ -255,8 +264,8 @@ def write_compare_report(out: Path, data: str, rows: list[dict], teacher, studen
         {"heading": "Methods against one teacher", "text": [
             f"data: {data}; teacher: {teacher.path or 'trained on them'}, {teacher.config['solver']} "
             f"{teacher.default_steps} steps "
-            f"(NFE {teacher.nfe()}); lower {metric} is better.", scoring_line(data, rows)]},
-        {"heading": "Metrics", "table": metrics_table(rows, columns)},
+            f"(NFE {teacher.nfe()}); lower {metric} is better.", scoring_line(data, rows), budgets(students)]},
+        {"heading": "Metrics", "table": metrics_table(rows, columns), "text": reading_notes(columns, rows)},
         {"heading": metric, "images": [str(plots.metric_bars(rows, metric, out / "bars.png"))]},
         {"heading": "Samples", "images": [str(pics)]},
     ]

@@ -84,9 +84,36 @@ def headline(rows: list[dict], kind: str) -> str:
     net = next((r for r in rows if r["name"].startswith("teacher network")), best)
     speedup = one.get("samples_per_s", 0) / max(net.get("samples_per_s", 1e-9), 1e-9)
     against = " than the teacher's network" if net is not best else ""
-    return (f"teacher ({best['nfe']} NFE): {key} {best[key]:.4g}; student ({one['nfe']} NFE): {key} {one[key]:.4g} "
+    return (f"{best['name']} ({best['nfe']} NFE): {key} {best[key]:.4g}; "
+            f"student ({one['nfe']} NFE): {key} {one[key]:.4g} "
             f"= {one[key] / max(best[key], 1e-12):.2f}x the teacher's; sampling {speedup:.0f}x faster{against} "
             f"({net['nfe']} NFE)")
+
+
+# what each column of the reports' metric tables measures, and which way is better
+COLUMNS = {
+    "swd": "sliced Wasserstein distance to the data (lower is better)",
+    "mmd": "kernel MMD² (lower is better; unbiased, so it can dip just below 0 when the samples match the data)",
+    "energy": "energy distance (lower is better; can dip just below 0 alike)",
+    "modes_covered": "share of the mixture's modes that receive samples (higher is better)",
+    "off_mode": "share of samples between the modes (lower is better)",
+    "fd": "Fréchet distance of the features (lower is better)", "kid": "kernel inception distance (lower is better)",
+    "precision": "share of samples near the data (higher is better)",
+    "recall": "share of the data near the samples (higher is better)",
+    "classes_covered": "share of the classes the samples are classified into (higher is better)",
+    "class_accuracy": "share of a class-conditional model's samples classified as their class (higher is better)",
+    "samples_per_s": "sampling speed", "nfe": "network evaluations per sample",
+}
+
+
+def reading_notes(columns: list[str], rows: list[dict]) -> list[str]:
+    """The lines under a metrics table: its rows, and its columns in words."""
+    notes = ["Rows: \"teacher\" is the teacher as `distmatch sample` runs it; \"teacher K-step, euler\" the same "
+             "teacher stopped after the student's few steps (what a few-step sampler gives without distillation)."]
+    if any(r["name"].startswith("teacher network") for r in rows):
+        notes[0] += (" For a preset the teacher is the data's exact mixture (the target), and \"teacher network\" "
+                     "the network fitted to it, which the student was distilled from.")
+    return notes + ["; ".join(f"{c}: {COLUMNS[c]}" for c in columns if c in COLUMNS) + "."]
 
 
 def scoring_line(data_name: str, rows: list[dict]) -> str:
@@ -130,7 +157,7 @@ def write_demo_report(out: Path, data_name: str, rows: list[dict], teacher, stud
                                          f"data: {data_name}: {teacher.spec.describe()}",
                                          scoring_line(data_name, rows)]},
         {"heading": "Samples", "images": [str(sample_png)]},
-        {"heading": "Metrics", "table": metrics_table(rows, columns)},
+        {"heading": "Metrics", "table": metrics_table(rows, columns), "text": reading_notes(columns, rows)},
         {"heading": "Training curves (student)", "images": [str(curves_png)]},
         {"heading": "Wall-clock", "table": metrics_table([timings], list(timings))},
     ]

@@ -239,18 +239,16 @@ def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, 0], arr[:, 1]
 
 
-def _ema(y: np.ndarray) -> np.ndarray:
-    """Bias-corrected EMA; its weight grows with the series length so ~20 points need none and long logs get some."""
-    beta = min(0.9, max(0.0, 1.0 - 20.0 / max(len(y), 1)))
-    out, acc = np.empty_like(y), 0.0
-    for i, v in enumerate(y):
-        acc = beta * acc + (1 - beta) * v
-        out[i] = acc / (1 - beta ** (i + 1)) if beta > 0 else v
-    return out
+def _running_median(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """A centred running median over about a twentieth of the series (odd, at least 1 point) and that width: it
+    neither lags a falling loss nor is dragged by a first outlying value, as an EMA from the start is."""
+    half = len(y) // 40
+    out = np.array([np.median(y[max(0, i - half): i + half + 1]) for i in range(len(y))])
+    return out, 2 * half + 1
 
 
 def curves(records: list[dict], path: PathLike, keys: list[str] | None = None) -> Path:
-    """One subplot per loss key against `it`: faint raw line under an EMA-smoothed line."""
+    """One subplot per loss key against `it`: the logged values faint, under their running median."""
     keys = _curve_keys(records) if keys is None else list(keys)
     if not keys:
         fig = Figure(figsize=(4.5, 2.5), dpi=110)
@@ -269,8 +267,12 @@ def curves(records: list[dict], path: PathLike, keys: list[str] | None = None) -
         if len(y) == 0:
             ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, color="0.4")
             continue
-        ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
-        ax.plot(x, _ema(y), color=color, linewidth=1.5, marker="o" if len(y) == 1 else None)  # one point: no line
+        smooth, width = _running_median(y)
+        ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8, label="logged")
+        ax.plot(x, smooth, color=color, linewidth=1.5, marker="o" if len(y) == 1 else None,  # one point: no line
+                label=f"running median of {width}" if width > 1 else "logged")
+        if i == 0 and width > 1:
+            ax.legend(fontsize=6, frameon=False)
         if y.min() > 0 and y.max() / y.min() > 100:  # log only where a linear axis would flatten the tail
             ax.set_yscale("log")
         ax.set_xlabel("it", fontsize=8)

@@ -531,3 +531,8 @@ def test_a_student_config_without_levels_is_refused_as_damaged(capsys, teacher_d
     (damaged / "config.json").write_text(json.dumps(cfg))
     assert_user_error(capsys, ["sample", "--model", str(damaged), "--n", "2", "--out", str(tmp_path / "x.npy")],
                       "names no noise levels", "edited or damaged")
+
+
+def test_distmatch_without_a_command_names_the_commands(capsys):
+    code, _, err = run_cli(capsys)
+    assert code == 2 and err.strip().startswith("distmatch: error: give a command: teacher, distill, sample,")

@@ -39,6 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         command = self.prog.removeprefix("distmatch").strip()  # main() already says "distmatch: error:"
+        commands = [a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if commands and "required: command" in message:  # bare `distmatch`: say what it takes
+            message = f"give a command: {', '.join(commands[0])} (distmatch COMMAND --help for each)"
         raise UserError(f"{command}: {message}" if command else message)
 
 
@@ -87,17 +90,19 @@ def _model_commands(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="solver steps (teacher), or a student's steps: its K, or k < K to stop after its first k "
                         "levels (an export's scheduler picks its own k levels: the same images at K only)")
-    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--seed", type=_int, default=0, help="seed of the samples (default 0): the same seed, the same "
+                   "samples")
     p.add_argument("--class", dest="cls", default=None, help="a class label as it was in the data")
     p.add_argument("--solver", default=None, help=SOLVER_HELP)
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     p = sub.add_parser("evaluate", help="measure a model against data (quality and speed), write JSON")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a teacher or student run folder, or a diffusers model folder")
     p.add_argument("--data", required=True, help="reference data (a preset means its held-out test split)")
-    p.add_argument("--n", type=_positive_int, default=2000)
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--n", type=_positive_int, default=2000, help="samples drawn and scored (default 2000)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="solver steps (teacher) or a student's steps, as for sample (default: the model's own)")
+    p.add_argument("--seed", type=_int, default=0, help="seed of the samples drawn (default 0)")
     p.add_argument("--out", required=True, help="output .json")
     p.add_argument("--solver", default=None, help=SOLVER_HELP)
     p.add_argument("--inception", default=None, metavar="FILE",

@@ -35,7 +35,8 @@ def _helps(parser) -> list[str]:
 
 
 def api_help() -> list[str]:
-    """Each public function's signature and docstring; the Model's public methods and properties."""
+    """Each public function's signature and docstring, the exceptions the API raises, the Model's public methods
+    and properties."""
     import distmatch
 
     out = ["## Python", ""]
@@ -44,6 +45,10 @@ def api_help() -> list[str]:
         if inspect.isfunction(obj):
             out += [f"### distmatch.{name}", "", "```python", f"distmatch.{name}{signature(obj)}", "```", "",
                     inspect.getdoc(obj) or "", ""]
+    for name in distmatch.__all__:  # the exceptions the API raises
+        obj = getattr(distmatch, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            out += [f"### distmatch.{name}", "", inspect.getdoc(obj) or "", ""]
     out += ["### distmatch.Model", "", inspect.getdoc(distmatch.Model) or "", ""]
     for name, member in vars(distmatch.Model).items():
         if name.startswith("_"):

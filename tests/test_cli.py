@@ -536,3 +536,12 @@ def test_a_student_config_without_levels_is_refused_as_damaged(capsys, teacher_d
 def test_distmatch_without_a_command_names_the_commands(capsys):
     code, _, err = run_cli(capsys)
     assert code == 2 and err.strip().startswith("distmatch: error: give a command: teacher, distill, sample,")
+
+
+@pytest.mark.parametrize("command,key", [("demo", "teacher.train.itres"), ("demo", "distill.train.itres"),
+                                         ("compare", "teacher.train.itres")])
+def test_a_stage_settings_typo_is_named_as_typed(capsys, tmp_path, command, key):
+    """demo and compare took the stage's prefix off the key they refused ('train.itres' for teacher.train.itres)."""
+    assert_user_error(capsys, [command, "--data", "moons", "--out", str(tmp_path / "d"), "--set", f"{key}=10"],
+                      f"unknown config key '{key}'")
+    assert not (tmp_path / "d" / "student").exists()

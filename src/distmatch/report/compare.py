@@ -183,6 +183,7 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
     `data`), scored against `data` in one report."""
     from ..eval.evaluate import evaluate_model
     from ..teachers.train import train_teacher
+    from .demo import stage
 
     if config_file:
         raise UserError("compare takes no --config; use --set teacher.KEY=V, --set train.KEY=V, --set METHOD.KEY=V")
@@ -198,7 +199,8 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
     check_plan(plan, data, m_over, own_teacher=teacher is None)
     out = Path(out or f"runs/compare-{Path(data).stem}")
     given = Path(teacher) if teacher is not None else None  # a teacher of the user's: its students distil on data
-    teacher_dir = given or train_teacher(data, out / "teacher", None, t_over)
+    with stage("teacher"):
+        teacher_dir = given or train_teacher(data, out / "teacher", None, t_over)
     teacher = load_model(teacher_dir)
     if teacher.kind != "teacher":
         raise UserError(f"--teacher {teacher_dir} holds a {teacher.kind}, not a teacher")

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +25,15 @@ from .finished import finished_before, training_seconds
 # The demo's distillation on vectors fits in a few minutes on 2 cores: more, smaller batches than the vector
 # defaults (8 Gaussians: 1.9x the teacher's SWD against 3.0x for 1500 iterations of 1024 in about the same time).
 DEMO_VECTOR_DISTILL = ["train.iters=3000", "train.batch_size=256"]
+
+
+@contextmanager
+def stage(name: str):
+    """A setting of a stage refused by its key is named as the user typed it, with the stage's prefix."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(str(e).replace("config key '", f"config key '{name}.", 1)) from None
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -175,9 +185,11 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
     if config_file:
         raise UserError("demo takes no --config; pass stage settings as --set teacher.KEY=V / distill.KEY=V")
     t_over, d_over = split_overrides(overrides or [])
-    check_settings("dmd2", load_data(data).spec.kind, steps, d_over)  # a typo must not wait for the teacher
+    with stage("distill"):  # a typo must not wait for the teacher
+        check_settings("dmd2", load_data(data).spec.kind, steps, d_over)
     out = Path(out or f"runs/demo-{Path(data).stem}")
-    train_teacher(data, out / "teacher", None, t_over)
+    with stage("teacher"):
+        train_teacher(data, out / "teacher", None, t_over)
     teacher_spec = load_model(out / "teacher").spec
     short = DEMO_VECTOR_DISTILL if teacher_spec.kind == "vector" else []
     run_distill(out / "teacher", out / "student", "dmd2", steps, None, short + d_over, data)

@@ -122,8 +122,8 @@ def reading_notes(columns: list[str], rows: list[dict]) -> list[str]:
     notes = ["Rows: \"teacher\" is the teacher as distmatch sample runs it; \"teacher K-step, euler\" the same "
              "teacher stopped after the student's few steps (what a few-step sampler gives without distillation)."]
     if any(r["name"].startswith("teacher network") for r in rows):
-        notes[0] += (" For a Gaussian-mixture preset the teacher is its exact mixture (the target), and \"teacher network\" "
-                     "the network fitted to it, which the student was distilled from.")
+        notes[0] += (" For a Gaussian-mixture preset the teacher is its exact mixture (the target), and "
+                     "\"teacher network\" the network fitted to it, which the student was distilled from.")
     return notes + ["; ".join(f"{c}: {COLUMNS[c]}" for c in columns if c in COLUMNS) + "."]
 
 

@@ -112,7 +112,8 @@ def test_msd_resumed_run_equals_uninterrupted(tmp_path, stop_before):
 
     teacher = train_teacher("8gaussians-labeled", tmp_path / "t", overrides=TINY + QUIET)
     args = QUIET + ["train.batch_size=32", "train.ckpt_every=7", "msd.students=2", "msd.small=true",
-                    "msd.prestage_iters=8", "msd.critic_ratio=2", "msd.partition=kmeans", "train.iters=20"]
+                    "msd.prestage_iters=8", "msd.critic_ratio=2", "msd.partition=kmeans", "train.iters=20",
+                    "train.log_every=5"]
     run_distill(teacher, tmp_path / "full", method="msd", overrides=args)
     stop_before(6)
     with pytest.raises(Interrupted):

@@ -97,9 +97,9 @@ def test_every_checkpoint_has_its_preview_drawn_first(tiny_teacher, tmp_path, mo
 
     seen, save = [], trainer.save_checkpoint
 
-    def save_checkpoint(out, *args):
+    def save_checkpoint(out, *args, **kwargs):
         seen.append((args[-1], (Path(out) / "previews" / f"it{args[-1]:07d}.png").is_file()))
-        return save(out, *args)
+        return save(out, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_checkpoint)
     run_distill(tiny_teacher, tmp_path / "s", steps=1, overrides=distill_args(["train.iters=10", "train.preview=true"]))
@@ -128,7 +128,7 @@ def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_pat
     teacher's ODE pairs, and re-run, it ends where an uninterrupted run ends, with the cached pairs."""
     from distmatch import Interrupted
 
-    args = distill_args(["train.iters=20", "dmd2.ode_init=0.6", "dmd2.ode_pairs=64"])
+    args = distill_args(["train.iters=20", "dmd2.ode_init=0.6", "dmd2.ode_pairs=64", "train.log_every=5"])
     run_distill(tiny_teacher, tmp_path / "full", overrides=args)
     stop_before(10)
     with pytest.raises(KeyboardInterrupt, match="stopped at iteration 10 of 20") as stopped:  # as Ctrl-C is
@@ -140,6 +140,34 @@ def test_run_stopped_inside_the_ode_warmup_resumes_exactly(tiny_teacher, tmp_pat
     assert_same_weights(tmp_path / "full", tmp_path / "half")
     logs = [json.loads(line) for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
     assert "loss_reg" in logs[0] and "loss_critic" not in logs[0] and "loss_critic" in logs[-1]
+
+
+def test_a_resumed_runs_log_reads_as_an_uninterrupted_runs(tiny_teacher, tmp_path, stop_before):
+    """Stopped at 9 (checkpoint there), logging every 5: the record at 10 averaged iterations 10 alone, and the
+    stop wrote a record at 9 that an uninterrupted run has not. The unfinished interval now goes in the checkpoint."""
+    args = distill_args(["train.iters=20", "train.log_every=5"])
+    run_distill(tiny_teacher, tmp_path / "full", overrides=args)
+    stop_before(9)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+    stop_before(None)
+    run_distill(tiny_teacher, tmp_path / "half", overrides=args)
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+
+    assert [r["it"] for r in records("half")] == [5, 10, 15, 20]
+    assert records("half") == records("full")
+
+
+def test_a_temporary_left_by_a_kill_mid_write_is_removed_when_the_run_goes_on(tiny_teacher, tmp_path):
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+    stale = [tmp_path / "s" / ".checkpoint.safetensors.4242.9e9365a6.tmp", tmp_path / "s" / ".notes.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=6"]))
+    assert not stale[0].exists() and stale[1].exists()  # atomic_write_bytes's own names only
 
 
 def test_resume_refuses_changed_settings(tiny_teacher, tmp_path):

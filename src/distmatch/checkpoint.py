@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def _naming(e: OSError, path: Path) -> OSError:
     """The same error, naming the file the user knows rather than our temporary one."""
     return type(e)(e.errno, e.strerror, str(path))
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """The temporaries atomic_write_bytes left in `folder` (and its previews/) when a process was killed mid-write:
+    for the process that holds the folder's lock, no other writer's can be live."""
+    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("previews/.*.tmp")]:
+        if re.fullmatch(r"\..+\.\d+\.[0-9a-f]{8}\.tmp", tmp.name):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: a finished run is still read there
+                pass
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

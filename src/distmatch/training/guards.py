@@ -193,6 +193,8 @@ def folder_lock(out: Path, accelerator):
     if busy:
         raise UserError(f"another distmatch process is writing {out}; wait for it to end (re-running the command "
                         "then resumes or finds it finished), or use another --out")
+    if accelerator.is_main_process:
+        ckpt.remove_stale_temporaries(out)
     try:
         yield
     finally:

@@ -30,10 +30,12 @@ def read_log(run_dir: str | Path) -> list[dict]:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, start: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, start: int, enabled: bool = True, window: dict | None = None):
+        """`window`: the logs of a log interval that a checkpoint cut short (window() at that checkpoint), so a
+        resumed run's next record averages the same steps as an uninterrupted run's."""
         self.enabled = enabled
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        self.sums: dict[str, float] = defaultdict(float, (window or {}).get("sums", {}))
+        self.counts: dict[str, int] = defaultdict(int, (window or {}).get("counts", {}))
         self.writer = None
         self.elapsed = 0.0  # training seconds before `start`: a resumed run's clock goes on from there
         if not enabled:
@@ -58,6 +60,10 @@ class RunLogger:
             if math.isfinite(v):
                 self.sums[k] += v
                 self.counts[k] += 1
+
+    def window(self) -> dict:
+        """The logs added since the last record, for a checkpoint."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
 
     def flush(self, it: int, elapsed: float) -> dict:
         rec = {"it": it, "time": round(elapsed, 3)}

@@ -218,7 +218,7 @@ def _train(out: Path, accelerator, run_config: dict, train_cfg: TrainConfig, dat
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / "run.json", {**run_config, "processes": accelerator.num_processes})
-    logger = RunLogger(out, start, enabled=accelerator.is_main_process)
+    logger = RunLogger(out, start, enabled=accelerator.is_main_process, window=getattr(ctx, "log_window", None))
     if start >= train_cfg.iters:
         logger.close()
         return method
@@ -284,13 +284,12 @@ def _loop(out, run_config, cfg, method, data, ctx, logger, start, description, s
                 t0 += score(it)  # before any checkpoint at `it`, as the preview
             if it % cfg.ckpt_every == 0 and it < cfg.iters:
                 show(it)  # before the checkpoint: a run killed between the two draws it again when resumed
-                save_checkpoint(out, run_config, method, data, ctx, it)
-        bar.close()
-        logger.flush(it, time.time() - t0)
+                save_checkpoint(out, run_config, method, data, ctx, it, window=logger.window())
+        bar.close()  # a run stopped early keeps its unfinished log interval in the checkpoint, not in a record
         show(it)
         if it == cfg.iters:  # a run stopped early is scored where the schedule says, once resumed
             score(it, last=True)
-        save_checkpoint(out, run_config, method, data, ctx, it)
+        save_checkpoint(out, run_config, method, data, ctx, it, window=logger.window())
     logger.close()
     if stop.stopping and it < cfg.iters:
         raise Interrupted(f"stopped at iteration {it} of {cfg.iters}; checkpoint saved in {out}. "
@@ -325,7 +324,9 @@ def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context, it: int) -> None:
+def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStream, ctx: Context, it: int,
+                    window: dict | None = None) -> None:
+    """The run's whole state at `it`; `window`: the logs since the last record (the logger's window())."""
     acc = ctx.accelerator
     check_finite_weights(method, acc, out, it, ctx.train.precision)
     tensors = _rng_tensors(data, ctx)  # a collective: every rank takes part
@@ -337,7 +338,8 @@ def save_checkpoint(out: Path, run_config: dict, method: Method, data: DataStrea
             t, m = ckpt.optimizer_to_tensors(name, opt)
             tensors.update(t)
             optim_meta[name] = m
-        meta = {"iteration": it, "config": run_config, "optimizers": optim_meta, "world_size": acc.num_processes}
+        meta = {"iteration": it, "config": run_config, "optimizers": optim_meta, "world_size": acc.num_processes,
+                "log_window": window or {}}
         ckpt.save_tensors(out / ckpt.CHECKPOINT, tensors, meta)
     acc.wait_for_everyone()
 
@@ -353,6 +355,7 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
         raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
     acc, it = ctx.accelerator, int(meta["iteration"])
     finished = check_resumable(out, meta, run_config, acc)
+    ctx.log_window = meta.get("log_window")  # the unfinished log interval, for the logger
     for name, module in method.modules().items():
         acc.unwrap_model(module).load_state_dict(ckpt.module_from_tensors(name, tensors))
     if not finished:  # a finished run needs its weights only (it may be re-run with another number of processes)

@@ -701,3 +701,18 @@ def test_scores_are_refused_where_they_cannot_be_made(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="eval_every scores the student against real data"):
         distmatch.distill(net, tmp_path / "u", steps=1, settings={"dmd2.gan": False, "train.eval_every": 5})
     assert not (tmp_path / "u").exists()
+
+
+def test_a_damaged_checkpoint_of_a_finished_run_says_its_model_is_still_read(tiny_teacher, tmp_path):
+    """It advised deleting the checkpoint and training from the start, though the finished model was intact."""
+    from distmatch.models import load_model
+
+    run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+    path = tmp_path / "s" / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="the checkpoint is damaged: the run's model .* sample, evaluate and export"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+    assert load_model(tmp_path / "s").sample(3)[0].shape == (3, 2)
+    (tmp_path / "s" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="the checkpoint is damaged: delete it to train this run again"):
+        run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))

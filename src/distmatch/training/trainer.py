@@ -352,7 +352,11 @@ def _resume(out: Path, run_config: dict, method: Method, data: DataStream, ctx: 
     try:
         tensors, meta = ckpt.load_tensors(path)
     except UserError as e:
-        raise UserError(f"{e}; the checkpoint is damaged: delete it to train this run again from the start") from None
+        finished = (out / ckpt.CONFIG).is_file() and (out / ckpt.MODEL).is_file()
+        raise UserError(f"{e}; the checkpoint is damaged: " + (
+            "the run's model (model.safetensors) is apart from it, and sample, evaluate and export read it; delete "
+            "the checkpoint only to train the run again from the start" if finished else
+            "delete it to train this run again from the start")) from None
     acc, it = ctx.accelerator, int(meta["iteration"])
     finished = check_resumable(out, meta, run_config, acc)
     ctx.log_window = meta.get("log_window")  # the unfinished log interval, for the logger

@@ -229,7 +229,8 @@ def test_rerun_of_finished_run_changes_nothing(tiny_teacher, tmp_path):
 def test_a_damaged_checkpoint_says_what_to_do(tiny_teacher, tmp_path):
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=7"]))
     (tmp_path / "s" / ckpt.CHECKPOINT).write_bytes(b"garbage")
-    with pytest.raises(UserError, match="checkpoint.safetensors: .*damaged: delete it to train this run again"):
+    with pytest.raises(UserError, match="checkpoint.safetensors: .*damaged: .*delete the checkpoint only to train "
+                                        "the run again from the start"):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=9"]))
     (tmp_path / "s" / ckpt.CHECKPOINT).unlink()  # as told: its own finished folder trains again
     run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=9"]))

@@ -26,6 +26,10 @@ PAIRS = "dmd_pairs.safetensors"  # the teacher's ODE pairs, cached for the run's
 PAIRS_PARTS = "dmd_pairs.parts"  # each chunk of them made so far, a file of its own: a stopped run keeps what it made
 
 
+# a temporary's name, ".<name>.<pid>.<8 hex>.tmp": written by atomic_write_bytes, cleared by remove_stale_temporaries
+TEMPORARY = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
@@ -60,7 +64,7 @@ def remove_stale_temporaries(folder: Path) -> None:
     """The temporaries atomic_write_bytes left in `folder` (and its previews/) when a process was killed mid-write:
     for the process that holds the folder's lock, no other writer's can be live."""
     for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("previews/.*.tmp")]:
-        if re.fullmatch(r"\..+\.\d+\.[0-9a-f]{8}\.tmp", tmp.name):
+        if TEMPORARY.fullmatch(tmp.name):
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:  # a read-only folder: a finished run is still read there

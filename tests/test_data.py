@@ -196,6 +196,23 @@ def test_grayscale_folder_is_one_channel(tmp_path):
     assert data.x.shape == (3, 1, 5, 5) and data.labels is None
 
 
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """A camera stores a portrait photo sideways with an EXIF orientation tag; a viewer (and diffusers' load_image)
+    shows it upright, and so it is read."""
+    pixels = np.zeros((2, 3), np.uint8)
+    pixels[0, 2] = 255  # stored: top-right corner of a 2x3 (H, W) image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "a.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "b.png")  # the same pixels, no tag: the shapes then differ
+    with pytest.raises(UserError, match="size"):
+        load_data(str(tmp_path))
+    (tmp_path / "b.png").unlink()
+    x = load_data(str(tmp_path)).x[0, 0]
+    assert x.shape == (3, 2)  # upright: 3 high, 2 wide
+    assert x[2, 1] == x.max() and (x == x.max()).sum() == 1  # clockwise: the top-right corner goes bottom-right
+
+
 def test_a_folder_keeps_transparency_and_16_bits(tmp_path, capsys):
     """An alpha channel that is not fully opaque is kept (4 channels; an image without one gets an opaque one, said
     once with a count); a fully opaque one carries nothing and is dropped; 16-bit grayscale stays 16-bit."""

@@ -201,11 +201,11 @@ def _open_image(path: Path) -> tuple[np.ndarray, str | None]:
     """(H, W) grayscale (uint8; uint16 for 16-bit files, float32 for float ones), (H, W, 3) uint8 colour, or
     (H, W, 4) uint8 with an alpha channel that is not fully opaque (an opaque one carries nothing and is dropped);
     and what was lost, if anything."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)  # upright, as a viewer shows it (and diffusers' load_image reads it)
             if img.mode.startswith("I"):  # 16/32-bit grayscale: kept at 16 bits
                 wide = np.asarray(img).astype(np.int64)
                 clipped = "with values outside 0..65535, clipped" if wide.min() < 0 or wide.max() > 65535 else None

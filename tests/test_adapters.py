@@ -288,6 +288,25 @@ def test_a_table_ending_near_zero_is_zero_terminal_and_any_other_bad_end_is_refu
             VPAdapter(tiny_unet(), torch.cat([linear[:-1], torch.tensor([last], dtype=torch.float64)]))
 
 
+def test_a_dits_students_and_critics_keep_every_label_while_they_train():
+    """diffusers' DiT drops a tenth of its labels in training mode (for guidance); a student or critic copy of it
+    trains in that mode and must still see the class it is given: two calls on the same input agree."""
+    import distmatch
+    from distmatch.methods.common import init_copy
+
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=2,
+                                          num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=3,
+                                          norm_num_groups=1)
+    teacher = distmatch.wrap_teacher(dit, sample_shape=(1, 8, 8), num_classes=3,
+                                     alphas_cumprod=diffusers.DDPMScheduler().alphas_cumprod)
+    copy = init_copy(teacher.loaded.init_net, "cpu")
+    assert copy.training
+    x, sigma, labels = torch.randn(64, 1, 8, 8), torch.full((64,), 2.0), torch.arange(64) % 3
+    with torch.no_grad():
+        assert torch.equal(copy(x, sigma, labels), copy(x, sigma, labels))
+
+
 def test_a_dit_folder_is_a_class_conditional_teacher_with_the_schedulers_x0_and_a_gan_on_its_tokens(tmp_path):
     """transformer/ + scheduler/ with a DiTTransformer2DModel (learned variance, 3 classes and a null one): D equals
     DDPMScheduler.step's x̂_0 for each label, the GAN head reads the middle block's tokens as a 4x4 map, and a

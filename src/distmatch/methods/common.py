@@ -96,6 +96,9 @@ def init_copy(net: nn.Module, device, fourier_cap: float = 0.0, lora_rank: int =
         with_lora(out, lora_rank)
     make_trainable(out)
     out.train()
+    for m in out.modules():  # diffusers' LabelEmbedding (DiT) drops labels in training mode, for guidance
+        if hasattr(m, "token_drop") and getattr(m, "dropout_prob", 0) > 0:
+            m.dropout_prob = 0.0  # a student or critic is asked for the class it is given, every time
     return out
 
 

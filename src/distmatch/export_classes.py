@@ -23,6 +23,15 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def draw_labels(weights, batch_size, generator):
+    """Class labels drawn by the weights from the caller's generator, on its device; from a list of generators,
+    sample i's label from generator i (as randn_tensor draws its noise)."""
+    if isinstance(generator, list):
+        return torch.cat([draw_labels(weights, 1, g) for g in generator])
+    device = generator.device if generator is not None else "cpu"
+    return torch.multinomial(weights.to(device), batch_size, replacement=True, generator=generator).cpu()
+
+
 class DistmatchPipeline(DiffusionPipeline):
     """The scheduler's K steps over @NET@(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps
     when the scheduler would not pick them itself), re-noised to the next; a latent model's vae decodes them."""
@@ -56,7 +65,7 @@ class DistmatchPipeline(DiffusionPipeline):
         names = [str(c) for c in self.config.class_names]
         if class_labels is None:
             w = torch.tensor(self.config.class_weights or [1.0] * len(names), dtype=torch.float64)
-            return torch.multinomial(w, batch_size, replacement=True, generator=generator)
+            return draw_labels(w, batch_size, generator)
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
         if not torch.is_tensor(class_labels):

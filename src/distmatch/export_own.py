@@ -61,6 +61,15 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def draw_labels(weights, batch_size, generator):
+    """Class labels drawn by the weights from the caller's generator, on its device; from a list of generators,
+    sample i's label from generator i (as randn_tensor draws its noise)."""
+    if isinstance(generator, list):
+        return torch.cat([draw_labels(weights, 1, g) for g in generator])
+    device = generator.device if generator is not None else "cpu"
+    return torch.multinomial(weights.to(device), batch_size, replacement=True, generator=generator).cpu()
+
+
 class DistmatchStudentPipeline(DiffusionPipeline):
     """x̂_0 = G(σ_0 z); then x̂_0 = G(x_k, σ_k) for k = 1..K-1 (K = num_inference_steps <= trained K), with
     x_k = x̂_0 + σ_k ε_k (fresh noise) or, for a student trained DDIM-like (move = "ddim"), x̂_0 + σ_k ε̂ with its own
@@ -80,7 +89,7 @@ class DistmatchStudentPipeline(DiffusionPipeline):
         if cfg.num_classes:  # drawn as in the data unless given, first, as distmatch sample draws them
             if class_labels is None:
                 weights = torch.tensor(cfg.class_weights or [1.0] * cfg.num_classes, dtype=torch.float64)
-                class_labels = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+                class_labels = draw_labels(weights, batch_size, generator)
             labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
         shape = (batch_size, cfg.in_channels, *cfg.size)
         z = randn_tensor(shape, generator=generator, device=device)

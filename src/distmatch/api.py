@@ -13,6 +13,7 @@ in memory are written into the run folder (data.npz) so the run can be resumed a
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import sys
@@ -190,7 +191,7 @@ def users_network(teacher: LoadedModel) -> torch.nn.Module | None:
 def load(path, network: torch.nn.Module | None = None, device: str = "cpu") -> Model:
     """A teacher or student run folder, or a diffusers model folder; `network`: an instance of your own network
     class, for a student distilled from a network you wrapped with wrap_teacher; `device`: where it samples (cpu,
-    cuda, cuda:N, mps, or auto for a GPU when one is seen). A seed gives the same samples on any device."""
+    cuda, cuda:N, or auto for a GPU when one is seen). A seed gives the same samples on any device."""
     from .models import resolve_device
 
     if network is not None and not isinstance(network, torch.nn.Module):
@@ -316,6 +317,9 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
     adapter.fixed = fixed
+    devices = {t.device for t in itertools.chain(net.parameters(), net.buffers())}
+    if len(devices) == 1:  # the adapter's tables (a DDPM's σ per timestep) go where the network is
+        adapter.to(devices.pop())
     adapter.probe(shape)
     config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,

@@ -115,6 +115,11 @@ def image_size(x: torch.Tensor) -> int | list[int]:
     return int(x.shape[-1]) if x.shape[-1] == x.shape[-2] else [int(x.shape[-2]), int(x.shape[-1])]
 
 
+def forked_rng():
+    """torch's RNG states restored on leaving: the CPU's and every CUDA device's (torch.manual_seed seeds them all)."""
+    return torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else [])
+
+
 def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | None = None,
                       progress: bool = True) -> FeatureNet:
     """Train a FeatureNet on images x (N, C, H, W) in [-1, 1]; a classifier when labels are given.
@@ -127,7 +132,7 @@ def train_feature_net(x: torch.Tensor, labels, seed: int = 0, hparams: dict | No
     y = None if labels is None else torch.as_tensor(labels).to("cpu", torch.long)
     num_classes = int(y.max()) + 1 if y is not None else 0
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without disturbing the caller's RNG
+    with forked_rng():  # seed the initialisation without disturbing the caller's RNG
         torch.manual_seed(seed)
         net = FeatureNet(x.shape[1], image_size(x), num_classes)
     g = torch.Generator().manual_seed(seed)

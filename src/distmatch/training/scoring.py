@@ -103,7 +103,9 @@ class Scorer:
         model = self.as_model(method, it)
         if model is None:
             return 0.0
-        with torch.random.fork_rng(devices=[]):  # training draws the same numbers whether it is scored or not
+        from ..eval.features import forked_rng
+
+        with forked_rng():  # training draws the same numbers whether it is scored or not
             result = self.measure(model)
         record = {"it": it, **{k: v for k, v in result.items() if isinstance(v, (int, float))}}
         self.scores = [s for s in self.scores if s["it"] != it] + [record]

@@ -314,13 +314,17 @@ def follow_thread_budget() -> None:
 
 
 def _rng_tensors(data: DataStream, ctx: Context) -> dict[str, torch.Tensor]:
-    mine = torch.cat([torch.get_rng_state(), data.generator.get_state()])
     acc = ctx.accelerator
-    gathered = acc.gather(mine.to(acc.device)[None]).cpu() if acc.num_processes > 1 else mine[None]
+
+    def every_rank(mine: torch.Tensor) -> torch.Tensor:  # only the main process writes the checkpoint
+        return acc.gather(mine.to(acc.device)[None]).cpu() if acc.num_processes > 1 else mine[None]
+
+    gathered = every_rank(torch.cat([torch.get_rng_state(), data.generator.get_state()]))
     tensors = {f"rng/rank{r}": gathered[r] for r in range(gathered.shape[0])}
     tensors["rng/shared"] = ctx.shared_generator.get_state()
     if torch.cuda.is_available():
-        tensors[f"rng/cuda{acc.process_index}"] = torch.cuda.get_rng_state()
+        cuda = every_rank(torch.cuda.get_rng_state())
+        tensors.update({f"rng/cuda{r}": cuda[r] for r in range(cuda.shape[0])})
     return tensors
 
 

@@ -223,7 +223,7 @@ def test_evaluate_times_a_many_step_sampler_once(teacher_dir):
 
 def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, teacher_dir, tmp_path):
     """--device auto takes a GPU when one is seen (here the CPU: the same samples as --device cpu); a device that
-    is not there, or no device at all, is one line."""
+    is not there, or no device at all, is one line; so is MPS, which lacks the float64 the noise levels need."""
     import torch
 
     outs = []
@@ -235,6 +235,7 @@ def test_sample_chooses_its_device_and_refuses_one_that_is_not_there(capsys, tea
     assert np.array_equal(*outs)
     argv = ["sample", "--model", str(teacher_dir), "--n", "2", "--out", str(tmp_path / "y.npy"), "--device"]
     assert_user_error(capsys, argv + ["tpu7"], "unknown device 'tpu7'")
+    assert_user_error(capsys, argv + ["mps"], "'mps' is not supported", "float64")
     if not torch.cuda.is_available():
         assert_user_error(capsys, argv + ["cuda"], "device 'cuda' is not available", "0 CUDA device")
     assert_user_error(capsys, ["evaluate", "--model", str(teacher_dir), "--data", "moons", "--n", "8",

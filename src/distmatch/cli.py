@@ -13,7 +13,7 @@ EXIT_INTERRUPTED = 130
 
 SOLVER_HELP = ("a teacher's sampler: heun or euler (its probability-flow ODE) or ancestral (DDPM's stochastic "
                "sampler, often better for a DDPM-trained teacher); default: the teacher's own")
-DEVICE_HELP = ("where the model samples: cpu (default), cuda, cuda:N, mps, or auto (a GPU when one is seen); "
+DEVICE_HELP = ("where the model samples: cpu (default), cuda, cuda:N, or auto (a GPU when one is seen); "
                "a seed gives the same samples on any device")
 
 

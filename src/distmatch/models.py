@@ -217,20 +217,21 @@ def _strip(weights: dict, prefix: str) -> dict:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """A device name as a user gives it (cpu, cuda, cuda:1, mps; None or auto: a GPU when one is seen), refused in
-    one line when it is not there."""
+    """A device name as a user gives it (cpu, cuda, cuda:1; None or auto: a GPU when one is seen), refused in one
+    line when it is not there; Apple's mps is refused: the noise-level tables and flow steps are float64."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         raise UserError(f"device {name!r} is not available here: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {name!r} is not available here")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)")
+    if device.type == "mps":
+        raise UserError(f"device {name!r} is not supported: distmatch keeps noise levels in float64, which MPS lacks; "
+                        "use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)")
     return device
 
 

@@ -717,3 +717,16 @@ def test_a_damaged_checkpoint_of_a_finished_run_says_its_model_is_still_read(tin
     (tmp_path / "s" / "model.safetensors").unlink()
     with pytest.raises(UserError, match="the checkpoint is damaged: delete it to train this run again"):
         run_distill(tiny_teacher, tmp_path / "s", overrides=distill_args(["train.iters=4"]))
+
+
+@pytest.mark.parametrize("every", [0, 5])
+def test_processes_wait_for_a_score_longer_than_nccls_default(every):
+    """While the main process scores (train.eval_every), the others wait at a collective: two hours, not NCCL's
+    ten minutes; without scores accelerate's default stands."""
+    import datetime
+
+    from distmatch.training.trainer import TrainConfig, make_accelerator
+
+    acc = make_accelerator(TrainConfig(eval_every=every))
+    handler = acc.init_handler
+    assert (handler.timeout if handler else None) == (datetime.timedelta(hours=2) if every else None)

@@ -7,6 +7,7 @@ Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint;
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -87,14 +88,17 @@ class TrainConfig:
 
 
 def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, InitProcessGroupKwargs
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
     check_launcher_options(cfg)
     cpu = not torch.cuda.is_available()
     try:
-        acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+        # the main process scores alone (train.eval_every; a first score may fit the feature network) while the
+        # others wait at the next collective: longer than NCCL's default 10 minutes allows
+        waits = [InitProcessGroupKwargs(timeout=datetime.timedelta(hours=2))] if cfg.eval_every else []
+        acc = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no", kwargs_handlers=waits)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"accelerate cannot start these processes: {str(e).splitlines()[0]}") from None
     launched = int(os.environ.get("WORLD_SIZE", "1"))

@@ -431,3 +431,27 @@ def test_a_missing_inception_file_is_said_before_the_sampling(tmp_path, monkeypa
     monkeypatch.setattr(type(teacher.loaded), "sample", lambda *a, **k: pytest.fail("sampled before the check"))
     with pytest.raises(UserError, match="no Inception weights file at .*absent.pt"):
         distmatch.evaluate(teacher, np.zeros((16, 8, 8), np.uint8), n=16, inception=tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("solver", ["heun", "ancestral"])
+def test_sampling_runs_the_network_a_chunk_at_a_time_and_draws_the_same_samples(monkeypatch, solver):
+    """Many images at once would hold every layer's activations for all of them (a 32x32 UNet of 36M parameters:
+    about 12 MiB each, so 2048 at once needs 24 GiB); the network sees a chunk at a time, the noise is drawn as
+    before, and the samples are the same."""
+    import diffusers
+
+    import distmatch.models as models
+
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                layers_per_block=1, norm_num_groups=4)
+    teacher = distmatch.wrap_teacher(net, sample_shape=(1, 8, 8), solver=solver,
+                                     alphas_cumprod=diffusers.DDPMScheduler().alphas_cumprod).loaded
+    whole, _ = teacher.sample(10, steps=3, seed=0)
+    seen = []
+    net.register_forward_hook(lambda _m, inputs, _out: seen.append(len(inputs[0])))
+    monkeypatch.setattr(models, "SAMPLING_ELEMENTS", 4 * 64)  # 4 images of 1x8x8 per call
+    chunked, _ = teacher.sample(10, steps=3, seed=0)
+    assert max(seen) == 4 and sum(seen) == 10 * teacher.nfe(3)
+    assert (chunked - whole).abs().max() <= 1e-6 * whole.abs().max()  # the same but for rounding

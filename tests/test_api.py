@@ -440,7 +440,7 @@ def test_sampling_runs_the_network_a_chunk_at_a_time_and_draws_the_same_samples(
     before, and the samples are the same."""
     import diffusers
 
-    import distmatch.models as models
+    import distmatch.samplers as samplers
 
     torch.manual_seed(0)
     net = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
@@ -451,7 +451,13 @@ def test_sampling_runs_the_network_a_chunk_at_a_time_and_draws_the_same_samples(
     whole, _ = teacher.sample(10, steps=3, seed=0)
     seen = []
     net.register_forward_hook(lambda _m, inputs, _out: seen.append(len(inputs[0])))
-    monkeypatch.setattr(models, "SAMPLING_ELEMENTS", 4 * 64)  # 4 images of 1x8x8 per call
+    monkeypatch.setattr(samplers, "SAMPLING_ELEMENTS", 4 * 64)  # 4 images of 1x8x8 per call
     chunked, _ = teacher.sample(10, steps=3, seed=0)
     assert max(seen) == 4 and sum(seen) == 10 * teacher.nfe(3)
     assert (chunked - whole).abs().max() <= 1e-6 * whole.abs().max()  # the same but for rounding
+    from distmatch.methods.pairs import make_pairs
+
+    seen.clear()  # the teacher's ODE pairs (dmd, the regressions) are solved a chunk at a time too
+    with torch.no_grad():
+        make_pairs(teacher.denoiser, 10, (1, 8, 8), 2, "heun", 14.0, [], 0, "cpu")
+    assert max(seen) == 4 and sum(seen) == 10 * 3

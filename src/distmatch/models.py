@@ -5,7 +5,6 @@ Both expose one interface, so `sample`, `evaluate`, the report and the benchmark
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from . import checkpoint as ckpt
 from .data.spec import DataSpec
 from .errors import UserError, listed
 from .networks import build_denoiser
-from .samplers import SOLVERS, ancestral_sample, few_step_sample, ode_sample, teacher_nfe
+from .samplers import SOLVERS, ancestral_sample, few_step_sample, in_chunks, ode_sample, teacher_nfe
 from .schedules import NoiseSchedule
 from .teachers.gmm import GaussianMixture
 
@@ -31,24 +30,6 @@ class _Counted:
         out = self.denoiser(*args, **kwargs)
         self.bar.update(1)
         return out
-
-
-class _Chunked:
-    """A denoiser called on at most `size` samples at a time: sampling n images at once would hold every layer's
-    activations for all n (a 36M-parameter 32x32 UNet needs about 12 MiB per image). The noise is drawn for all n
-    as before, so the samples do not depend on the chunk."""
-
-    def __init__(self, denoiser, size: int):
-        self.denoiser, self.size = denoiser, size
-
-    def __call__(self, x, sigma, cond=None):
-        if len(x) <= self.size:
-            return self.denoiser(x, sigma, cond)
-        parts = [slice(i, i + self.size) for i in range(0, len(x), self.size)]
-        return torch.cat([self.denoiser(x[p], sigma[p], None if cond is None else cond[p]) for p in parts])
-
-
-SAMPLING_ELEMENTS = 2 ** 19  # sample values per network call while sampling: 170 images of 3x32x32, 668 of 28x28
 
 
 @dataclass
@@ -196,7 +177,7 @@ class LoadedModel:
 
     def _sample_batch(self, z, steps, cond, g, bar=None):
         schedule = self.schedule
-        chunked = _Chunked(self.denoiser, max(1, SAMPLING_ELEMENTS // math.prod(self.shape)))
+        chunked = in_chunks(self.denoiser, self.shape)
         if self.kind == "teacher":
             solver, limit = self.config["solver"], self.config.get("x0_limit")
             denoiser = chunked if bar is None or bar.disable else _Counted(chunked, bar)

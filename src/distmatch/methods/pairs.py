@@ -19,7 +19,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
-from ..samplers import ODE_SOLVERS, ode_trajectory
+from ..samplers import ODE_SOLVERS, in_chunks, ode_trajectory
 from ..schedules import SIGMA_MIN
 
 PAIRS_FILE, PARTS_DIR = ckpt.PAIRS, ckpt.PAIRS_PARTS
@@ -86,8 +86,8 @@ def make_pairs(denoiser, n: int, shape, steps: int, solver: str, sigma_max: floa
     done = {}  # chunk start -> (samples, states at `levels`)
     for i in starts:
         c = labels[i:i + chunk].to(device) if labels is not None else None
-        y, st = ode_trajectory(denoiser, z[i:i + chunk].to(device), steps, solver, c, levels, sigma_min, sigma_max,
-                               limit)
+        y, st = ode_trajectory(in_chunks(denoiser, shape), z[i:i + chunk].to(device), steps, solver, c, levels,
+                               sigma_min, sigma_max, limit)
         done[i] = (y.float().cpu(), torch.stack(st, 1).float().cpu() if levels else None)
         if keep is not None:
             keep(i, *done[i])

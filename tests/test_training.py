@@ -730,3 +730,17 @@ def test_processes_wait_for_a_score_longer_than_nccls_default(every):
     acc = make_accelerator(TrainConfig(eval_every=every))
     handler = acc.init_handler
     assert (handler.timeout if handler else None) == (datetime.timedelta(hours=2) if every else None)
+
+
+def test_sharded_training_is_refused_in_one_line():
+    """FSDP and DeepSpeed shard the networks' weights, and distmatch reads whole networks on every process (the EMA,
+    checkpoints, the student): accelerate configured for them is refused; DDP on GPUs or CPUs is what runs."""
+    from accelerate.utils import DistributedType
+
+    from distmatch.training.trainer import check_replicated
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(UserError, match=f"configured for {kind.value}, which shards.*launch with DDP"):
+            check_replicated(kind)
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_replicated(kind)

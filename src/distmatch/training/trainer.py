@@ -1,6 +1,6 @@
 """The only training loop: teacher training and every distillation method run through `train()`.
 
-It owns devices and processes (Hugging Face Accelerate: one CPU process by default, DDP/FSDP under
+It owns devices and processes (Hugging Face Accelerate: one CPU process by default, DDP under
 `accelerate launch`), the data stream, learning-rate warm-up, logs (JSON lines + TensorBoard), a progress bar,
 atomic checkpoints, and resuming: re-running the same command continues from the last checkpoint.
 Ctrl-C (or SIGTERM) asks the loop to stop after the current step and checkpoint; a second Ctrl-C stops at once.
@@ -108,7 +108,18 @@ def make_accelerator(cfg: TrainConfig):
                         "first, without cpu=True on a machine without GPUs): let distmatch create it")
     if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
         print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
+    check_replicated(acc.distributed_type)
     return acc
+
+
+def check_replicated(kind) -> None:
+    """Every process holds whole networks (DDP): the EMA, checkpoints and the student are read from them, which
+    sharded weights (FSDP, DeepSpeed) would leave partial."""
+    name = getattr(kind, "value", str(kind))
+    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"accelerate is configured for {name}, which shards the networks' weights: distmatch reads "
+                        "whole networks on every process (the EMA, checkpoints, the student); launch with DDP "
+                        "(accelerate launch --multi_gpu, or `accelerate config` without FSDP or DeepSpeed)")
 
 
 class StopRequest:

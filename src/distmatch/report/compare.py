@@ -17,7 +17,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..data import is_preset, load_data
 from ..errors import UserError
-from ..models import load_model
+from ..models import load_model, resolve_device
 from ..training.logging import read_log
 from .finished import finished_before, training_seconds
 
@@ -201,7 +201,8 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
     given = Path(teacher) if teacher is not None else None  # a teacher of the user's: its students distil on data
     with stage("teacher"):
         teacher_dir = given or train_teacher(data, out / "teacher", None, t_over)
-    teacher = load_model(teacher_dir)
+    device = resolve_device("auto")  # the rows sample where the runs trained: a GPU when one is seen
+    teacher = load_model(teacher_dir, device)
     if teacher.kind != "teacher":
         raise UserError(f"--teacher {teacher_dir} holds a {teacher.kind}, not a teacher")
     kind = teacher.spec.kind
@@ -225,7 +226,7 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
                          name=f"teacher network ({teacher.config['solver']})"))
     students = []
     for (method, k), (run_dir, *_), cost in zip(plan, work, costs):
-        student = load_model(run_dir)
+        student = load_model(run_dir, device)
         students.append((method, k, student, run_dir))
         rows.append(dict(evaluate_model(student, reference, n=n), name=f"{method} {k}-step", **cost,
                          distill_s=training_seconds(run_dir)))

@@ -17,7 +17,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..data import is_preset, load_data
 from ..errors import UserError
-from ..models import load_model
+from ..models import load_model, resolve_device
 from ..training.logging import read_log
 from .finished import finished_before, training_seconds
 
@@ -202,7 +202,8 @@ def run_demo(data: str, out: str | None, steps: int = 1, config_file: str | None
         print(f"{out} is finished: every run and its report are as they were", file=sys.stderr)
         print(headline(done["rows"], teacher_spec.kind))
         return out / "report.html"
-    teacher, student = load_model(out / "teacher"), load_model(out / "student")
+    device = resolve_device("auto")  # the rows sample where the runs trained: a GPU when one is seen
+    teacher, student = load_model(out / "teacher", device), load_model(out / "student", device)
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     t0 = time.perf_counter()
     n = n_eval if teacher.spec.kind == "vector" else min(n_eval, 1000)

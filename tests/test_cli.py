@@ -438,7 +438,8 @@ def test_demo_and_compare_help_give_set_keys_they_accept(capsys):
 
 def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
     """A seed beyond 32 bits, an empty --out, an output path the file system refuses, and a teacher whose
-    config.json was edited so that its weights no longer fit: one line each, status 2."""
+    config.json was edited so that its weights no longer fit, and a student's folder holding a teacher's weights: one
+    short line each, status 2."""
     import shutil
 
     big = str(2 ** 64)
@@ -458,6 +459,14 @@ def test_refusals_that_were_tracebacks(capsys, teacher_dir, tmp_path):
     (edited / "config.json").write_text(json.dumps(cfg))
     assert_user_error(capsys, ["sample", "--model", str(edited), "--n", "2", "--out", str(tmp_path / "x.npy")],
                       "do not fit together")
+    code, _, err = run_cli(capsys, "distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
+                           "--set", "train.iters=2", "train.batch_size=32", "train.progress=false",
+                           "train.preview=false")
+    assert code == 0, err
+    shutil.copy(teacher_dir / "model.safetensors", tmp_path / "s" / "model.safetensors")  # a teacher's weights
+    line = assert_user_error(capsys, ["sample", "--model", str(tmp_path / "s"), "--n", "2", "--out",
+                                      str(tmp_path / "x.npy")], "weights file holds none of its")
+    assert len(line) < 200, line  # torch's message listed every key: 1,500 characters
 
 
 def test_sample_refuses_before_sampling_what_it_could_not_write(capsys, teacher_dir, tmp_path):

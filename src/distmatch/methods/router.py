@@ -7,7 +7,7 @@ import sys
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, listed
 from ..networks import build_denoiser
 from ..teachers.adapters import diffusers_network, rebuild_adapter
 
@@ -76,10 +76,19 @@ def _strip(weights: dict, prefix: str) -> dict:
 
 
 def _with_weights(gen: nn.Module, weights: dict, network: nn.Module | None) -> nn.Module:
+    given = f"the network given ({type(network).__name__})" if network is not None else "its network"
+    expected = gen.state_dict().keys()
+    missing, unexpected = [k for k in expected if k not in weights], [k for k in weights if k not in expected]
+    if expected and len(missing) == len(expected):
+        raise UserError(f"the student's weights do not fit {given}: its weights file holds none of its "
+                        f"{len(expected)} weights (another model's weights?)")
+    if missing or unexpected:  # named a few at a time: torch lists every key, a screenful for a U-Net
+        parts = ([f"missing {listed(missing, 4)}"] if missing else []) + \
+            ([f"not its own {listed(unexpected, 4)}"] if unexpected else [])
+        raise UserError(f"the student's weights do not fit {given}: {'; '.join(parts)}")
     try:
         gen.load_state_dict(weights)
     except RuntimeError as e:
-        given = f"the network given ({type(network).__name__})" if network is not None else "its network"
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
         raise UserError(f"the student's weights do not fit {given}: {detail}") from None
     return gen.requires_grad_(False)

@@ -493,10 +493,11 @@ def test_a_student_of_distmatchs_own_unet_exports_with_its_code(tmp_path, labell
 
 RELOAD_LABELLED = RELOAD_OWN[:RELOAD_OWN.index("images = pipe(")] + """
 for i, labels in enumerate(sys.argv[6:]):  # Python expressions; None: drawn as distmatch draws them
-    given = {} if labels in ("None", "list") else {"class_labels": eval(labels)}
-    # list: drawn, one generator per image (seed, seed + 1, ...), each image's label and noise from its own
+    given = {} if labels in ("None", "list", "list1") else {"class_labels": eval(labels)}
+    # list: drawn, one generator per image (seed, seed + 1, ...), each image's label and noise from its own;
+    # list1: a list of one generator, which is that generator
     generator = ([torch.Generator().manual_seed(seed + j) for j in range(n)] if labels == "list" else
-                 torch.manual_seed(seed))
+                 [torch.Generator().manual_seed(seed)] if labels == "list1" else torch.manual_seed(seed))
     images = pipe(batch_size=n, num_inference_steps=k, generator=generator, output_type="pt", **given)
     np.save(f"{out}.{i}.npy", images.images.numpy())
 print(type(pipe).__name__)
@@ -564,7 +565,8 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
     assert index[name][1] == type(load_model(student).denoiser.net).__name__ and (out / "pipeline.py").is_file()
     assert index["class_weights"] == pytest.approx([1 / 3] * 3) and index["class_names"] == ["0", "1", "2"]
     assert "trust_remote_code=True" in (out / "README.md").read_text()
-    printed, (drawn, *given, listed) = exported_images(out, k, 4, tmp_path, ["None", "[2, 2, 2]", "'1'", "list"])
+    printed, (drawn, *given, listed, one) = exported_images(out, k, 4, tmp_path,
+                                                           ["None", "[2, 2, 2]", "'1'", "list", "list1"])
     assert "loaded without" not in printed and "DistmatchPipeline" in printed, printed
     for cond, x in zip((None, 2, 1), (drawn, *given)):  # drawn labels, by index, by class name
         ours, _ = load_model(student).sample(3, cond=cond, seed=4)
@@ -572,6 +574,7 @@ def test_a_class_conditional_student_exports_with_a_pipeline_that_passes_labels(
     for j in range(3):  # a generator per image: each image as one drawn alone from its seed
         ours, _ = load_model(student).sample(1, seed=4 + j)
         assert np.abs(unit(ours) - listed[j:j + 1]).max() < 1e-4, j
+    assert np.abs(one - drawn).max() < 1e-4  # a list of one generator is that generator, as randn_tensor takes it
     assert np.abs(given[1] - drawn).max() > 1e-3  # the labels reach the network
 
 

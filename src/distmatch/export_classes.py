@@ -26,6 +26,8 @@ from diffusers.utils.torch_utils import randn_tensor
 def draw_labels(weights, batch_size, generator):
     """Class labels drawn by the weights from the caller's generator, on its device; from a list of generators,
     sample i's label from generator i (as randn_tensor draws its noise)."""
+    if isinstance(generator, list) and len(generator) == 1:  # as randn_tensor takes it: the one generator
+        generator = generator[0]
     if isinstance(generator, list):
         return torch.cat([draw_labels(weights, 1, g) for g in generator])
     device = generator.device if generator is not None else "cpu"

@@ -744,3 +744,13 @@ def test_sharded_training_is_refused_in_one_line():
             check_replicated(kind)
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_replicated(kind)
+
+
+def test_a_deepspeed_launch_is_refused_before_accelerate_looks_for_deepspeed(monkeypatch):
+    """accelerate launch --use_deepspeed sets ACCELERATE_USE_DEEPSPEED; without deepspeed installed accelerate's
+    own ImportError came first, a traceback."""
+    from distmatch.training.trainer import TrainConfig, make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="configured for DEEPSPEED"):
+        make_accelerator(TrainConfig())

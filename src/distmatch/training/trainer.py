@@ -94,6 +94,9 @@ def make_accelerator(cfg: TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=False)  # several runs in one process (demo, tests)
     check_launcher_options(cfg)
     cpu = not torch.cuda.is_available()
+    for kind in ("DEEPSPEED", "FSDP"):  # said before accelerate builds them (without deepspeed: its ImportError)
+        if os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() == "true" and not (cpu and kind == "FSDP"):
+            check_replicated(kind)
     try:
         # the main process scores alone (train.eval_every; a first score may fit the feature network) while the
         # others wait at the next collective: longer than NCCL's default 10 minutes allows

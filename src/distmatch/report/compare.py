@@ -201,8 +201,7 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
     given = Path(teacher) if teacher is not None else None  # a teacher of the user's: its students distil on data
     with stage("teacher"):
         teacher_dir = given or train_teacher(data, out / "teacher", None, t_over)
-    device = resolve_device("auto")  # the rows sample where the runs trained: a GPU when one is seen
-    teacher = load_model(teacher_dir, device)
+    teacher = load_model(teacher_dir)  # on the CPU while the runs distil: the GPU is theirs
     if teacher.kind != "teacher":
         raise UserError(f"--teacher {teacher_dir} holds a {teacher.kind}, not a teacher")
     kind = teacher.spec.kind
@@ -217,6 +216,9 @@ def run_compare(data: str | None, methods: str, steps: str | None, out: str | No
                        out / "report.html"):
         print(f"{out} is finished: every run and its report are as they were", file=sys.stderr)
         return out / "report.html"
+    device = resolve_device("auto")  # the rows sample where the runs trained: a GPU when one is seen
+    if device.type != "cpu":
+        teacher = load_model(teacher_dir, device)
     reference = load_data(data, split="test" if is_preset(data) else "train", spec=teacher.spec)
     n = 4000 if kind == "vector" else 1000
     rows = [dict(evaluate_model(teacher, reference, n=n), name=f"teacher ({teacher.config['solver']})",

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 
-PIPELINE = '''"""A distmatch few-step student as a diffusers pipeline (torch and diffusers only)."""
-import torch
+# the head of every exported pipeline.py: its imports, and class labels drawn as distmatch sample draws them
+PIPELINE_HEAD = '''import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -32,7 +32,10 @@ def draw_labels(weights, batch_size, generator):
         return torch.cat([draw_labels(weights, 1, g) for g in generator])
     device = generator.device if generator is not None else "cpu"
     return torch.multinomial(weights.to(device), batch_size, replacement=True, generator=generator).cpu()
+'''
 
+PIPELINE = '''"""A distmatch few-step student as a diffusers pipeline (torch and diffusers only)."""
+''' + PIPELINE_HEAD + '''
 
 class DistmatchPipeline(DiffusionPipeline):
     """The scheduler's K steps over @NET@(x_t, t[, class_labels]): x̂_0 at each trained level (trained_timesteps

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from . import parameterization
 from .errors import UserError
+from .export_classes import PIPELINE_HEAD
 from .networks import embed, unet
 from .teachers import edm
 
@@ -56,21 +57,7 @@ class DistmatchStudent(ModelMixin, ConfigMixin):
 '''
 
 PIPELINE = '''"""A distmatch few-step student as a diffusers pipeline (self-contained: torch and diffusers only)."""
-import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
-
-
-def draw_labels(weights, batch_size, generator):
-    """Class labels drawn by the weights from the caller's generator, on its device; from a list of generators,
-    sample i's label from generator i (as randn_tensor draws its noise)."""
-    if isinstance(generator, list) and len(generator) == 1:  # as randn_tensor takes it: the one generator
-        generator = generator[0]
-    if isinstance(generator, list):
-        return torch.cat([draw_labels(weights, 1, g) for g in generator])
-    device = generator.device if generator is not None else "cpu"
-    return torch.multinomial(weights.to(device), batch_size, replacement=True, generator=generator).cpu()
-
+''' + PIPELINE_HEAD + '''
 
 class DistmatchStudentPipeline(DiffusionPipeline):
     """x̂_0 = G(σ_0 z); then x̂_0 = G(x_k, σ_k) for k = 1..K-1 (K = num_inference_steps <= trained K), with

@@ -216,3 +216,13 @@ def _lock(out: Path) -> tuple[int | None, bool]:
         os.close(fd)
         return None, True
     return fd, False
+
+
+def check_replicated(kind) -> None:
+    """Every process holds whole networks (DDP): the EMA, checkpoints and the student are read from them, which
+    sharded weights (FSDP, DeepSpeed) would leave partial."""
+    name = getattr(kind, "value", str(kind))
+    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"accelerate is configured for {name}, which shards the networks' weights: distmatch reads "
+                        "whole networks on every process (the EMA, checkpoints, the student); launch with DDP "
+                        "(accelerate launch --multi_gpu, or `accelerate config` without FSDP or DeepSpeed)")

@@ -24,7 +24,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import Interrupted, UserError
 from .guards import (check_finite, check_finite_weights, check_launcher_options, check_not_foreign,
-                     check_resumable, check_run_folder, check_same_run, folder_lock,
+                     check_replicated, check_resumable, check_run_folder, check_same_run, folder_lock,
                      read_checkpoint_iteration)  # noqa: F401 (re-exported)
 from .logging import RunLogger
 from .method import Batch, Context, Method
@@ -113,16 +113,6 @@ def make_accelerator(cfg: TrainConfig):
         print("distmatch: warning: FSDP needs GPUs; accelerate runs these CPU processes as DDP", file=sys.stderr)
     check_replicated(acc.distributed_type)
     return acc
-
-
-def check_replicated(kind) -> None:
-    """Every process holds whole networks (DDP): the EMA, checkpoints and the student are read from them, which
-    sharded weights (FSDP, DeepSpeed) would leave partial."""
-    name = getattr(kind, "value", str(kind))
-    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise UserError(f"accelerate is configured for {name}, which shards the networks' weights: distmatch reads "
-                        "whole networks on every process (the EMA, checkpoints, the student); launch with DDP "
-                        "(accelerate launch --multi_gpu, or `accelerate config` without FSDP or DeepSpeed)")
 
 
 class StopRequest:

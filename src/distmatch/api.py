@@ -317,10 +317,7 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     else:
         adapter = VPAdapter(net, alphas_cumprod, prediction or "epsilon", timesteps, num_classes, features)
     adapter.fixed = fixed
-    devices = {t.device for t in itertools.chain(net.parameters(), net.buffers())}
-    if len(devices) == 1:  # the adapter's tables (a DDPM's σ per timestep) go where the network is
-        adapter.to(devices.pop())
-    adapter.probe(shape)
+    _probed_where_the_network_is(adapter, net, shape)
     config = {"kind": "teacher", "teacher": "external", "network": adapter.config(), "num_classes": num_classes,
               "class_weights": [1.0 / num_classes] * num_classes if num_classes else [], "sigma_data": sigma_data,
               "solver": solver, "sample_steps": sample_steps or (40 if len(shape) == 1 else 18),
@@ -328,6 +325,15 @@ def wrap_teacher(net: torch.nn.Module, sample_shape, prediction: str | None = No
     if clip_sample is not None:
         config["x0_limit"] = {"range": float(clip_sample)}
     return Model(_wrapped_teacher(adapter, config, shape, value_range, checked_codec(vae, shape)))
+
+
+def _probed_where_the_network_is(adapter, net, shape) -> None:
+    """The adapter's tables (a DDPM's σ per timestep) moved to the network's device (a network on one), then the
+    adapter probed on samples of `shape`."""
+    devices = {t.device for t in itertools.chain(net.parameters(), net.buffers())}
+    if len(devices) == 1:
+        adapter.to(devices.pop())
+    adapter.probe(shape)
 
 
 def _wrapped_teacher(adapter, config: dict, shape, value_range, codec) -> LoadedModel:

@@ -202,6 +202,71 @@ def test_heun_over_the_score_adapter_reproduces_a_mixture_disguised_as_a_score_s
     assert near.median() < 0.15, near.median()
 
 
+def edm_folder(path, scheduler="EDMEulerScheduler", prediction="epsilon", sigma_data=0.5, sigma_max=80.0):
+    """A tiny UNet2DModel beside one of diffusers' EDM schedulers (its unet/ and scheduler/: diffusers has no
+    stock pipeline for such a model)."""
+    unet = tiny_unet(seed=3)
+    unet.save_pretrained(path / "unet")
+    getattr(diffusers, scheduler)(sigma_min=0.002, sigma_max=sigma_max, sigma_data=sigma_data,
+                                  prediction_type=prediction).save_pretrained(path / "scheduler")
+    return path
+
+
+@pytest.mark.parametrize("scheduler", ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("prediction, sigma_data", [("epsilon", 0.5), ("v_prediction", 1.0)])
+def test_an_edm_folder_gives_the_schedulers_own_x0_and_rebuilds(tmp_path, scheduler, prediction, sigma_data):
+    """D(x_σ, σ) = the scheduler's precondition_outputs of the network run on its precondition_inputs and
+    precondition_noise, at the ends of its range and between; its levels are that range."""
+    from distmatch.models import load_model
+
+    model = load_model(edm_folder(tmp_path / "t", scheduler, prediction, sigma_data))
+    teacher, sched = model.denoiser, getattr(diffusers, scheduler)(sigma_min=0.002, sigma_max=80.0,
+                                                                     sigma_data=sigma_data, prediction_type=prediction)
+    assert model.config["sigma_data"] == sigma_data
+    assert torch.allclose(teacher.schedule().grid[[0, -1]], torch.tensor([0.002, 80.0], dtype=torch.float64))
+    g = torch.Generator().manual_seed(5)
+    for s in (0.002, 0.3, 5.0, 80.0):
+        x = torch.randn(2, 1, 8, 8, generator=g) * (0.5 + s)
+        sigma = torch.tensor(s)
+        with torch.no_grad():
+            out = teacher.net(sched.precondition_inputs(x, sigma), sched.precondition_noise(sigma)).sample
+            want = sched.precondition_outputs(x, out, sigma)
+            got = teacher(x, torch.full((2,), s))
+            again = rebuild_adapter(teacher.config(), teacher.net)(x, torch.full((2,), s))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max())), (s, (got - want).abs().max())
+        assert torch.equal(again, got)
+
+
+class MixtureAsPreconditioned(torch.nn.Module):
+    """A closed-form Gaussian mixture disguised as an EDM-preconditioned network F(c_in x, ln(σ)/4) predicting
+    "v_prediction": F = -(D_exact - c_skip x) / c_out."""
+
+    def __init__(self, mixture, sigma_data):
+        super().__init__()
+        self.mixture, self.sigma_data = mixture, sigma_data
+
+    def forward(self, x_in, c_noise):
+        sigma = (4 * c_noise).exp()
+        x = x_in * (sigma[:, None] ** 2 + self.sigma_data ** 2).sqrt()
+        c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
+        c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
+        return -(self.mixture(x, sigma).float() - c_skip[:, None] * x) / c_out[:, None]
+
+
+def test_heun_over_the_preconditioned_adapter_reproduces_a_mixture_disguised_as_an_edm_model():
+    """The mixture's modes and weights come back: a wrong c_in, c_noise or sign of c_out moves or blurs them."""
+    from distmatch.teachers.preconditioned import PreconditionedAdapter
+
+    means = torch.tensor([[-0.6, 0.0], [0.6, 0.5]], dtype=torch.float64)
+    mixture = GaussianMixture([0.3, 0.7], means, torch.tensor([0.01, 0.01], dtype=torch.float64))
+    adapter = PreconditionedAdapter(MixtureAsPreconditioned(mixture, 1.0), 0.002, 80.0, 1.0, "v_prediction")
+    x = ode_sample(adapter, torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)), 40, "heun",
+                   sigma_min=0.002, sigma_max=80.0)
+    assert abs((x[:, 0] > 0).double().mean().item() - 0.7) < 0.03
+    near = torch.cdist(x.double(), means).min(1).values
+    assert near.median() < 0.15, near.median()
+
+
 def test_wrap_teacher_reads_a_score_network_on_its_own_range():
     """prediction="score": a σ-space network on [-1, 1] returning the score, x̂_0 = x + σ² s, its levels the
     geometric range it was trained on."""

@@ -257,7 +257,7 @@ def test_a_teacher_folder_samples_and_refuses_what_it_cannot_read(ddpm_folder, t
         run_distill(tmp_path, tmp_path / "s", overrides=QUIET)
     v = tmp_path / "v"
     pipe = diffusers.DDPMPipeline.from_pretrained(ddpm_folder)
-    pipe.scheduler = diffusers.EDMEulerScheduler()  # no stock pixel pipeline runs it
+    pipe.scheduler = diffusers.CMStochasticIterativeScheduler()  # consistency models' σ-space: not a teacher's
     pipe.save_pretrained(v)
     with pytest.raises(UserError, match="no alphas_cumprod"):
         run_distill(v, tmp_path / "s", overrides=QUIET)
@@ -354,6 +354,21 @@ def test_a_score_sde_teachers_student_starts_where_an_epsilon_teachers_does_and_
     x, _ = model.sample(4, seed=0)
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
     with pytest.raises(UserError, match="no stock diffusers scheduler runs a score"):
+        export_student(student, tmp_path / "e")
+
+
+def test_an_edm_folders_student_starts_at_its_top_trains_samples_and_is_not_exported(tmp_path):
+    """A diffusers UNet with EDM's preconditioning (EDMEulerScheduler) is distilled in σ-space as it is: its x̂_0
+    does not carry ε̂'s error times σ, so a 1-step student starts at the top of its range. No stock pipeline runs
+    such a model, so export refuses in one line."""
+    from test_adapters import edm_folder
+
+    student = run_distill(edm_folder(tmp_path / "edm", sigma_max=40.0), tmp_path / "s", steps=1, overrides=QUIET)
+    model = load_model(student)
+    assert model.config["sigmas"] == [pytest.approx(40.0)]
+    x, _ = model.sample(4, seed=0)
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+    with pytest.raises(UserError, match="no stock diffusers pipeline runs an EDM-preconditioned UNet"):
         export_student(student, tmp_path / "e")
 
 

@@ -50,6 +50,9 @@ def check_exportable(model: LoadedModel) -> None:
     if net.get("convention") == "score":
         raise UserError(f"{model.path}: no stock diffusers scheduler runs a score (VE) model's few steps; sample the "
                         "student with distmatch (distmatch sample, distmatch.load)")
+    if net.get("convention") == "precond":  # DDPMPipeline and its kin do not scale the network's input (c_in)
+        raise UserError(f"{model.path}: no stock diffusers pipeline runs an EDM-preconditioned UNet; sample the "
+                        "student with distmatch (distmatch sample, distmatch.load)")
     if net.get("kind") != "diffusers" or net.get("convention") not in ("vp", "flow"):
         raise UserError(f"{model.path}: export writes image students of distmatch's U-Net or of a diffusers UNet "
                         "with a DDPM-family or flow scheduler; this one is neither")

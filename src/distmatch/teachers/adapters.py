@@ -7,6 +7,7 @@ Subclasses say how σ-space maps to the network's inputs and its prediction back
     VPAdapter    a DDPM-style network on x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε = x_σ / √(1+σ²), σ(t) = √((1-ᾱ_t)/ᾱ_t)
     FlowAdapter  a flow-matching network predicting the velocity on x_s = (1-s) x_0 + s ε = x_σ / (1+σ), σ = s/(1-s)
     ScoreAdapter a variance-exploding score network (score SDE's NCSN++) on x'_σ' = x'_0 + σ' ε, data x' in [0, 1]
+    PreconditionedAdapter (preconditioned.py) a network trained with EDM's preconditioning, F(c_in x_σ, ln(σ)/4)
 """
 from __future__ import annotations
 
@@ -371,6 +372,11 @@ def rebuild_adapter(cfg: dict, net: nn.Module) -> TeacherAdapter:
     if cfg.get("convention") == "flow":
         return FlowAdapter(net, cfg["num_train"], cfg["shift"], cfg["time_scale"], cfg.get("num_classes", 0),
                            cfg.get("features"))
+    if cfg.get("convention") == "precond":
+        from .preconditioned import PreconditionedAdapter
+
+        return PreconditionedAdapter(net, cfg["sigma_min"], cfg["sigma_max"], cfg["sigma_data"],
+                                     cfg["prediction_type"], cfg.get("num_classes", 0), cfg.get("features"))
     if cfg.get("convention") == "vp":
         return VPAdapter(net, cfg["alphas_cumprod"], cfg["prediction"], cfg["timesteps"], cfg.get("num_classes", 0),
                          cfg.get("features"))

@@ -5,10 +5,10 @@ samples decoded by its autoencoder (latent.py).
 
 A UNet2DModel or DiTTransformer2DModel with a DDPM-family scheduler (one with `alphas_cumprod`: DDPM, DDIM, Euler,
 LCM, ...) becomes a VPAdapter with the scheduler's prediction type; a flow-matching one (FlowMatchEuler or
-FlowMatchHeun, or UniPC / DPM-Solver on flow sigmas) a FlowAdapter with its shift; ScoreSdeVeScheduler (NCSN++) a
-ScoreAdapter on [0, 1] images. The sample shape comes from the model's config; a class-conditional model
-(`num_class_embeds`; a DiT always is) keeps its classes; the GAN head reads the UNet's `mid_block` or the DiT's
-middle block.
+FlowMatchHeun, or UniPC / DPM-Solver on flow sigmas) a FlowAdapter with its shift; EDM's (EDMEuler,
+EDMDPMSolverMultistep) a PreconditionedAdapter; ScoreSdeVeScheduler (NCSN++) a ScoreAdapter on [0, 1] images.
+The sample shape comes from the model's config; a class-conditional model (`num_class_embeds`; a DiT always is)
+keeps its classes; the GAN head reads the UNet's `mid_block` or the DiT's middle block.
 """
 from __future__ import annotations
 
@@ -169,6 +169,7 @@ def gan_features(net) -> str:
 
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")  # σ-space, EDM's preconditioning
 
 
 def flow_shift(cfg, sched_class: str, path: Path) -> float | None:
@@ -201,11 +202,15 @@ def adapter_for(unet, scheduler, sched_class: str, classes: int, path: Path, pre
         # diffusers feeds a flow network t = s · num_train_timesteps
         return FlowAdapter(unet, cfg.num_train_timesteps, shift, time_scale=cfg.num_train_timesteps,
                            num_classes=classes, features=features)
+    if sched_class in EDM_SCHEDULERS:
+        from .preconditioned import PreconditionedAdapter
+
+        return PreconditionedAdapter(unet, cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, prediction, classes, features)
     if sched_class == "ScoreSdeVeScheduler":  # its pipeline keeps images in [0, 1]
         return ScoreAdapter(unet, cfg.sigma_min, cfg.sigma_max, (0.0, 1.0), num_classes=classes, features=features)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserError(f"{path}: its scheduler {sched_class} has no alphas_cumprod; distmatch reads DDPM-family "
-                        "(variance-preserving) schedulers, flow-matching ones and ScoreSdeVeScheduler")
+                        "(variance-preserving) schedulers, flow-matching ones, EDM's and ScoreSdeVeScheduler")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise UserError(f"{path}: prediction_type {prediction!r} is not supported (epsilon, v_prediction, sample)")
     return VPAdapter(unet, scheduler.alphas_cumprod, prediction, num_classes=classes, features=features)
@@ -260,8 +265,8 @@ def load_diffusers_teacher(path: str | Path, solver: str = "heun", sample_steps:
                     class_names=list(range(classes)))
     config = {"kind": "teacher", "teacher": "diffusers", "folder": str(path.resolve()), "network": adapter.config(),
               "num_classes": classes, "class_weights": [1.0 / classes] * classes if classes else [],
-              "sigma_data": 0.5, "solver": solver, "sample_steps": sample_steps, "spec": spec.to_dict(),
-              "schedule": adapter.schedule().config()}
+              "sigma_data": getattr(adapter, "sigma_data", 0.5), "solver": solver, "sample_steps": sample_steps,
+              "spec": spec.to_dict(), "schedule": adapter.schedule().config()}
     if classes and (aliases := class_aliases(path)):
         config["class_aliases"] = aliases
     if limit := x0_limit(scheduler.config):

@@ -57,6 +57,7 @@ def folders() -> dict:
         "score sde fourier": (unet(embedding="fourier"), d.ScoreSdeVeScheduler(sigma_max=348.0)),
         "score sde positional": (unet(), d.ScoreSdeVeScheduler(sigma_max=348.0)),
         "edm euler": (unet(), d.EDMEulerScheduler()),
+        "edm dpm-solver v": (unet(), d.EDMDPMSolverMultistepScheduler(prediction_type="v_prediction", sigma_data=1.0)),
     }
 
 

@@ -341,34 +341,23 @@ def test_a_flow_network_fed_another_time_scale_is_not_exported(ddpm_folder, tmp_
         export_student(tmp_path / "s", tmp_path / "e")
 
 
-def test_a_score_sde_teachers_student_starts_where_an_epsilon_teachers_does_and_is_not_exported(tmp_path):
+@pytest.mark.parametrize("kind, start, refusal", [
+    ("score", 14.62, "no stock diffusers scheduler runs a score"),
+    ("edm", 40.0, "no stock diffusers pipeline runs an EDM-preconditioned UNet")])
+def test_a_sigma_space_folders_student_starts_where_its_x0_allows_and_is_not_exported(tmp_path, kind, start, refusal):
     """A VE score network's x̂_0 = x + σ² s carries its error times σ, as an ε network's does: its 1-step student
-    starts at σ <= start_sigma_max (14.62), not at the top of its range (σ' = 50 on [0, 1], 100 here). It trains
-    and samples; export, which has no stock scheduler for it, refuses in one line."""
-    from test_adapters import score_sde_folder
+    starts at σ <= start_sigma_max (14.62), not at the top of its range (σ' = 50 on [0, 1], 100 here). A UNet with
+    EDM's preconditioning (EDMEulerScheduler) has no such error: its student starts at the top, σ 40 here. Both
+    train and sample; export, which has no stock scheduler or pipeline for them, refuses in one line."""
+    from test_adapters import edm_folder, score_sde_folder
 
-    folder = score_sde_folder(tmp_path / "ve")
+    folder = score_sde_folder(tmp_path / "ve") if kind == "score" else edm_folder(tmp_path / "edm", sigma_max=40.0)
     student = run_distill(folder, tmp_path / "s", steps=1, overrides=QUIET)
     model = load_model(student)
-    assert model.config["sigmas"] == [pytest.approx(14.62)]
+    assert model.config["sigmas"] == [pytest.approx(start)]
     x, _ = model.sample(4, seed=0)
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
-    with pytest.raises(UserError, match="no stock diffusers scheduler runs a score"):
-        export_student(student, tmp_path / "e")
-
-
-def test_an_edm_folders_student_starts_at_its_top_trains_samples_and_is_not_exported(tmp_path):
-    """A diffusers UNet with EDM's preconditioning (EDMEulerScheduler) is distilled in σ-space as it is: its x̂_0
-    does not carry ε̂'s error times σ, so a 1-step student starts at the top of its range. No stock pipeline runs
-    such a model, so export refuses in one line."""
-    from test_adapters import edm_folder
-
-    student = run_distill(edm_folder(tmp_path / "edm", sigma_max=40.0), tmp_path / "s", steps=1, overrides=QUIET)
-    model = load_model(student)
-    assert model.config["sigmas"] == [pytest.approx(40.0)]
-    x, _ = model.sample(4, seed=0)
-    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
-    with pytest.raises(UserError, match="no stock diffusers pipeline runs an EDM-preconditioned UNet"):
+    with pytest.raises(UserError, match=refusal):
         export_student(student, tmp_path / "e")
 
 

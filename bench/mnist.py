@@ -135,6 +135,15 @@ def score_rows(plan, out: Path, n: int, weights: Path, prepare=minmax) -> list[d
     return results
 
 
+def print_clamped_rows(plan, out: Path, n: int, inception: str | None) -> None:
+    """score_rows on images clamped to [-1, 1] (as a diffusers pipeline returns them), a line per row."""
+    from distmatch.eval.inception import inception_path
+
+    for row in score_rows(plan, out, n, inception_path(inception), prepare=lambda x: x.clamp(-1, 1)):
+        print(row["name"], row["nfe"], round(row["fd"], 2), round(row["kid"] * 1e3, 1), round(row["precision"], 3),
+              round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
+
+
 def write_table(results: list[dict], distill_s: dict, out: Path, teacher_first: bool = True) -> str:
     (out / "results.json").write_text(json.dumps({"rows": results, "distill_s": distill_s}, indent=1))
     lines = ["| row | NFE | FID | x teacher | KID x1e3 | precision | recall | in range | samples/s |",

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist import mnist_train  # noqa: E402
+from mnist import mnist_train, print_clamped_rows  # noqa: E402
 from mnist_diffusers import make_unet, train_recipe  # noqa: E402
 
 P_MEAN, P_STD = -1.2, 1.2
@@ -77,9 +77,7 @@ def euler_sample(folder: Path, n: int, steps: int, g: torch.Generator) -> torch.
 
 
 def teacher_rows(out: Path, inception: str | None, n: int = 1000) -> None:
-    from distmatch.eval.inception import inception_path
     from distmatch.models import load_model
-    from mnist import score_rows
 
     teacher = load_model(out / "teacher")
     euler = teacher.with_solver("euler")
@@ -89,9 +87,7 @@ def teacher_rows(out: Path, inception: str | None, n: int = 1000) -> None:
             ("distmatch Heun 50", (99, lambda n, g: teacher.sample(n, steps=50, seed=0)[0].float()))]
     plan += [(f"distmatch Euler {k}", (k, lambda n, g, k=k: euler.sample(n, steps=k, seed=0)[0].float()))
              for k in (1, 2, 4)]
-    for row in score_rows(plan, out / "scores", n, inception_path(inception), prepare=lambda x: x.clamp(-1, 1)):
-        print(row["name"], row["nfe"], round(row["fd"], 2), round(row["kid"] * 1e3, 1), round(row["precision"], 3),
-              round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
+    print_clamped_rows(plan, out / "scores", n, inception)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist import mnist_test, mnist_train  # noqa: E402
+from mnist import mnist_test, mnist_train, print_clamped_rows  # noqa: E402
 from mnist_diffusers import train_recipe  # noqa: E402
 
 KL_WEIGHT = 1e-4
@@ -131,9 +131,7 @@ def own_sampler(folder: Path, n: int, steps: int, g: torch.Generator) -> torch.T
 def rows(out: Path, inception: str | None, n: int = 1000) -> None:
     from diffusers import AutoencoderKL
 
-    from distmatch.eval.inception import inception_path
     from distmatch.models import load_model
-    from mnist import score_rows
 
     teacher = load_model(out / "teacher")
     vae = AutoencoderKL.from_pretrained(out / "teacher" / "vae").eval()
@@ -145,9 +143,7 @@ def rows(out: Path, inception: str | None, n: int = 1000) -> None:
             ("distmatch ancestral 100", (100, lambda n, g: teacher.with_solver("ancestral").sample(
                 n, steps=100, seed=0)[0].float())),
             ("distmatch Euler 4", (4, lambda n, g: teacher.with_solver("euler").sample(n, steps=4, seed=0)[0].float()))]
-    for row in score_rows(plan, out / "scores", n, inception_path(inception), prepare=lambda x: x.clamp(-1, 1)):
-        print(row["name"], row["nfe"], round(row["fd"], 2), round(row["kid"] * 1e3, 1), round(row["precision"], 3),
-              round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
+    print_clamped_rows(plan, out / "scores", n, inception)
 
 
 def posterior(out: Path, n: int = 1000) -> None:

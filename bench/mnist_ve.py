@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mnist import mnist_train  # noqa: E402
+from mnist import mnist_train, print_clamped_rows  # noqa: E402
 from mnist_diffusers import train_recipe  # noqa: E402
 
 SIGMA_MIN, SIGMA_MAX, EPS = 0.01, 16.0, 1e-5
@@ -80,9 +80,7 @@ def pc_sample(folder: Path, n: int, steps: int, g: torch.Generator) -> torch.Ten
 
 
 def teacher_rows(out: Path, inception: str | None, pc_steps: int, n: int = 1000) -> None:
-    from distmatch.eval.inception import inception_path
     from distmatch.models import load_model
-    from mnist import score_rows
 
     teacher = load_model(out / "teacher")
     plan = [(f"its own predictor-corrector sampler, {pc_steps} steps", (2 * pc_steps, lambda n, g: torch.cat(
@@ -91,9 +89,7 @@ def teacher_rows(out: Path, inception: str | None, pc_steps: int, n: int = 1000)
             ("distmatch Heun 50", (99, lambda n, g: teacher.sample(n, steps=50, seed=0)[0].float())),
             ("distmatch ancestral 100", (100, lambda n, g: teacher.with_solver("ancestral").sample(
                 n, steps=100, seed=0)[0].float()))]
-    for row in score_rows(plan, out / "scores", n, inception_path(inception), prepare=lambda x: x.clamp(-1, 1)):
-        print(row["name"], row["nfe"], round(row["fd"], 2), round(row["kid"] * 1e3, 1), round(row["precision"], 3),
-              round(row["recall"], 3), f"{row['samples_per_s']:.3g} samples/s", flush=True)
+    print_clamped_rows(plan, out / "scores", n, inception)
 
 
 def main() -> None:
